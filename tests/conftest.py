@@ -1,0 +1,35 @@
+"""Fixtures: real brokers and workers on random loopback ports, always stopped."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from titan_zmq.local import LocalCluster, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+# Workers import test helper functions (tests.jobs) from the repository root.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def shared_cluster() -> Iterator[LocalCluster]:
+    """Two workers with 2 slots each, shared by the tests of one module that do not break it."""
+    with LocalCluster(workers=2, slots=2) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    """A broker and no workers yet: the test adds what it needs, and may kill anything."""
+    with LocalCluster(workers=0) as c:
+        yield c
+
+
+__all__ = ["wait_for"]

@@ -1,0 +1,73 @@
+"""Functions the tests run as `call` jobs (imported by the workers as tests.jobs)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def noop(x: Any = None) -> Any:
+    return x
+
+
+def echo_env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def whoami() -> dict[str, Any]:
+    return {"pid": os.getpid(), "worker": os.environ.get("TITAN_WORKER"), "attempt": os.environ.get("TITAN_ATTEMPT")}
+
+
+def boom(msg: str = "boom") -> None:
+    raise ValueError(msg)
+
+
+def talk(n: int) -> int:
+    for i in range(n):
+        print(f"out line {i}")
+    print("to stderr", file=sys.stderr)
+    return n
+
+
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def crash() -> None:
+    os._exit(7)
+
+
+def hog_memory(mb: int) -> int:
+    blob = bytearray(mb * 1024 * 1024)
+    return len(blob)
+
+
+def unserializable() -> object:
+    return object()
+
+
+def fail_until(path: str, succeed_on: int) -> int:
+    """Fail until this has been called ``succeed_on`` times (counted in a file)."""
+    n = 1
+    if os.path.exists(path):
+        with open(path) as fh:
+            n = int(fh.read()) + 1
+    with open(path, "w") as fh:
+        fh.write(str(n))
+    if n < succeed_on:
+        raise RuntimeError(f"attempt {n} fails on purpose")
+    return n
+
+
+def write_pid_and_sleep(path: str, seconds: float) -> int:
+    with open(path, "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(seconds)
+    return os.getpid()

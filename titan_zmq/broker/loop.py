@@ -1,0 +1,345 @@
+"""The broker: three sockets and one poll loop over small named handlers.
+
+::
+
+    client (DEALER) -> ROUTER front    submit, status, cancel, watch, workers
+    worker (DEALER) -> ROUTER back     ready, heartbeat, results, bye
+    subscribers     <- PUB    events   stats, event.<kind>
+
+Each turn of the loop drains every readable socket in batches, lets the scheduler
+act once (release held jobs, expire workers, dispatch), then sends everything
+the turn produced. Replies wait in an outbox until the end of the turn, so a
+journal (when enabled) can make the whole turn durable with one fsync first.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from titan_zmq import protocol as P
+from titan_zmq.broker.scheduler import Scheduler, WorkerInfo
+from titan_zmq.config import BrokerConfig, tcp_endpoint
+from titan_zmq.errors import BrokerError, JobError, PayloadTooLarge, ProtocolError, TitanError, UnknownJob
+
+log = logging.getLogger(__name__)
+
+_HARD_SLACK = 64 * 1024  # frames this far above the limit still get a clear error, larger ones a disconnect
+
+
+class Broker:
+    """The titan_zmq broker. ``run()`` blocks; ``stop()`` may be called from any thread."""
+
+    def __init__(self, config: BrokerConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or BrokerConfig()
+        self.clock = clock
+        cfg = self.config
+        self.sched = Scheduler(
+            clock,
+            heartbeat_interval=cfg.heartbeat_interval,
+            heartbeat_liveness=cfg.heartbeat_liveness,
+            max_finished=cfg.max_finished_jobs,
+            max_lost=cfg.max_lost,
+        )
+        self.ctx = zmq.Context()
+        self.front = self._router()
+        self.back = self._router()
+        self.back.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.events = self.ctx.socket(zmq.PUB)
+        self.events.setsockopt(zmq.LINGER, 0)
+        self.events.setsockopt(zmq.SNDHWM, 10_000)
+        self.ports: dict[str, int] = {}
+        self._outbox: list[tuple[zmq.Socket[bytes], list[bytes]]] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._stopping = threading.Event()
+        self._bound = threading.Event()
+        self._next_beat = 0.0
+        self._next_expiry = 0.0
+        self._next_stats = 0.0
+        self._closed = False
+        self.started = time.time()
+
+    def _router(self) -> zmq.Socket[bytes]:
+        s = self.ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        s.setsockopt(zmq.SNDHWM, 100_000)
+        s.setsockopt(zmq.RCVHWM, 100_000)
+        s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size + _HARD_SLACK)
+        return s
+
+    # ---- life cycle -----------------------------------------------------------------
+
+    def bind(self) -> dict[str, int]:
+        """Bind the three sockets (port 0 picks a free port). Returns the ports bound."""
+        host = self.config.host
+        for name, sock in (("front", self.front), ("back", self.back), ("events", self.events)):
+            port = getattr(self.config, name)
+            if port == 0:
+                port = sock.bind_to_random_port(tcp_endpoint(host, 0).rsplit(":", 1)[0])
+            else:
+                try:
+                    sock.bind(tcp_endpoint(host, port))
+                except zmq.ZMQError as exc:
+                    raise TitanError(
+                        f"cannot listen on {host}:{port} for the {name} socket ({exc}); "
+                        f"is another broker running? choose another port with --{name}"
+                    ) from None
+            self.ports[name] = port
+        self._bound.set()
+        log.info(
+            "broker listening on %s front=%d back=%d events=%d",
+            host, self.ports["front"], self.ports["back"], self.ports["events"],
+        )  # fmt: skip
+        return dict(self.ports)
+
+    def wait_bound(self, timeout: float = 10.0) -> dict[str, int]:
+        if not self._bound.wait(timeout):
+            raise TitanError("broker did not bind its sockets in time")
+        return dict(self.ports)
+
+    def stop(self) -> None:
+        """Ask the loop to finish its turn and return. Safe from signal handlers and threads."""
+        self._stopping.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        """Serve until ``stop()``."""
+        if not self.ports:
+            self.bind()
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        poller.register(self.back, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while not self._stopping.is_set():
+                timeout_ms = self._timeout_ms()
+                for sock, _ in poller.poll(timeout_ms):
+                    if sock is self.front:
+                        self._drain(self.front, self.handle_client)
+                    elif sock is self.back:
+                        self._drain(self.back, self.handle_worker)
+                    else:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                self.tick()
+                self.flush()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for s in (self.front, self.back, self.events):
+            s.close(0)
+        self.ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _timeout_ms(self) -> int:
+        now = self.clock()
+        nxt = min(self._next_beat, self._next_expiry, self._next_stats)
+        held = self.sched._held
+        if held:
+            nxt = min(nxt, held[0][0])
+        return max(0, min(1000, int((nxt - now) * 1000) + 1))
+
+    def _drain(self, sock: zmq.Socket[bytes], handler: Callable[[list[bytes]], None]) -> None:
+        for _ in range(self.config.batch):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handler(frames)
+            except Exception:  # a handler bug must never take the broker down
+                log.exception("internal error handling a message; the broker carries on")
+
+    # ---- timers -------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Once per turn: release held jobs, expire workers, dispatch, heartbeat, stats."""
+        sched = self.sched
+        now = self.clock()
+        if sched._held:
+            sched.release_held()
+        if now >= self._next_expiry:
+            self._next_expiry = min(sched.expire_workers(), now + self.config.heartbeat_interval)
+        sched.dispatch()
+        if now >= self._next_beat:
+            self._heartbeat(now)
+            self._next_beat = now + self.config.heartbeat_interval
+        if now >= self._next_stats:
+            self._publish(b"stats", self.stats())
+            self._next_stats = now + self.config.stats_interval
+
+    def _heartbeat(self, now: float) -> None:
+        frames = P.Heartbeat().encode()
+        due = now - self.config.heartbeat_interval * 0.9
+        for w in list(self.sched.workers.values()):
+            if w.last_sent <= due:
+                self._to_worker(w.ident, frames)
+
+    def stats(self) -> dict[str, Any]:
+        s = self.sched.stats()
+        s["uptime"] = time.time() - self.started
+        return s
+
+    # ---- sending -----------------------------------------------------------------------
+
+    def _reply(self, ident: bytes, msg: P.Message) -> None:
+        self._outbox.append((self.front, [ident, *msg.encode()]))
+
+    def _error(self, sock: zmq.Socket[bytes], ident: bytes, rid: int, code: str, text: str) -> None:
+        self._outbox.append((sock, [ident, *P.Error(rid=rid, code=code, message=text).encode()]))
+
+    def _to_worker(self, ident: bytes, frames: list[bytes]) -> None:
+        self._outbox.append((self.back, [ident, *frames]))
+        w = self.sched.workers.get(ident)
+        if w is not None:
+            w.last_sent = self.clock()
+
+    def _publish(self, topic: bytes, body: Any) -> None:
+        try:
+            self.events.send_multipart([topic, P.packb(body)], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def flush(self) -> None:
+        """Turn the scheduler's effects into messages and send the outbox."""
+        fx = self.sched.fx
+        for ident, jobs in fx.assign.items():
+            self._to_worker(ident, P.Assign(jobs=jobs, blobs=fx.blobs.get(ident, {})).encode())
+        for ident, ids in fx.kill.items():
+            self._to_worker(ident, P.Kill(ids=ids).encode())
+        for ident, records in fx.done.items():
+            self._outbox.append((self.front, [ident, *P.Done(records=records).encode()]))
+        for kind, body in fx.events:
+            self._publish(b"event." + kind.encode(), body)
+        fx.clear()
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        for sock, frames in outbox:
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                self._undeliverable(sock, frames, exc)
+        if self.sched.fx.assign or self.sched.fx.kill:  # re-queued work from an unreachable worker
+            self.flush()
+
+    def _undeliverable(self, sock: zmq.Socket[bytes], frames: list[bytes], exc: zmq.ZMQError) -> None:
+        ident = frames[0]
+        if sock is self.back:
+            reason = "unreachable" if exc.errno == errno.EHOSTUNREACH else f"send failed ({exc})"
+            if ident in self.sched.workers:
+                self.sched.worker_gone(ident, reason)
+                self.sched.dispatch()
+        else:
+            log.debug("reply to a client that went away dropped (%s)", exc)
+
+    # ---- client handlers ---------------------------------------------------------------
+
+    def handle_client(self, frames: list[bytes]) -> None:
+        """One message from a client on the front socket."""
+        ident = frames[0]
+        try:
+            msg = P.decode(frames[1:], P.FRONT_COMMANDS, self.config.max_message_size)
+        except PayloadTooLarge as exc:
+            self._error(self.front, ident, P.peek_rid(frames[1:]), P.E_TOO_LARGE, str(exc))
+            return
+        except ProtocolError as exc:
+            log.info("bad message from client %s: %s", ident.hex(), exc)
+            self._error(self.front, ident, P.peek_rid(frames[1:]), P.E_PROTOCOL, str(exc))
+            return
+        rid: int = getattr(msg, "rid", 0)
+        try:
+            data = self._client_request(ident, msg)
+        except UnknownJob as exc:
+            self._error(self.front, ident, rid, P.E_UNKNOWN_JOB, str(exc))
+        except JobError as exc:
+            self._error(self.front, ident, rid, P.E_BAD_JOB, str(exc))
+        except BrokerError as exc:
+            self._error(self.front, ident, rid, exc.code, str(exc))
+        else:
+            self._reply(ident, P.Reply(rid=rid, data=data))
+
+    def _client_request(self, ident: bytes, msg: P.Message) -> Any:
+        sched = self.sched
+        if isinstance(msg, P.Submit):
+            return {"ids": sched.submit(msg.jobs, msg.blobs, ident if msg.watch else None)}
+        if isinstance(msg, P.Watch):
+            return {"done": sched.watch(ident, msg.ids)}
+        if isinstance(msg, P.Status):
+            if len(msg.ids) == 1:
+                return {"records": [sched.record(sched.entry(msg.ids[0]))], "missing": []}
+            found = [sched.record(sched.jobs[j]) for j in msg.ids if j in sched.jobs]
+            return {"records": found, "missing": [j for j in msg.ids if j not in sched.jobs]}
+        if isinstance(msg, P.Cancel):
+            return sched.cancel(msg.id)
+        if isinstance(msg, P.Workers):
+            now = self.clock()
+            cfg = self.config
+            return [w.describe(now, cfg.heartbeat_interval, cfg.heartbeat_liveness) for w in sched.workers.values()]
+        if isinstance(msg, P.List):
+            return sched.list_jobs(msg.state, max(1, min(msg.limit, 10_000)))
+        if isinstance(msg, P.Hello):
+            return {
+                "version": P.VERSION.decode(),
+                "pid": os.getpid(),
+                "max_message_size": self.config.max_message_size,
+                **self.ports,
+            }
+        raise ProtocolError(f"{type(msg).__name__} is not a client request")
+
+    # ---- worker handlers ---------------------------------------------------------------
+
+    def handle_worker(self, frames: list[bytes]) -> None:
+        """One message from a worker on the back socket."""
+        ident = frames[0]
+        try:
+            msg = P.decode(frames[1:], P.BACK_COMMANDS, self.config.max_message_size)
+        except ProtocolError as exc:
+            log.info("bad message from worker %s: %s", ident.hex(), exc)
+            self._error(self.back, ident, 0, P.E_PROTOCOL, str(exc))
+            return
+        sched = self.sched
+        if isinstance(msg, P.Ready):
+            sched.seen(sched.worker_ready(ident, msg.__dict__))
+            self._to_worker(ident, P.Heartbeat().encode())
+            return
+        w = sched.workers.get(ident)
+        if w is None:
+            if not isinstance(msg, P.Bye):
+                self._to_worker(ident, P.Reregister().encode())
+            return
+        sched.seen(w)
+        if isinstance(msg, P.Result):
+            self._results(w, msg.results)
+        elif isinstance(msg, P.Bye):
+            sched.worker_gone(ident, "it left", stopped=msg.running)
+
+    def _results(self, w: WorkerInfo, results: list[dict[str, Any]]) -> None:
+        acks = []
+        for res in results:
+            if not isinstance(res, dict):
+                continue
+            jid = self.sched.on_result(w, res)
+            if jid is not None:
+                acks.append(jid)
+        if acks:
+            self._to_worker(w.ident, P.Ack(ids=acks).encode())

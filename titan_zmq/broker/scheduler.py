@@ -1,0 +1,609 @@
+"""The scheduler: the job table, ready queues by capability, placement, retries and leases.
+
+It holds no sockets. The broker loop feeds it decoded messages and sends what it
+returns, so every rule here is testable with a fake clock and no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from titan_zmq.errors import BrokerError, JobError, UnknownJob
+from titan_zmq.job import FINAL_STATES, Job, JobState, backoff_delay
+
+log = logging.getLogger(__name__)
+
+# Outcomes a worker reports for an attempt.
+OUT_SUCCEEDED = "succeeded"
+OUT_FAILED = "failed"
+OUT_TIMEOUT = "timeout"
+OUT_CANCELLED = "cancelled"
+OUT_INTERRUPTED = "interrupted"  # the worker stopped it while shutting down
+OUT_CACHE_MISS = "cache_miss"  # the worker lacked a script blob it was thought to hold
+OUTCOMES = frozenset({OUT_SUCCEEDED, OUT_FAILED, OUT_TIMEOUT, OUT_CANCELLED, OUT_INTERRUPTED, OUT_CACHE_MISS})
+
+
+class Entry:
+    """The broker's mutable view of one job: its spec and its progress."""
+
+    __slots__ = (
+        "attempts", "error", "error_type", "exit_code", "finished_at", "job", "lost", "not_before",
+        "queued_at", "result", "seq", "started_at", "state", "stderr", "stdout", "submitted_at",
+        "traceback", "watchers", "worker", "worker_name",
+    )  # fmt: skip
+
+    def __init__(self, job: Job, seq: int, now_wall: float) -> None:
+        self.job = job
+        self.seq = seq
+        self.state = JobState.QUEUED
+        self.attempts = 0
+        self.lost = 0
+        self.worker: bytes | None = None  # identity of the worker holding the lease
+        self.worker_name: str | None = None
+        self.result: Any = None
+        self.error: str | None = None
+        self.error_type: str | None = None
+        self.traceback: str | None = None
+        self.exit_code: int | None = None
+        self.stdout = ""
+        self.stderr = ""
+        self.submitted_at = now_wall
+        self.queued_at: float | None = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.not_before = 0.0  # monotonic time before which it may not run (delay, backoff)
+        self.watchers: list[bytes] | None = None
+
+
+@dataclass
+class WorkerInfo:
+    """A connected worker as the broker sees it."""
+
+    ident: bytes
+    name: str
+    host: str
+    tags: frozenset[str]
+    slots: int
+    pid: int
+    deadline: float
+    joined_at: float
+    running: set[str] = field(default_factory=set)
+    cached: set[str] = field(default_factory=set)
+    last_sent: float = 0.0
+    done: int = 0
+    failed: int = 0
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+    def describe(self, now: float, interval: float, liveness: int) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "host": self.host,
+            "tags": sorted(self.tags),
+            "slots": self.slots,
+            "used": len(self.running),
+            "running": sorted(self.running),
+            "pid": self.pid,
+            "done": self.done,
+            "failed": self.failed,
+            "last_heartbeat_age": max(0.0, interval * liveness - (self.deadline - now)),
+            "uptime": max(0.0, now - self.joined_at),
+        }
+
+
+@dataclass
+class Effects:
+    """What the broker must send after the scheduler changed state."""
+
+    assign: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
+    blobs: dict[bytes, dict[str, bytes]] = field(default_factory=dict)
+    kill: dict[bytes, list[str]] = field(default_factory=dict)
+    done: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def add_kill(self, ident: bytes, job_id: str) -> None:
+        self.kill.setdefault(ident, []).append(job_id)
+
+    def clear(self) -> None:
+        self.assign.clear()
+        self.blobs.clear()
+        self.kill.clear()
+        self.done.clear()
+        self.events.clear()
+
+
+def _fmt_tags(tags: Iterable[str]) -> str:
+    return "{" + ", ".join(sorted(tags)) + "}"
+
+
+class Scheduler:
+    """Jobs, queues and workers; the rules of dispatch, retry and failure."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        *,
+        heartbeat_interval: float = 0.5,
+        heartbeat_liveness: int = 5,
+        max_finished: int = 100_000,
+        max_lost: int = 3,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.clock = clock
+        self.wall = wall
+        self.interval = heartbeat_interval
+        self.liveness = heartbeat_liveness
+        self.max_finished = max_finished
+        self.max_lost = max_lost
+        self.rng = rng or random.Random()
+        self.jobs: dict[str, Entry] = {}
+        self.workers: dict[bytes, WorkerInfo] = {}
+        self.blobs: dict[str, list[Any]] = {}  # sha -> [content, refcount]
+        self.idempotency: dict[str, str] = {}
+        self._queues: dict[frozenset[str], list[tuple[int, int, str]]] = {}
+        self._held: list[tuple[float, int, str]] = []  # (not_before, seq, id): delayed and retrying
+        self._finished: deque[str] = deque()
+        self._seq = itertools.count()
+        self.fx = Effects()
+        self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "dispatched": 0}
+
+    # ---- submission ---------------------------------------------------------------
+
+    def submit(self, specs: list[dict[str, Any]], blobs: dict[str, bytes], watcher: bytes | None = None) -> list[str]:
+        """Validate and accept a batch of jobs, all or nothing. Returns the job ids."""
+        jobs: list[Job] = []
+        seen: set[str] = set()
+        for i, spec in enumerate(specs):
+            try:
+                job = Job.from_wire(spec)
+            except JobError as exc:
+                raise JobError(f"job #{i} of the batch: {exc}") from None
+            if job.id in seen:
+                raise JobError(f"job id {job.id!r} appears twice in one submission")
+            seen.add(job.id)
+            if job.blob is not None and job.blob not in blobs and job.blob not in self.blobs:
+                raise JobError(f"job {job.id}: its content (blob {job.blob[:12]}...) was not sent with it")
+            existing = self.jobs.get(job.id)
+            if existing is not None and existing.job != job:
+                raise BrokerError(
+                    f"job id {job.id!r} is already taken by a different job; choose another id", "conflict"
+                )
+            jobs.append(job)
+        for sha, content in blobs.items():
+            if hashlib.sha256(content).hexdigest() != sha:
+                raise JobError(f"blob {sha[:12]}... does not match its sha256; the content was damaged")
+        ids = []
+        for job in jobs:
+            known = self.jobs.get(job.id)
+            if known is None and job.idempotency_key is not None:
+                prior = self.idempotency.get(job.idempotency_key)
+                known = self.jobs.get(prior) if prior else None
+            if known is not None:  # idempotent resubmission: same job, same answer
+                ids.append(known.job.id)
+                if watcher is not None:
+                    self.watch(watcher, [known.job.id])
+                continue
+            self._accept(job, blobs, watcher)
+            ids.append(job.id)
+        return ids
+
+    def _accept(self, job: Job, blobs: dict[str, bytes], watcher: bytes | None) -> Entry:
+        entry = Entry(job, next(self._seq), self.wall())
+        self.jobs[job.id] = entry
+        if job.idempotency_key is not None:
+            self.idempotency[job.idempotency_key] = job.id
+        if job.blob is not None:
+            slot = self.blobs.get(job.blob)
+            if slot is None:
+                self.blobs[job.blob] = [blobs[job.blob], 1]
+            else:
+                slot[1] += 1
+        if watcher is not None:
+            entry.watchers = [watcher]
+        self.counters["submitted"] += 1
+        if job.delay > 0:
+            self._hold(entry, self.clock() + job.delay)
+        else:
+            self._enqueue(entry)
+        return entry
+
+    # ---- queues -------------------------------------------------------------------
+
+    def _enqueue(self, entry: Entry) -> None:
+        entry.state = JobState.QUEUED
+        entry.not_before = 0.0
+        entry.queued_at = self.wall()
+        key = entry.job.requires
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = []
+        heapq.heappush(q, (-entry.job.priority, entry.seq, entry.job.id))
+
+    def _hold(self, entry: Entry, until: float) -> None:
+        entry.not_before = until
+        heapq.heappush(self._held, (until, entry.seq, entry.job.id))
+
+    def release_held(self) -> float | None:
+        """Queue jobs whose delay or backoff is over; return when the next one is due."""
+        now = self.clock()
+        held = self._held
+        while held and held[0][0] <= now:
+            _, _, jid = heapq.heappop(held)
+            entry = self.jobs.get(jid)
+            if entry is not None and entry.state in (JobState.QUEUED, JobState.RETRYING) and entry.not_before:
+                self._enqueue(entry)
+        return held[0][0] if held else None
+
+    def _head(self, q: list[tuple[int, int, str]]) -> tuple[int, int, str] | None:
+        """The first live entry of a queue, dropping cancelled or adopted ones."""
+        while q:
+            item = q[0]
+            e = self.jobs.get(item[2])
+            if e is not None and e.state is JobState.QUEUED and not e.not_before and e.seq == item[1]:
+                return item
+            heapq.heappop(q)
+        return None
+
+    def queued_count(self) -> int:
+        return sum(1 for e in self.jobs.values() if e.state in (JobState.QUEUED, JobState.RETRYING))
+
+    # ---- dispatch -----------------------------------------------------------------
+
+    def dispatch(self) -> int:
+        """Lease queued jobs to free workers: priority first, FIFO within it, least loaded worker."""
+        free = [w for w in self.workers.values() if w.free > 0]
+        if not free or not self._queues:
+            return 0
+        eligible: dict[frozenset[str], list[WorkerInfo]] = {}
+        for key in list(self._queues):
+            if self._head(self._queues[key]) is None:
+                del self._queues[key]
+                continue
+            eligible[key] = [w for w in free if key <= w.tags]
+        n = 0
+        now_wall = self.wall()
+        while True:
+            best_key = None
+            best_item: tuple[int, int, str] | None = None
+            for key, ws in eligible.items():
+                if not ws:
+                    continue
+                item = self._head(self._queues[key])
+                if item is None:
+                    ws.clear()
+                    continue
+                if best_item is None or item < best_item:
+                    best_key, best_item = key, item
+            if best_key is None or best_item is None:
+                break
+            heapq.heappop(self._queues[best_key])
+            ws = eligible[best_key]
+            w = min(ws, key=lambda x: (len(x.running) / x.slots, len(x.running), x.done))
+            self._lease(self.jobs[best_item[2]], w, now_wall)
+            n += 1
+            if w.free <= 0:
+                for lst in eligible.values():
+                    if w in lst:
+                        lst.remove(w)
+        self.counters["dispatched"] += n
+        return n
+
+    def _lease(self, entry: Entry, w: WorkerInfo, now_wall: float) -> None:
+        entry.state = JobState.RUNNING
+        entry.attempts += 1
+        entry.worker = w.ident
+        entry.worker_name = w.name
+        entry.started_at = now_wall
+        w.running.add(entry.job.id)
+        wire = entry.job.to_wire()
+        wire["attempt"] = entry.attempts
+        self.fx.assign.setdefault(w.ident, []).append(wire)
+        sha = entry.job.blob
+        if sha is not None and sha not in w.cached:
+            self.fx.blobs.setdefault(w.ident, {})[sha] = self.blobs[sha][0]
+            w.cached.add(sha)
+
+    # ---- results ------------------------------------------------------------------
+
+    def on_result(self, w: WorkerInfo, res: dict[str, Any]) -> str | None:
+        """Apply one attempt's outcome from worker ``w``. Returns the id to acknowledge."""
+        jid = res.get("id")
+        outcome = res.get("outcome")
+        if not isinstance(jid, str) or outcome not in OUTCOMES:
+            log.warning("worker %s sent a malformed result %r; dropped", w.name, str(res)[:200])
+            return jid if isinstance(jid, str) else None
+        w.running.discard(jid)
+        entry = self.jobs.get(jid)
+        if entry is None:
+            log.warning("worker %s reported job %s, which the broker does not know; acknowledged", w.name, jid)
+            return jid
+        mine = entry.worker == w.ident and entry.state is JobState.RUNNING
+        if entry.state in FINAL_STATES:
+            if entry.state is JobState.CANCELLED and entry.worker == w.ident:
+                self._fill_output(entry, res)
+            return jid
+        if not mine:
+            # A stale attempt: the job was re-queued or leased elsewhere meanwhile. A success still
+            # counts (the work is done, so it is not run again); a failure yields to the newer attempt.
+            if outcome != OUT_SUCCEEDED:
+                return jid
+            if entry.state is JobState.RUNNING and entry.worker is not None and entry.worker in self.workers:
+                other = self.workers[entry.worker]
+                other.running.discard(jid)
+                self.fx.add_kill(other.ident, jid)
+        self._fill_output(entry, res)
+        entry.worker_name = w.name
+        if outcome == OUT_SUCCEEDED:
+            w.done += 1
+            entry.result = res.get("result")
+            entry.error = entry.error_type = entry.traceback = None
+            self._finish(entry, JobState.SUCCEEDED)
+        elif outcome == OUT_CACHE_MISS:
+            if entry.job.blob is not None:
+                w.cached.discard(entry.job.blob)
+            entry.attempts -= 1
+            self._enqueue(entry)
+        elif outcome == OUT_INTERRUPTED:
+            entry.error = f"attempt {entry.attempts} interrupted: worker {w.name} shut down"
+            self._enqueue(entry)
+        elif outcome == OUT_CANCELLED:
+            entry.error = res.get("error") or "cancelled on the worker"
+            self._finish(entry, JobState.CANCELLED)
+        else:
+            w.failed += 1
+            entry.error = res.get("error") or outcome
+            entry.error_type = res.get("error_type") or ("Timeout" if outcome == OUT_TIMEOUT else "Error")
+            entry.traceback = res.get("traceback")
+            self._fail_attempt(entry)
+        return jid
+
+    def _fill_output(self, entry: Entry, res: dict[str, Any]) -> None:
+        entry.exit_code = res.get("exit_code")
+        entry.stdout = res.get("stdout") or ""
+        entry.stderr = res.get("stderr") or ""
+
+    def _fail_attempt(self, entry: Entry) -> None:
+        if entry.attempts <= entry.job.retries:
+            entry.state = JobState.RETRYING
+            entry.worker = None
+            self._hold(entry, self.clock() + backoff_delay(entry.job.backoff, entry.attempts, self.rng))
+        else:
+            self._finish(entry, JobState.DEAD if entry.job.retries else JobState.FAILED)
+
+    def _finish(self, entry: Entry, state: JobState) -> None:
+        entry.state = state
+        entry.finished_at = self.wall()
+        entry.not_before = 0.0
+        if state is JobState.SUCCEEDED:
+            self.counters["succeeded"] += 1
+        elif state is not JobState.CANCELLED:
+            self.counters["failed"] += 1
+        sha = entry.job.blob
+        if sha is not None:
+            slot = self.blobs.get(sha)
+            if slot is not None:
+                slot[1] -= 1
+                if slot[1] <= 0:
+                    del self.blobs[sha]
+        if entry.watchers:
+            rec = self.record(entry)
+            for ident in entry.watchers:
+                self.fx.done.setdefault(ident, []).append(rec)
+            entry.watchers = None
+        self._finished.append(entry.job.id)
+        while len(self._finished) > self.max_finished:
+            old = self.jobs.pop(self._finished.popleft(), None)
+            if old is not None and old.job.idempotency_key is not None:
+                self.idempotency.pop(old.job.idempotency_key, None)
+
+    # ---- cancel, watch, status -----------------------------------------------------
+
+    def entry(self, jid: str) -> Entry:
+        e = self.jobs.get(jid)
+        if e is None:
+            raise UnknownJob(
+                f"unknown job id {jid!r}: it was never submitted to this broker, or it ended long ago "
+                "and was forgotten (max_finished_jobs)",
+                "unknown_job",
+            )
+        return e
+
+    def cancel(self, jid: str) -> dict[str, Any]:
+        entry = self.entry(jid)
+        if entry.state in FINAL_STATES:
+            return self.record(entry)
+        if entry.state is JobState.RUNNING and entry.worker is not None:
+            self.fx.add_kill(entry.worker, jid)
+        entry.error = "cancelled by request"
+        self._finish(entry, JobState.CANCELLED)
+        return self.record(entry)
+
+    def watch(self, ident: bytes, ids: list[str]) -> list[dict[str, Any]]:
+        """Register ``ident`` for DONE of ``ids``; return records of those already ended."""
+        ended = []
+        for jid in ids:
+            entry = self.entry(jid)
+            if entry.state in FINAL_STATES:
+                ended.append(self.record(entry))
+            elif entry.watchers is None:
+                entry.watchers = [ident]
+            elif ident not in entry.watchers:
+                entry.watchers.append(ident)
+        return ended
+
+    def waiting_reason(self, entry: Entry) -> str | None:
+        st = entry.state
+        now = self.clock()
+        if st is JobState.RETRYING:
+            return f"retry {entry.attempts + 1} of {entry.job.retries + 1} in {max(0.0, entry.not_before - now):.1f}s"
+        if st is not JobState.QUEUED:
+            return None
+        if entry.not_before > now:
+            return f"delayed: runs in {entry.not_before - now:.1f}s"
+        req = entry.job.requires
+        eligible = [w for w in self.workers.values() if req <= w.tags]
+        if not eligible:
+            need = req or frozenset({"cpu"})
+            return f"waiting for a worker with tags {_fmt_tags(need)}"
+        if all(w.free <= 0 for w in eligible):
+            return f"waiting for a free slot: {len(eligible)} eligible worker(s) busy"
+        return "queued: being dispatched"
+
+    def record(self, entry: Entry) -> dict[str, Any]:
+        j = entry.job
+        return {
+            "id": j.id,
+            "kind": j.kind,
+            "target": j.target,
+            "state": entry.state.value,
+            "attempts": entry.attempts,
+            "worker": entry.worker_name,
+            "result": entry.result,
+            "error": entry.error,
+            "error_type": entry.error_type,
+            "traceback": entry.traceback,
+            "exit_code": entry.exit_code,
+            "stdout": entry.stdout,
+            "stderr": entry.stderr,
+            "requires": sorted(j.requires),
+            "priority": j.priority,
+            "retries": j.retries,
+            "submitted_at": entry.submitted_at,
+            "queued_at": entry.queued_at,
+            "started_at": entry.started_at,
+            "finished_at": entry.finished_at,
+            "waiting": self.waiting_reason(entry),
+            "labels": j.labels,
+        }
+
+    def list_jobs(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+        if state is not None and state not in {s.value for s in JobState}:
+            raise BrokerError(f"unknown state {state!r}; one of {', '.join(s.value for s in JobState)}", "bad_request")
+        out = []
+        for entry in reversed(self.jobs.values()):
+            if state is None or entry.state.value == state:
+                out.append(self.record(entry))
+                if len(out) >= limit:
+                    break
+        return out
+
+    # ---- workers --------------------------------------------------------------------
+
+    def worker_ready(self, ident: bytes, info: dict[str, Any]) -> WorkerInfo:
+        """A worker joins or re-joins. Reconcile the jobs it says it still holds."""
+        now = self.clock()
+        tags = frozenset(info["tags"]) | {"cpu"}
+        w = self.workers.get(ident)
+        if w is None:
+            w = WorkerInfo(
+                ident=ident, name=info["name"], host=info["host"], tags=tags, slots=max(1, info["slots"]),
+                pid=info["pid"], deadline=now + self.interval * self.liveness, joined_at=now,
+            )  # fmt: skip
+            self.workers[ident] = w
+            self.fx.events.append(("worker", {"name": w.name, "host": w.host, "state": "joined"}))
+            log.info("worker %s joined from %s with tags %s and %d slots", w.name, w.host, _fmt_tags(tags), w.slots)
+        else:
+            w.name, w.host, w.tags, w.slots, w.pid = (
+                info["name"],
+                info["host"],
+                tags,
+                max(1, info["slots"]),
+                info["pid"],
+            )
+        w.cached = set(info.get("cached") or ())
+        held = set(info.get("running") or ())
+        # Jobs the broker leased to it that it no longer holds were lost with its previous session.
+        for jid in list(w.running - held):
+            w.running.discard(jid)
+            e = self.jobs.get(jid)
+            if e is not None and e.state is JobState.RUNNING and e.worker == ident:
+                self._lost(e, w)
+        for jid in held:
+            e = self.jobs.get(jid)
+            if e is None:
+                log.warning("worker %s holds job %s, unknown to this broker; told to stop it", w.name, jid)
+                self.fx.add_kill(ident, jid)
+            elif e.state in FINAL_STATES:
+                self.fx.add_kill(ident, jid)  # harmless if it is only a held result
+                w.running.add(jid)
+            elif e.state is JobState.RUNNING and e.worker != ident:
+                self.fx.add_kill(ident, jid)
+                w.running.add(jid)
+            else:
+                # Queued again (or still leased to it): it runs there, so let it finish there.
+                e.state = JobState.RUNNING
+                e.not_before = 0.0
+                e.worker = ident
+                e.worker_name = w.name
+                if e.attempts == 0:
+                    e.attempts = 1
+                w.running.add(jid)
+        return w
+
+    def seen(self, w: WorkerInfo) -> None:
+        w.deadline = self.clock() + self.interval * self.liveness
+
+    def worker_gone(self, ident: bytes, reason: str, stopped: Iterable[str] = ()) -> None:
+        """Forget a worker; re-queue the jobs it held. ``stopped`` ones were stopped cleanly."""
+        w = self.workers.pop(ident, None)
+        if w is None:
+            return
+        log.warning("worker %s removed: %s; %d job(s) go back to the queue", w.name, reason, len(w.running))
+        clean = set(stopped)
+        for jid in sorted(w.running):
+            e = self.jobs.get(jid)
+            if e is None or e.state is not JobState.RUNNING or e.worker != ident:
+                continue
+            if jid in clean:
+                e.error = f"attempt {e.attempts} interrupted: worker {w.name} shut down"
+                e.worker = None
+                self._enqueue(e)
+            else:
+                self._lost(e, w)
+        self.fx.events.append(("worker", {"name": w.name, "host": w.host, "state": "left", "reason": reason}))
+
+    def _lost(self, e: Entry, w: WorkerInfo) -> None:
+        e.lost += 1
+        e.worker = None
+        e.error = f"worker {w.name} was lost during attempt {e.attempts}"
+        e.error_type = "WorkerLost"
+        if e.lost > self.max_lost:
+            e.error = f"worker lost {e.lost} times while running this job (max_lost={self.max_lost})"
+            self._finish(e, JobState.DEAD)
+        else:
+            self._enqueue(e)
+
+    def expire_workers(self) -> float:
+        """Remove workers silent past their deadline. Returns the earliest remaining deadline."""
+        now = self.clock()
+        nxt = now + self.interval * self.liveness
+        for ident, w in list(self.workers.items()):
+            if now >= w.deadline:
+                self.worker_gone(ident, f"no heartbeat for {self.interval * self.liveness:.1f}s")
+            else:
+                nxt = min(nxt, w.deadline)
+        return nxt
+
+    def stats(self) -> dict[str, Any]:
+        states: dict[str, int] = {}
+        for e in self.jobs.values():
+            states[e.state.value] = states.get(e.state.value, 0) + 1
+        return {
+            "workers": len(self.workers),
+            "slots": sum(w.slots for w in self.workers.values()),
+            "busy": sum(len(w.running) for w in self.workers.values()),
+            "jobs": states,
+            **self.counters,
+        }

@@ -1,0 +1,28 @@
+"""The Python client: ``from titan_zmq.client import TitanClient``."""
+
+from titan_zmq.client.client import JobHandle, TitanClient, raise_for
+from titan_zmq.errors import (
+    BrokerUnavailable,
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+    PayloadTooLarge,
+    UnknownJob,
+    WaitTimeout,
+)
+from titan_zmq.job import JobRecord, JobState
+
+__all__ = [
+    "BrokerUnavailable",
+    "JobCancelled",
+    "JobFailed",
+    "JobHandle",
+    "JobRecord",
+    "JobState",
+    "JobTimeout",
+    "PayloadTooLarge",
+    "TitanClient",
+    "UnknownJob",
+    "WaitTimeout",
+    "raise_for",
+]

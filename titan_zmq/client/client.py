@@ -1,0 +1,427 @@
+"""TitanClient: submit jobs, wait for results, ask the broker what it knows.
+
+One DEALER socket to the broker's front port. Requests carry an id (``rid``) and the
+client matches replies to them; the broker pushes the final records of jobs the client
+watches (``DONE``), so waiting for thousands of results costs no polling. Job ids are made
+here, so a submission retried after a timeout is recognised by the broker, not run twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from titan_zmq import protocol as P
+from titan_zmq.config import parse_address, resolve_broker, tcp_endpoint
+from titan_zmq.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    JobCancelled,
+    JobError,
+    JobFailed,
+    JobTimeout,
+    PayloadTooLarge,
+    ProtocolError,
+    UnknownJob,
+    WaitTimeout,
+)
+from titan_zmq.job import JobRecord, JobState, new_job_id
+
+log = logging.getLogger(__name__)
+
+_ERRORS: dict[str, type[BrokerError] | type[Exception]] = {
+    P.E_UNKNOWN_JOB: UnknownJob,
+    P.E_BAD_JOB: JobError,
+    P.E_TOO_LARGE: PayloadTooLarge,
+    P.E_PROTOCOL: ProtocolError,
+}
+
+_REWATCH = 3.0  # seconds between re-sent WATCHes while waiting (survives a broker restart)
+
+
+def raise_for(record: JobRecord) -> None:
+    """Raise the exception that matches a job that did not succeed."""
+    if record.state is JobState.SUCCEEDED:
+        return
+    where = f" on {record.worker}" if record.worker else ""
+    msg = f"job {record.id} {record.state.value}{where} after {record.attempts} attempt(s): {record.error}"
+    if record.traceback:
+        msg += "\n--- remote traceback ---\n" + record.traceback.rstrip()
+    if record.state is JobState.CANCELLED:
+        raise JobCancelled(msg, record)
+    if record.error_type == "Timeout":
+        raise JobTimeout(msg, record)
+    raise JobFailed(msg, record)
+
+
+class JobHandle:
+    """A submitted job: its id, and ways to wait for it, ask about it, or cancel it."""
+
+    def __init__(self, client: TitanClient, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r})"
+
+    def wait(self, timeout: float | None = None) -> JobRecord:
+        """Block until the job ends; return its final record whatever the outcome."""
+        return self.client.wait([self.id], timeout)[self.id]
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Block until the job ends; return its result or raise JobFailed / JobTimeout / JobCancelled."""
+        rec = self.wait(timeout)
+        raise_for(rec)
+        return rec.result
+
+    def status(self) -> JobRecord:
+        return self.client.status(self.id)
+
+    def cancel(self) -> JobRecord:
+        return self.client.cancel(self.id)
+
+
+class TitanClient:
+    """A connection to a titan_zmq broker.
+
+    ``broker`` is ``HOST[:PORT]`` of its front socket; without it ``TITAN_BROKER``, else
+    ``localhost:5555``. ``timeout`` bounds every request (not waits for results).
+    """
+
+    def __init__(
+        self,
+        broker: str | None = None,
+        *,
+        timeout: float = 10.0,
+        max_message_size: int = P.DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        self.address = resolve_broker(broker)
+        self.host, self.port = parse_address(self.address)
+        self.timeout = timeout
+        self.max_message_size = max_message_size
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._lock = threading.RLock()
+        self._rids = itertools.count(1)
+        self._replies: dict[int, P.Message] = {}
+        self._done: dict[str, dict[str, Any]] = {}
+        self._sock: zmq.Socket[bytes] | None = None
+        self._blobs: dict[str, bytes] = {}
+        self._open()
+
+    # ---- plumbing -----------------------------------------------------------------------
+
+    def _open(self) -> None:
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IMMEDIATE, 1)
+        s.setsockopt(zmq.SNDHWM, 100_000)
+        s.setsockopt(zmq.RCVHWM, 100_000)
+        s.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
+        s.connect(tcp_endpoint(self.host, self.port))
+        self._sock = s
+
+    def close(self) -> None:
+        """Close the connection. Jobs already submitted run on regardless."""
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close(0)
+                self._sock = None
+
+    def __enter__(self) -> TitanClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _unavailable(self, what: str) -> BrokerUnavailable:
+        # Drop the socket so a request queued for a broker that is not there is never delivered late.
+        self.close()
+        self._open()
+        return BrokerUnavailable(
+            f"{what}: no answer from the broker at {self.address} within {self.timeout:g}s; "
+            "is `titan broker` (or `titan up`) running there? set --broker or TITAN_BROKER"
+        )
+
+    def _send(self, msg: P.Message) -> None:
+        frames = msg.encode()
+        if len(frames[2]) > self.max_message_size:
+            raise PayloadTooLarge(
+                f"{type(msg).__name__.lower()} of {len(frames[2])} bytes exceeds the limit of "
+                f"{self.max_message_size} bytes; send large data through the KV store, or raise max_message_size"
+            )
+        if self._sock is None:
+            self._open()
+        assert self._sock is not None
+        try:
+            self._sock.send_multipart(frames)
+        except zmq.Again:
+            raise self._unavailable(f"cannot send {type(msg).__name__.upper()}") from None
+
+    def _pump(self, timeout: float) -> bool:
+        """Receive what arrives within ``timeout`` seconds. Returns whether anything came."""
+        assert self._sock is not None
+        if not self._sock.poll(max(0, int(timeout * 1000))):
+            return False
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return True
+            try:
+                msg = P.decode(frames)
+            except ProtocolError as exc:
+                log.warning("malformed message from the broker dropped: %s", exc)
+                continue
+            if isinstance(msg, P.Done):
+                for rec in msg.records:
+                    self._done[rec["id"]] = rec
+            elif isinstance(msg, (P.Reply, P.Error)):
+                self._replies[msg.rid] = msg
+
+    def request(self, msg_type: type[P.Message], **fields: Any) -> Any:
+        """Send a request and return the reply's data, or raise what the broker's error means."""
+        with self._lock:
+            rid = next(self._rids)
+            self._send(msg_type(rid=rid, **fields))  # type: ignore[call-arg]
+            deadline = time.monotonic() + self.timeout
+            while rid not in self._replies:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._unavailable(f"{msg_type.__name__.upper()} got no reply")
+                self._pump(left)
+            reply = self._replies.pop(rid)
+        if isinstance(reply, P.Error):
+            cls = _ERRORS.get(reply.code, BrokerError)
+            if issubclass(cls, BrokerError):
+                raise cls(reply.message, reply.code)
+            raise cls(reply.message)
+        assert isinstance(reply, P.Reply)
+        return reply.data
+
+    # ---- building jobs ------------------------------------------------------------------
+
+    def _blob(self, content: bytes) -> str:
+        sha = hashlib.sha256(content).hexdigest()
+        self._blobs[sha] = content
+        return sha
+
+    def _call_target(self, fn: str | Callable[..., Any], spec: dict[str, Any]) -> None:
+        if isinstance(fn, str):
+            spec["target"] = fn
+            return
+        module = getattr(fn, "__module__", None)
+        qual = getattr(fn, "__qualname__", None)
+        if not module or not qual or "<" in qual:
+            raise JobError(
+                f"{fn!r} cannot be found by name on a worker (lambdas and nested functions cannot); "
+                "define it at the top level of a module"
+            )
+        spec["target"] = f"{module}:{qual}"
+        if module == "__main__":
+            main_file = getattr(sys.modules["__main__"], "__file__", None)
+            if not main_file:
+                raise JobError(
+                    f"{qual} is defined in an interactive session; workers can only import functions "
+                    "from files: put it in a module"
+                )
+            spec["blob"] = self._blob(Path(main_file).read_bytes())
+
+    def build(
+        self,
+        call: str | Callable[..., Any] | None = None,
+        *,
+        shell: str | None = None,
+        script: str | Path | None = None,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        id: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """A job spec as the broker takes it (used by ``submit`` and ``map``)."""
+        given = [n for n, v in (("call", call), ("shell", shell), ("script", script)) if v is not None]
+        if len(given) != 1:
+            raise JobError(f"give exactly one of call=, shell= or script= (got {', '.join(given) or 'none'})")
+        spec: dict[str, Any] = {"id": id or new_job_id()}
+        if call is not None:
+            spec["kind"] = "call"
+            self._call_target(call, spec)
+        elif shell is not None:
+            spec["kind"] = "shell"
+            spec["target"] = shell
+        else:
+            path = Path(str(script))
+            try:
+                content = path.read_bytes()
+            except OSError as exc:
+                raise JobError(f"cannot read script {path}: {exc.strerror}") from None
+            spec["kind"] = "script"
+            spec["target"] = path.name
+            spec["blob"] = self._blob(content)
+        if args is not None:
+            spec["args"] = list(args)
+        if kwargs:
+            spec["kwargs"] = dict(kwargs)
+        for key, value in options.items():
+            if value is None:
+                continue
+            if key == "requires":
+                value = [t.strip() for t in value.split(",")] if isinstance(value, str) else sorted(value)
+            spec[key] = value
+        return spec
+
+    # ---- jobs -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        call: str | Callable[..., Any] | None = None,
+        *,
+        shell: str | None = None,
+        script: str | Path | None = None,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        requires: Iterable[str] | str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        env: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        id: str | None = None,
+    ) -> JobHandle:
+        """Submit one job: a function (``call``), a command line (``shell``) or a Python file (``script``)."""
+        spec = self.build(
+            call, shell=shell, script=script, args=args, kwargs=kwargs, id=id, requires=requires,
+            priority=priority, delay=delay, timeout=timeout, retries=retries, backoff=backoff, env=env,
+            labels=labels, idempotency_key=idempotency_key,
+        )  # fmt: skip
+        return self.submit_specs([spec])[0]
+
+    def submit_specs(self, specs: list[dict[str, Any]], watch: bool = True) -> list[JobHandle]:
+        """Submit prepared specs in one message, all or nothing."""
+        blobs = {s["blob"]: self._blobs[s["blob"]] for s in specs if s.get("blob") in self._blobs}
+        data = self.request(P.Submit, jobs=specs, blobs=blobs, watch=watch)
+        return [JobHandle(self, i) for i in data["ids"]]
+
+    def status(self, job_id: str) -> JobRecord:
+        """The job's record now. Raises UnknownJob for an id the broker does not know."""
+        data = self.request(P.Status, ids=[job_id])
+        return JobRecord.from_dict(data["records"][0])
+
+    def jobs(self, state: str | JobState | None = None, limit: int = 50) -> list[JobRecord]:
+        """The newest jobs, optionally only those in ``state``."""
+        st = state.value if isinstance(state, JobState) else state
+        return [JobRecord.from_dict(d) for d in self.request(P.List, state=st, limit=limit)]
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued or running job (its process tree is killed). Returns its record."""
+        return JobRecord.from_dict(self.request(P.Cancel, id=job_id))
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The connected workers: name, host, tags, slots, used, running, done, last_heartbeat_age."""
+        return list(self.request(P.Workers))
+
+    def hello(self) -> dict[str, Any]:
+        """The broker's version and ports."""
+        return dict(self.request(P.Hello))
+
+    def wait(self, ids: Iterable[str], timeout: float | None = None) -> dict[str, JobRecord]:
+        """Block until every job in ``ids`` has ended; return their final records."""
+        want = list(dict.fromkeys(ids))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out: dict[str, JobRecord] = {}
+        next_watch = 0.0
+        while True:
+            with self._lock:
+                for jid in want:
+                    rec = self._done.pop(jid, None)
+                    if rec is not None:
+                        out[jid] = JobRecord.from_dict(rec)
+                want = [j for j in want if j not in out]
+                if not want:
+                    return out
+                now = time.monotonic()
+                if now >= next_watch:
+                    for rec in self.request(P.Watch, ids=want)["done"]:
+                        self._done[rec["id"]] = rec
+                    next_watch = now + _REWATCH
+                    continue
+                if deadline is not None and now >= deadline:
+                    raise WaitTimeout(f"{len(want)} job(s) still not finished after {timeout:g}s: {want[:5]}")
+                slice_ = min(0.05, next_watch - now)
+                if deadline is not None:
+                    slice_ = min(slice_, deadline - now)
+                self._pump(max(0.0, slice_))
+
+    def map(
+        self,
+        fn: str | Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        chunk: int = 512,
+        window: int = 20_000,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> list[Any]:
+        """Call ``fn(item)`` on the grid for each item; results in order.
+
+        Submissions are pipelined in chunks, with at most ``window`` jobs in flight. If any
+        job fails, JobFailed for the first failing item is raised once all have ended.
+        """
+        items = iter(iterable)
+        template = self.build(fn, **options)
+        template.pop("id")
+        order: list[str] = []
+        pending: set[str] = set()
+        results: dict[str, JobRecord] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        exhausted = False
+        while not exhausted or pending:
+            while not exhausted and len(pending) < window:
+                batch = []
+                for item in itertools.islice(items, min(chunk, window - len(pending))):
+                    spec = dict(template)
+                    spec["id"] = new_job_id()
+                    spec["args"] = [item]
+                    batch.append(spec)
+                if not batch:
+                    exhausted = True
+                    break
+                for h in self.submit_specs(batch):
+                    order.append(h.id)
+                    pending.add(h.id)
+            with self._lock:
+                for jid in [j for j in pending if j in self._done]:
+                    results[jid] = JobRecord.from_dict(self._done.pop(jid))
+                    pending.discard(jid)
+            if pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise WaitTimeout(f"map: {len(pending)} of {len(order)} job(s) unfinished after {timeout:g}s")
+                with self._lock:
+                    got = self._pump(0.5 if left is None else min(0.5, left))
+                if not got:  # nothing for a while: make sure the broker still knows we wait
+                    with self._lock:
+                        for rec in self.request(P.Watch, ids=list(pending))["done"]:
+                            self._done[rec["id"]] = rec
+        out = []
+        failed = [results[j] for j in order if results[j].state is not JobState.SUCCEEDED]
+        if failed:
+            first = failed[0]
+            try:
+                raise_for(first)
+            except JobFailed as exc:
+                raise type(exc)(f"{len(failed)} of {len(order)} map job(s) failed; first: {exc}", first) from None
+        for jid in order:
+            out.append(results[jid].result)
+        return out

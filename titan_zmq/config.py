@@ -1,0 +1,215 @@
+"""Settings: small typed dataclasses, from defaults, a YAML file, ``TITAN_*`` variables and flags.
+
+Precedence, lowest first: defaults, YAML file, environment, explicit keyword overrides
+(the CLI passes its flags as overrides). Every value is validated with a message that
+says which setting to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from titan_zmq.errors import ConfigError
+
+DEFAULT_FRONT = 5555
+DEFAULT_BROKER = f"localhost:{DEFAULT_FRONT}"
+
+T = TypeVar("T")
+
+
+def parse_address(addr: str, default_port: int = DEFAULT_FRONT) -> tuple[str, int]:
+    """Parse ``HOST[:PORT]``, ``tcp://HOST:PORT`` or ``[V6]:PORT`` into (host, port)."""
+    raw = addr
+    addr = addr.strip()
+    if addr.startswith("tcp://"):
+        addr = addr[6:]
+    if not addr:
+        raise ConfigError(f"broker address {raw!r} is empty; use HOST[:PORT], e.g. localhost:5555")
+    host, port_s = addr, ""
+    if addr.startswith("["):
+        end = addr.find("]")
+        if end < 0:
+            raise ConfigError(f"broker address {raw!r} has an unclosed '['")
+        host, rest = addr[1:end], addr[end + 1 :]
+        if rest.startswith(":"):
+            port_s = rest[1:]
+    elif addr.count(":") == 1:
+        host, port_s = addr.split(":")
+    if not port_s:
+        return host, default_port
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ConfigError(f"broker address {raw!r}: port {port_s!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"broker address {raw!r}: port {port} is out of range 1-65535")
+    return host, port
+
+
+def tcp_endpoint(host: str, port: int) -> str:
+    """A ZeroMQ tcp endpoint, bracketing IPv6 literals."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"tcp://{host}:{port}"
+
+
+def resolve_broker(explicit: str | None = None) -> str:
+    """The broker address: the explicit one, else ``TITAN_BROKER``, else localhost:5555."""
+    return explicit or os.environ.get("TITAN_BROKER") or DEFAULT_BROKER
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    if tp in ("int", int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"setting '{name}' must be a whole number, got {value!r}") from None
+    if tp in ("float", float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"setting '{name}' must be a number, got {value!r}") from None
+    if tp in ("bool", bool):
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"setting '{name}' must be true or false, got {value!r}")
+    if tp in ("list[str]", list):
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
+        raise ConfigError(f"setting '{name}' must be a list or a comma-separated string, got {value!r}")
+    if value is None:
+        return None
+    if tp in ("int | None",):
+        return None if value in ("", "none", "None") else _coerce(name, int, value)
+    if tp in ("float | None",):
+        return None if value in ("", "none", "None") else _coerce(name, float, value)
+    return str(value)
+
+
+def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: Any) -> T:
+    """Build config ``cls`` from defaults, a YAML file, ``TITAN_<FIELD>`` variables and overrides."""
+    values: dict[str, Any] = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of settings")
+        for k, v in data.items():
+            key = str(k).replace("-", "_")
+            if key not in fields:
+                raise ConfigError(f"config file {path}: unknown setting '{k}'; known: {', '.join(fields)}")
+            values[key] = v
+    for name in fields:
+        env = os.environ.get(f"TITAN_{name.upper()}")
+        if env is not None and env != "":
+            values[name] = env
+    for k, v in overrides.items():
+        if k not in fields:
+            raise ConfigError(f"unknown setting '{k}' for {cls.__name__}")
+        if v is not None:
+            values[k] = v
+    coerced = {k: _coerce(k, fields[k].type, v) for k, v in values.items()}
+    cfg = cls(**coerced)
+    validate = getattr(cfg, "validate", None)
+    if validate is not None:
+        validate()
+    return cfg
+
+
+def _check_port(name: str, port: int) -> None:
+    if not 0 <= port < 65536:
+        raise ConfigError(f"setting '{name}' must be a port 1-65535 (or 0 for a random free port), got {port}")
+
+
+@dataclass
+class BrokerConfig:
+    """Settings of the broker (``titan broker``)."""
+
+    host: str = "127.0.0.1"
+    front: int = DEFAULT_FRONT
+    back: int = 5556
+    events: int = 5557
+    heartbeat_interval: float = 0.5
+    heartbeat_liveness: int = 5
+    max_message_size: int = 64 * 1024 * 1024
+    max_finished_jobs: int = 100_000
+    max_lost: int = 3
+    stats_interval: float = 1.0
+    batch: int = 512
+
+    def validate(self) -> None:
+        for name in ("front", "back", "events"):
+            _check_port(name, getattr(self, name))
+        ports = [p for p in (self.front, self.back, self.events) if p]
+        if len(set(ports)) != len(ports):
+            raise ConfigError(f"front, back and events ports must differ, got {self.front}, {self.back}, {self.events}")
+        _check_heartbeat(self.heartbeat_interval, self.heartbeat_liveness)
+        if self.max_message_size < 1024:
+            raise ConfigError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
+        if self.max_finished_jobs < 0 or self.max_lost < 0 or self.batch < 1:
+            raise ConfigError("max_finished_jobs and max_lost must be >= 0 and batch >= 1")
+
+
+def _check_heartbeat(interval: float, liveness: int) -> None:
+    if not 0.01 <= interval <= 600:
+        raise ConfigError(f"heartbeat_interval must be between 0.01 and 600 seconds, got {interval}")
+    if liveness < 2:
+        raise ConfigError(f"heartbeat_liveness must be at least 2 missed heartbeats, got {liveness}")
+
+
+@dataclass
+class WorkerConfig:
+    """Settings of a worker (``titan worker``)."""
+
+    broker: str = field(default_factory=resolve_broker)
+    name: str = ""
+    tags: list[str] = field(default_factory=list)
+    slots: int = 0  # 0: one per CPU
+    heartbeat_interval: float = 0.5
+    heartbeat_liveness: int = 5
+    cache_dir: str = ""
+    gpu_probe: bool = True
+    job_memory_mb: int | None = None
+    output_tail: int = 64 * 1024
+    max_message_size: int = 64 * 1024 * 1024
+
+    def validate(self) -> None:
+        parse_address(self.broker)
+        if self.slots < 0 or self.slots > 4096:
+            raise ConfigError(f"slots must be between 1 and 4096 (0 means one per CPU), got {self.slots}")
+        if self.slots == 0:
+            self.slots = os.cpu_count() or 1
+        if not self.name:
+            self.name = f"{socket.gethostname()}-{os.getpid()}"
+        if not self.cache_dir:
+            base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+            self.cache_dir = str(Path(base) / "titan_zmq")
+        _check_heartbeat(self.heartbeat_interval, self.heartbeat_liveness)
+        if self.job_memory_mb is not None and self.job_memory_mb < 16:
+            raise ConfigError(f"job_memory_mb must be at least 16, got {self.job_memory_mb}")
+        from titan_zmq.job import check_tags
+
+        try:
+            self.tags = sorted(check_tags(self.tags, "tags"))
+        except Exception as exc:
+            raise ConfigError(str(exc)) from None

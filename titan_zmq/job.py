@@ -1,0 +1,260 @@
+"""The job model: what a job is (`Job`), where it stands (`JobState`), what happened (`JobRecord`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from titan_zmq.errors import JobError
+
+
+class JobState(str, enum.Enum):
+    """The life of a job. Final states never change again."""
+
+    PENDING = "pending"  # waiting on parents (DAGs)
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"  # between attempts, waiting out its backoff
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD = "dead"  # retries spent
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
+
+KINDS = ("call", "shell", "script")
+FUTURE_KINDS = ("archive", "service")
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+_CALL_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=+-]{0,63}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+MAX_BACKOFF = 300.0
+
+
+def new_job_id() -> str:
+    """A fresh job id: 16 hex digits (64 random bits)."""
+    return uuid.uuid4().hex[:16]
+
+
+def check_tags(tags: Any, what: str = "requires") -> frozenset[str]:
+    """Validate a collection of capability tags."""
+    if isinstance(tags, str):
+        tags = [t for t in tags.split(",") if t.strip()]
+    if not isinstance(tags, (list, tuple, set, frozenset)):
+        raise JobError(f"'{what}' must be a list of tags, got {type(tags).__name__}")
+    out = set()
+    for t in tags:
+        if not isinstance(t, str) or not _TAG_RE.match(t.strip()):
+            raise JobError(f"'{what}' has an invalid tag {t!r}: use letters, digits and _.:=+- (at most 64 characters)")
+        out.add(t.strip())
+    return frozenset(out)
+
+
+def _num(d: dict[str, Any], key: str, default: float, lo: float, hi: float, integer: bool = False) -> Any:
+    v = d.get(key, default)
+    if v is None:
+        v = default
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise JobError(f"'{key}' must be a number, got {type(v).__name__}")
+    if integer and not isinstance(v, int):
+        if float(v).is_integer():
+            v = int(v)
+        else:
+            raise JobError(f"'{key}' must be a whole number, got {v}")
+    if not lo <= v <= hi:
+        raise JobError(f"'{key}' must be between {lo:g} and {hi:g}, got {v}")
+    return v
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job specification, as submitted. Immutable; the broker keeps its progress apart."""
+
+    id: str
+    kind: str
+    target: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    requires: frozenset[str] = frozenset()
+    priority: int = 0
+    delay: float = 0.0
+    timeout: float | None = None
+    retries: int = 0
+    backoff: float = 1.0
+    idempotency_key: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    blob: str | None = None  # sha256 of a script (kind script) or of a __main__ module (kind call)
+
+    WIRE_FIELDS = (
+        "id", "kind", "target", "args", "kwargs", "env", "requires", "priority", "delay",
+        "timeout", "retries", "backoff", "idempotency_key", "labels", "blob",
+    )  # fmt: skip
+
+    def to_wire(self) -> dict[str, Any]:
+        """The job as a msgpack-ready map (only fields that differ from the defaults)."""
+        d: dict[str, Any] = {"id": self.id, "kind": self.kind, "target": self.target}
+        if self.args:
+            d["args"] = list(self.args)
+        if self.kwargs:
+            d["kwargs"] = self.kwargs
+        if self.env:
+            d["env"] = self.env
+        if self.requires:
+            d["requires"] = sorted(self.requires)
+        for name in ("priority", "delay", "timeout", "retries", "idempotency_key", "blob"):
+            v = getattr(self, name)
+            if v:
+                d[name] = v
+        if self.backoff != 1.0:
+            d["backoff"] = self.backoff
+        if self.labels:
+            d["labels"] = self.labels
+        return d
+
+    @classmethod
+    def from_wire(cls, d: Any) -> Job:
+        """Validate a job map from the wire; raise JobError naming the field at fault."""
+        if not isinstance(d, dict):
+            raise JobError(f"a job must be a map, got {type(d).__name__}")
+        unknown = set(d) - set(cls.WIRE_FIELDS)
+        if unknown:
+            raise JobError(f"unknown job field(s) {sorted(map(str, unknown))}; known: {', '.join(cls.WIRE_FIELDS)}")
+        jid = d.get("id")
+        if not isinstance(jid, str) or not _ID_RE.match(jid):
+            raise JobError(
+                f"job id {jid!r} is invalid: 1-128 characters of letters, digits and _.:@-, "
+                "starting with a letter or digit"
+            )
+        kind = d.get("kind")
+        if kind in FUTURE_KINDS:
+            raise JobError(f"job kind '{kind}' is not supported by this version yet; use one of {', '.join(KINDS)}")
+        if kind not in KINDS:
+            raise JobError(f"job {jid}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        target = d.get("target")
+        if not isinstance(target, str) or not target.strip():
+            raise JobError(f"job {jid}: 'target' must be a non-empty string")
+        if kind == "call" and not _CALL_RE.match(target):
+            raise JobError(f"job {jid}: call target {target!r} must look like 'package.module:function'")
+        args = d.get("args") or []
+        if not isinstance(args, list):
+            raise JobError(f"job {jid}: 'args' must be a list, got {type(args).__name__}")
+        if kind != "call":
+            for a in args:
+                if isinstance(a, bool) or not isinstance(a, (str, int, float)):
+                    raise JobError(f"job {jid}: arguments of a {kind} job must be strings or numbers, got {a!r}")
+            args = [a if isinstance(a, str) else str(a) for a in args]
+        kwargs = d.get("kwargs") or {}
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise JobError(f"job {jid}: 'kwargs' must be a map with string keys")
+        if kwargs and kind != "call":
+            raise JobError(f"job {jid}: only call jobs take 'kwargs'; pass arguments to a {kind} job in 'args'")
+        env = d.get("env") or {}
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise JobError(f"job {jid}: 'env' must be a map of strings to strings")
+        labels = d.get("labels") or {}
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise JobError(f"job {jid}: 'labels' must be a map of strings to strings")
+        timeout = d.get("timeout")
+        if timeout is not None:
+            timeout = _num(d, "timeout", 0, 0.001, 365 * 86400.0)
+        blob = d.get("blob")
+        if blob is not None and (not isinstance(blob, str) or not _SHA_RE.match(blob)):
+            raise JobError(f"job {jid}: 'blob' must be a sha256 hex digest")
+        if kind == "script" and blob is None:
+            raise JobError(f"job {jid}: a script job needs its content ('blob' sha256 and the bytes in 'blobs')")
+        key = d.get("idempotency_key")
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
+            raise JobError(f"job {jid}: 'idempotency_key' must be a string of 1 to 256 characters")
+        return cls(
+            id=jid,
+            kind=kind,
+            target=target,
+            args=args,
+            kwargs=kwargs,
+            env=env,
+            requires=check_tags(d.get("requires") or []),
+            priority=_num(d, "priority", 0, -(2**31), 2**31, integer=True),
+            delay=float(_num(d, "delay", 0.0, 0.0, 365 * 86400.0)),
+            timeout=None if timeout is None else float(timeout),
+            retries=_num(d, "retries", 0, 0, 1000, integer=True),
+            backoff=float(_num(d, "backoff", 1.0, 0.0, 3600.0)),
+            idempotency_key=key,
+            labels=labels,
+            blob=blob,
+        )
+
+
+def backoff_delay(base: float, attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential, capped, with ±50% jitter."""
+    if base <= 0:
+        return 0.0
+    raw = min(MAX_BACKOFF, base * (2 ** max(0, attempt - 1)))
+    return raw * (rng or random).uniform(0.5, 1.5)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A snapshot of a job as the broker knows it, as clients see it."""
+
+    id: str
+    kind: str
+    target: str
+    state: JobState
+    attempts: int = 0
+    worker: str | None = None
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    traceback: str | None = None
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    requires: list[str] = field(default_factory=list)
+    priority: int = 0
+    retries: int = 0
+    submitted_at: float | None = None
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    waiting: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.state is JobState.SUCCEEDED
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["state"] = JobState(kw["state"])
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["state"] = self.state.value
+        return d

@@ -1,0 +1,373 @@
+"""The wire protocol: frames, command codes and message bodies.
+
+Every message is a multipart ZeroMQ message::
+
+    [identity...] [b"TZ1"] [command: 1 byte] [body: msgpack map]
+
+The identity frames are added and removed by ROUTER sockets; DEALER peers send
+the last three frames only. Command codes and the version tag live here and
+nowhere else. Bodies decode into frozen dataclasses; anything that does not fit
+raises :class:`~titan_zmq.errors.ProtocolError`, whose text names the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+from titan_zmq.errors import PayloadTooLarge, ProtocolError
+
+VERSION = b"TZ1"
+
+# Client -> broker, on the front socket.
+HELLO = b"\x01"
+SUBMIT = b"\x02"
+STATUS = b"\x03"
+CANCEL = b"\x04"
+WORKERS = b"\x05"
+WATCH = b"\x06"
+LIST = b"\x07"
+
+# Worker <-> broker, on the back socket.
+READY = b"\x10"
+HEARTBEAT = b"\x11"
+RESULT = b"\x13"
+BYE = b"\x14"
+ASSIGN = b"\x20"
+KILL = b"\x21"
+ACK = b"\x22"
+REREGISTER = b"\x23"
+
+# Broker -> client (and error replies to anyone).
+REPLY = b"\x40"
+ERROR = b"\x41"
+DONE = b"\x42"
+
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+
+# Error codes carried by ERROR bodies; the client maps them to exception classes.
+E_PROTOCOL = "protocol"
+E_TOO_LARGE = "too_large"
+E_UNKNOWN_JOB = "unknown_job"
+E_BAD_JOB = "bad_job"
+E_CONFLICT = "conflict"
+
+
+def packb(obj: Any) -> bytes:
+    """Encode a value as msgpack, the way every titan_zmq peer does."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpackb(data: bytes) -> Any:
+    """Decode msgpack bytes; raise ProtocolError when they are not msgpack."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise ProtocolError(f"body is not valid msgpack ({type(exc).__name__}: {exc})") from None
+
+
+def _checker(tp: Any) -> tuple[Callable[[Any], bool], str]:
+    """Return a predicate for values of annotation ``tp`` and a name for messages."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return (lambda v: True), "any value"
+    if origin in (typing.Union, types.UnionType):
+        parts = [_checker(a) for a in args if a is not type(None)]
+        nullable = type(None) in args
+        names = " or ".join(p[1] for p in parts) + (" or nil" if nullable else "")
+        return (lambda v: (v is None and nullable) or any(p[0](v) for p in parts)), names
+    if tp is bool:
+        return (lambda v: v is True or v is False), "a boolean"
+    if tp is int:
+        return (lambda v: isinstance(v, int) and not isinstance(v, bool)), "an integer"
+    if tp is float:
+        return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)), "a number"
+    if tp is str:
+        return (lambda v: isinstance(v, str)), "a string"
+    if tp is bytes:
+        return (lambda v: isinstance(v, bytes)), "bytes"
+    if origin is list:
+        (inner,) = args
+        check, name = _checker(inner)
+        if inner is Any:
+            return (lambda v: isinstance(v, list)), "a list"
+        return (lambda v: isinstance(v, list) and all(check(x) for x in v)), f"a list of {name}"
+    if origin is dict:
+        kt, vt = args
+        kcheck, _ = _checker(kt)
+        vcheck, vname = _checker(vt)
+        if vt is Any:
+            return (lambda v: isinstance(v, dict) and all(kcheck(k) for k in v)), "a map"
+        return (
+            lambda v: isinstance(v, dict) and all(kcheck(k) and vcheck(x) for k, x in v.items()),
+            f"a map of {vname}",
+        )
+    if tp is dict:
+        return (lambda v: isinstance(v, dict)), "a map"
+    if tp is list:
+        return (lambda v: isinstance(v, list)), "a list"
+    raise TypeError(f"protocol field type {tp!r} is not supported")
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of all message bodies. Subclasses set ``CODE`` and declare fields."""
+
+    CODE: ClassVar[bytes] = b""
+    _spec: ClassVar[tuple[tuple[str, Callable[[Any], bool], str, bool], ...]] = ()
+
+    @classmethod
+    def _build_spec(cls) -> None:
+        hints = typing.get_type_hints(cls)
+        spec = []
+        for f in dataclasses.fields(cls):
+            check, name = _checker(hints[f.name])
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            spec.append((f.name, check, name, required))
+        cls._spec = tuple(spec)
+
+    def encode(self) -> list[bytes]:
+        """Frames for this message, without identity frames."""
+        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return [VERSION, self.CODE, packb(body)]
+
+    @classmethod
+    def from_body(cls, body: Any) -> Message:
+        """Validate a decoded msgpack body and build the message."""
+        name = cls.__name__.upper()
+        if not isinstance(body, dict):
+            raise ProtocolError(f"{name} body must be a msgpack map, got {type(body).__name__}")
+        spec = cls._spec
+        known = {s[0] for s in spec}
+        extra = [k for k in body if k not in known]
+        if extra:
+            raise ProtocolError(f"{name} has unknown field(s) {sorted(map(str, extra))}")
+        for fname, check, tname, required in spec:
+            if fname in body:
+                if not check(body[fname]):
+                    got = type(body[fname]).__name__
+                    raise ProtocolError(f"{name} field '{fname}' must be {tname}, got {got}")
+            elif required:
+                raise ProtocolError(f"{name} is missing the field '{fname}'")
+        return cls(**body)
+
+
+# ---- client <-> broker ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """Ask the broker for its version and the ports of its other sockets."""
+
+    CODE = HELLO
+    rid: int = 0
+
+
+@dataclass(frozen=True)
+class Submit(Message):
+    """Submit jobs. ``blobs`` carries script contents keyed by sha256."""
+
+    CODE = SUBMIT
+    rid: int
+    jobs: list[dict[str, Any]]
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    watch: bool = False
+
+
+@dataclass(frozen=True)
+class Status(Message):
+    """Ask for the records of the given job ids."""
+
+    CODE = STATUS
+    rid: int
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    """Cancel a queued or running job."""
+
+    CODE = CANCEL
+    rid: int
+    id: str
+
+
+@dataclass(frozen=True)
+class Workers(Message):
+    """List the connected workers."""
+
+    CODE = WORKERS
+    rid: int
+
+
+@dataclass(frozen=True)
+class Watch(Message):
+    """Ask to be sent DONE when these jobs end; ended ones come back at once."""
+
+    CODE = WATCH
+    rid: int
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class List(Message):
+    """List jobs, newest first, optionally of one state."""
+
+    CODE = LIST
+    rid: int
+    state: str | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True)
+class Reply(Message):
+    """A successful answer to the request ``rid``."""
+
+    CODE = REPLY
+    rid: int
+    data: Any = None
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """A refused request: ``code`` is machine readable, ``message`` says what to do."""
+
+    CODE = ERROR
+    rid: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Done(Message):
+    """Pushed to a watching client: the final records of jobs that ended."""
+
+    CODE = DONE
+    records: list[dict[str, Any]]
+
+
+# ---- worker <-> broker ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready(Message):
+    """A worker (re)joins: who it is, what it can do, what it still runs."""
+
+    CODE = READY
+    name: str
+    host: str
+    tags: list[str]
+    slots: int
+    pid: int
+    running: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """Liveness, both ways; any message counts as one too."""
+
+    CODE = HEARTBEAT
+
+
+@dataclass(frozen=True)
+class Result(Message):
+    """Outcomes of finished attempts, a batch at a time."""
+
+    CODE = RESULT
+    results: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Bye(Message):
+    """A worker leaves; the jobs it names were stopped and go back to the queue."""
+
+    CODE = BYE
+    running: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Assign(Message):
+    """Jobs for a worker, at most its free slots; ``blobs`` has scripts it lacks."""
+
+    CODE = ASSIGN
+    jobs: list[dict[str, Any]]
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Kill(Message):
+    """Stop these running jobs (cancelled, or leased elsewhere)."""
+
+    CODE = KILL
+    ids: list[str]
+    reason: str = "cancelled"
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """The broker holds these results; the worker may forget them."""
+
+    CODE = ACK
+    ids: list[str]
+
+
+@dataclass(frozen=True)
+class Reregister(Message):
+    """The broker does not know this worker (it restarted): send READY again."""
+
+    CODE = REREGISTER
+
+
+MESSAGES: dict[bytes, type[Message]] = {}
+for _cls in (
+    Hello, Submit, Status, Cancel, Workers, Watch, List, Reply, Error, Done,
+    Ready, Heartbeat, Result, Bye, Assign, Kill, Ack, Reregister,
+):  # fmt: skip
+    _cls._build_spec()
+    MESSAGES[_cls.CODE] = _cls
+
+FRONT_COMMANDS = frozenset({HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST})
+BACK_COMMANDS = frozenset({READY, HEARTBEAT, RESULT, BYE})
+
+
+def decode(frames: list[bytes], allowed: frozenset[bytes] | None = None, max_size: int = 0) -> Message:
+    """Decode ``[VERSION, command, body]`` into a message.
+
+    ``allowed`` restricts the commands a socket accepts; ``max_size`` refuses
+    bodies above that many bytes (0: no limit).
+    """
+    if len(frames) != 3:
+        raise ProtocolError(f"expected 3 frames [version, command, body], got {len(frames)}")
+    version, code, body = frames
+    if version != VERSION:
+        shown = version[:16]
+        raise ProtocolError(f"unknown protocol version {shown!r}; this broker speaks {VERSION.decode()}")
+    cls = MESSAGES.get(code)
+    if cls is None or (allowed is not None and code not in allowed):
+        raise ProtocolError(f"unknown command {code.hex() if code else '(empty)'} on this socket")
+    if max_size and len(body) > max_size:
+        raise PayloadTooLarge(
+            f"message of {len(body)} bytes exceeds the limit of {max_size} bytes; "
+            "send large data through the KV store or raise max_message_size"
+        )
+    return cls.from_body(unpackb(body))
+
+
+def peek_rid(frames: list[bytes]) -> int:
+    """Best-effort request id of a message that failed to decode, for the error reply."""
+    if len(frames) == 3 and len(frames[2]) < 1 << 20:
+        try:
+            body = msgpack.unpackb(frames[2], raw=False, strict_map_key=False)
+        except Exception:
+            return 0
+        if isinstance(body, dict) and isinstance(body.get("rid"), int):
+            return int(body["rid"])
+    return 0

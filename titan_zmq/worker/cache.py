@@ -1,0 +1,45 @@
+"""The worker's content-addressed cache of shipped files (scripts, __main__ modules)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from titan_zmq.errors import TitanError
+
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class BlobCache:
+    """Files named by the sha256 of their content, written atomically, verified on write."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root) / "blobs"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha: str) -> Path:
+        if not _SHA_RE.match(sha):
+            raise TitanError(f"not a sha256 digest: {sha!r}")
+        return self.root / sha[:2] / f"{sha}.py"
+
+    def has(self, sha: str) -> bool:
+        return self.path(sha).is_file()
+
+    def put(self, sha: str, content: bytes) -> Path:
+        """Store ``content`` under ``sha`` unless it is there already. Refuses content that does not match."""
+        path = self.path(sha)
+        if path.is_file():
+            return path
+        if hashlib.sha256(content).hexdigest() != sha:
+            raise TitanError(f"blob {sha[:12]}... does not match its content; refusing to cache it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+        return path
+
+    def shas(self) -> list[str]:
+        """Digests of every file in the cache."""
+        return [p.stem for p in self.root.glob("??/*.py") if _SHA_RE.match(p.stem)]

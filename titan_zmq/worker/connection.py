@@ -1,0 +1,279 @@
+"""The worker: one DEALER to the broker's back socket, one poll loop, jobs in other processes.
+
+The loop never runs a job itself, so it always answers heartbeats. It finds the broker's
+back port by asking the front port (``HELLO``), announces itself (``READY``), runs what it
+is assigned, and keeps every result until the broker acknowledges it. When the broker
+goes silent it drops the connection, asks again with backoff, and re-announces the jobs
+it still runs and the results it still holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import zmq
+
+from titan_zmq import protocol as P
+from titan_zmq.config import WorkerConfig, parse_address, tcp_endpoint
+from titan_zmq.errors import ProtocolError
+from titan_zmq.worker.cache import BlobCache
+from titan_zmq.worker.executors import Executor
+from titan_zmq.worker.gpu import gpu_tags
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """A titan_zmq worker. ``run()`` blocks until ``stop()``."""
+
+    def __init__(self, config: WorkerConfig | None = None) -> None:
+        self.config = cfg = config or WorkerConfig()
+        cfg.validate()
+        self.host, self.front_port = parse_address(cfg.broker)
+        tags = set(cfg.tags) | {"cpu"}
+        if cfg.gpu_probe:
+            tags |= set(gpu_tags())
+        self.tags = sorted(tags)
+        self.identity = f"{cfg.name}/{uuid.uuid4().hex[:8]}".encode()
+        self.cache = BlobCache(cfg.cache_dir)
+        env = dict(os.environ)
+        env.update({"TITAN_BROKER": cfg.broker, "TITAN_WORKER": cfg.name, "PYTHONUNBUFFERED": "1"})
+        self.executor = Executor(self.cache, env, output_tail=cfg.output_tail, memory_mb=cfg.job_memory_mb)
+        self.ctx = zmq.Context()
+        self.sock: zmq.Socket[bytes] | None = None
+        self.unacked: dict[str, dict[str, Any]] = {}
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._last_heard = 0.0
+        self._last_sent = 0.0
+        self.connected = threading.Event()
+        self.jobs_done = 0
+
+    # ---- life cycle -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the current turn, stop running jobs (they go back to the queue) and leave."""
+        self._stopping.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        log.info(
+            "worker %s starting with tags %s and %d slots", self.config.name, ",".join(self.tags), self.config.slots
+        )
+        try:
+            while not self._stopping.is_set():
+                if self.sock is None and not self._connect():
+                    continue
+                self._serve()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        stopped = self.executor.shutdown()
+        finished = self.executor.take_finished()
+        stopped_ids = [r["id"] for r in finished if r["outcome"] == "interrupted"]
+        done = [r for r in finished if r["outcome"] != "interrupted"]
+        if self.sock is not None:
+            for r in done:
+                self.unacked[r["id"]] = r
+            if self.unacked:
+                self._send(P.Result(results=list(self.unacked.values())))
+            self._send(P.Bye(running=stopped_ids or stopped))
+            self.sock.setsockopt(zmq.LINGER, 1000)
+            self.sock.close()
+            self.sock = None
+        self.ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        log.info("worker %s stopped", self.config.name)
+
+    # ---- connecting -------------------------------------------------------------------
+
+    def _discover(self, timeout: float) -> dict[str, Any] | None:
+        """Ask the front socket for the broker's ports; None if it does not answer in time."""
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        try:
+            s.connect(tcp_endpoint(self.host, self.front_port))
+            s.send_multipart(P.Hello(rid=1).encode())
+            poller = zmq.Poller()
+            poller.register(s, zmq.POLLIN)
+            poller.register(self._wake_r, zmq.POLLIN)
+            deadline = time.monotonic() + timeout
+            while not self._stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                events = dict(poller.poll(int(left * 1000) + 1))
+                if s not in events:
+                    continue
+                msg = P.decode(s.recv_multipart())
+                if isinstance(msg, P.Reply) and isinstance(msg.data, dict):
+                    return msg.data
+            return None
+        except ProtocolError as exc:
+            log.error("broker at %s:%d answered with something unexpected: %s", self.host, self.front_port, exc)
+            return None
+        finally:
+            s.close()
+
+    def _connect(self) -> bool:
+        delay = 0.1
+        while not self._stopping.is_set():
+            info = self._discover(timeout=max(1.0, self.config.heartbeat_interval * 2))
+            if info is not None:
+                break
+            log.warning("broker at %s:%d not answering; retrying in %.1fs", self.host, self.front_port, delay)
+            self._wait_stop(delay)
+            delay = min(delay * 2, 5.0) * random.uniform(0.8, 1.2)
+        else:
+            return False
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, self.identity)
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        s.setsockopt(zmq.SNDHWM, 100_000)
+        s.setsockopt(zmq.RCVHWM, 100_000)
+        s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size + (1 << 20))
+        s.connect(tcp_endpoint(self.host, int(info["back"])))
+        self.sock = s
+        self._register()
+        log.info("connected to broker %s:%d (back port %s)", self.host, self.front_port, info["back"])
+        return True
+
+    def _register(self) -> None:
+        """Announce ourselves, then resend every result not yet acknowledged."""
+        held = list(self.executor.tasks) + list(self.unacked)
+        self._send(
+            P.Ready(
+                name=self.config.name,
+                host=socket.gethostname(),
+                tags=self.tags,
+                slots=self.config.slots,
+                pid=os.getpid(),
+                running=held,
+                cached=self.cache.shas(),
+            )
+        )
+        if self.unacked:
+            self._send(P.Result(results=list(self.unacked.values())))
+        self._last_heard = time.monotonic()
+
+    def _wait_stop(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+    def _send(self, msg: P.Message) -> None:
+        assert self.sock is not None
+        try:
+            self.sock.send_multipart(msg.encode(), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("outgoing queue to the broker is full; %s dropped", type(msg).__name__)
+        self._last_sent = time.monotonic()
+
+    # ---- serving ----------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """Run the loop on the current connection until it is lost or we stop."""
+        cfg = self.config
+        sock = self.sock
+        assert sock is not None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        watched: set[int] = set()
+        ex = self.executor
+        silence = cfg.heartbeat_interval * cfg.heartbeat_liveness
+        while not self._stopping.is_set():
+            fds = set(ex.fds())
+            for fd in watched - fds:
+                poller.unregister(fd)
+            for fd in fds - watched:
+                poller.register(fd, zmq.POLLIN)
+            watched = fds
+            now = time.monotonic()
+            wait = cfg.heartbeat_interval - (now - self._last_sent)
+            nxt = ex.next_wakeup()
+            if nxt is not None:
+                wait = min(wait, nxt)
+            for item, _ in poller.poll(max(0, int(wait * 1000)) + 1):
+                if item is sock:
+                    self._drain()
+                elif item == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                else:
+                    ex.on_readable(int(item))
+            ex.poll()
+            finished = ex.take_finished()
+            if finished:
+                for r in finished:
+                    self.unacked[r["id"]] = r
+                self.jobs_done += len(finished)
+                self._send(P.Result(results=finished))
+            now = time.monotonic()
+            if now - self._last_heard > silence:
+                log.warning("broker silent for %.1fs; reconnecting", now - self._last_heard)
+                self.connected.clear()
+                for fd in watched:
+                    poller.unregister(fd)
+                sock.close()
+                self.sock = None
+                return
+            if now - self._last_sent >= cfg.heartbeat_interval:
+                self._send(P.Heartbeat())
+
+    def _drain(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._last_heard = time.monotonic()
+            self.connected.set()
+            try:
+                msg = P.decode(frames)
+            except ProtocolError as exc:
+                log.error("malformed message from the broker dropped: %s", exc)
+                continue
+            self.handle(msg)
+
+    def handle(self, msg: P.Message) -> None:
+        """One message from the broker."""
+        if isinstance(msg, P.Assign):
+            for sha, content in msg.blobs.items():
+                try:
+                    self.cache.put(sha, content)
+                except Exception as exc:
+                    log.error("could not cache blob %s: %s", sha[:12], exc)
+            for job in msg.jobs:
+                if job["id"] in self.executor.tasks:
+                    continue  # already running it: a duplicate assignment after a reconnect
+                self.executor.start(job)
+        elif isinstance(msg, P.Kill):
+            for jid in msg.ids:
+                reason = "cancelled" if msg.reason == "cancelled" else "interrupted"
+                if self.executor.kill(jid, reason):
+                    log.info("job %s killed: %s", jid, msg.reason)
+        elif isinstance(msg, P.Ack):
+            for jid in msg.ids:
+                self.unacked.pop(jid, None)
+        elif isinstance(msg, P.Reregister):
+            log.info("broker asked us to register again (it restarted)")
+            self._register()
+        elif isinstance(msg, P.Error):
+            log.error("broker refused a message: %s", msg.message)

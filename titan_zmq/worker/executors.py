@@ -1,0 +1,474 @@
+"""Executors: every job runs in a process apart from the worker's connection loop.
+
+* ``call`` jobs run in long-lived child processes (``titan_zmq.worker.child``), one job
+  at a time each, so an import is paid once and a crash costs only a new child.
+* ``shell`` and ``script`` jobs run as their own process in a new session.
+
+The worker's loop polls the descriptors this module hands it; nothing here blocks.
+Timeouts and cancels kill the job's whole process tree.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from titan_zmq.process import die_with_parent, kill_tree
+from titan_zmq.worker.cache import BlobCache
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("!I")
+
+
+def _limit_memory(mb: int | None) -> Callable[[], None]:
+    def setup() -> None:
+        die_with_parent()
+        if mb:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (mb << 20, mb << 20))
+
+    return setup
+
+
+class Tail:
+    """The last ``limit`` bytes written to a stream."""
+
+    __slots__ = ("buf", "dropped", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.buf = bytearray()
+        self.limit = limit
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        self.buf += data
+        over = len(self.buf) - self.limit
+        if over > 0:
+            del self.buf[:over]
+            self.dropped += over
+
+    def text(self) -> str:
+        s = self.buf.decode("utf-8", "replace")
+        if self.dropped:
+            return f"[... {self.dropped} earlier bytes dropped]\n" + s
+        return s
+
+
+def _read_available(fd: int, sink: Tail | None) -> bool:
+    """Read what a non-blocking pipe holds. Returns False at end of file."""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        if sink is not None:
+            sink.add(data)
+
+
+class Task:
+    """One running attempt of a job."""
+
+    __slots__ = (
+        "attempt", "child", "deadline", "err", "err_fd", "id", "job", "kill_reason", "out", "out_fd",
+        "popen", "started",
+    )  # fmt: skip
+
+    def __init__(self, job: dict[str, Any], tail: int) -> None:
+        self.job = job
+        self.id: str = job["id"]
+        self.attempt: int = job.get("attempt", 1)
+        self.started = time.monotonic()
+        timeout = job.get("timeout")
+        self.deadline: float | None = self.started + timeout if timeout else None
+        self.out = Tail(tail)
+        self.err = Tail(tail)
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.child: ChildProc | None = None
+        self.out_fd: int | None = None
+        self.err_fd: int | None = None
+        self.kill_reason: str | None = None
+
+
+class ChildProc:
+    """A long-lived process that runs call jobs one after another."""
+
+    def __init__(self, env: dict[str, str], memory_mb: int | None) -> None:
+        job_r, self.job_w = os.pipe()
+        self.res_r, res_w = os.pipe()
+        argv = [sys.executable, "-m", "titan_zmq.worker.child", str(job_r), str(res_w), str(memory_mb or 0)]
+        self.popen = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(job_r, res_w), env=env, start_new_session=True, preexec_fn=die_with_parent,
+        )  # fmt: skip
+        os.close(job_r)
+        os.close(res_w)
+        assert self.popen.stdout is not None and self.popen.stderr is not None
+        self.out_fd = self.popen.stdout.fileno()
+        self.err_fd = self.popen.stderr.fileno()
+        for fd in (self.res_r, self.out_fd, self.err_fd):
+            os.set_blocking(fd, False)
+        self.buf = bytearray()
+        self.task: Task | None = None
+        self.dead = False
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def send(self, msg: dict[str, Any]) -> None:
+        body = msgpack.packb(msg, use_bin_type=True)
+        data = memoryview(_HEADER.pack(len(body)) + body)
+        while data:
+            n = os.write(self.job_w, data)
+            data = data[n:]
+
+    def read_results(self) -> tuple[list[dict[str, Any]], bool]:
+        """Outcomes the child wrote, and False once its pipe closed (it died)."""
+        alive = True
+        while True:
+            try:
+                chunk = os.read(self.res_r, 1 << 20)
+            except BlockingIOError:
+                break
+            except OSError:
+                alive = False
+                break
+            if not chunk:
+                alive = False
+                break
+            self.buf += chunk
+        out = []
+        while len(self.buf) >= 4:
+            (n,) = _HEADER.unpack_from(self.buf)
+            if len(self.buf) < 4 + n:
+                break
+            out.append(msgpack.unpackb(bytes(self.buf[4 : 4 + n]), raw=False, strict_map_key=False))
+            del self.buf[: 4 + n]
+        return out, alive
+
+    def close(self) -> None:
+        self.dead = True
+        kill_tree(self.popen.pid)
+        for fd in (self.job_w, self.res_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                stream.close()
+        try:
+            self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            log.warning("call executor %d did not exit after SIGKILL", self.popen.pid)
+
+
+class Executor:
+    """Starts, watches, times out and kills the jobs of one worker."""
+
+    def __init__(
+        self,
+        cache: BlobCache,
+        env: dict[str, str],
+        *,
+        output_tail: int = 64 * 1024,
+        memory_mb: int | None = None,
+    ) -> None:
+        self.cache = cache
+        self.env = env
+        self.tail = output_tail
+        self.memory_mb = memory_mb
+        self.tasks: dict[str, Task] = {}
+        self.children: list[ChildProc] = []
+        self.finished: list[dict[str, Any]] = []
+        self._readers: dict[int, Callable[[], object]] = {}
+
+    # ---- starting -------------------------------------------------------------------
+
+    def start(self, job: dict[str, Any]) -> None:
+        """Start one attempt. Failures to start become the attempt's outcome."""
+        task = Task(job, self.tail)
+        self.tasks[task.id] = task
+        try:
+            if job["kind"] == "call":
+                self._start_call(task)
+            else:
+                self._start_process(task)
+        except Exception as exc:
+            log.exception("could not start job %s", task.id)
+            self._finish(task, "failed", error=f"could not start: {type(exc).__name__}: {exc}", error_type="StartError")
+
+    def _job_env(self, job: dict[str, Any]) -> dict[str, str]:
+        env = dict(self.env)
+        env["TITAN_JOB_ID"] = job["id"]
+        env["TITAN_ATTEMPT"] = str(job.get("attempt", 1))
+        env.update(job.get("env") or {})
+        return env
+
+    def _start_call(self, task: Task) -> None:
+        job = task.job
+        msg: dict[str, Any] = {
+            "id": task.id,
+            "target": job["target"],
+            "args": job.get("args", []),
+            "kwargs": job.get("kwargs", {}),
+            "env": job.get("env") or {},
+            "attempt": task.attempt,
+        }
+        if job.get("blob"):
+            if not self.cache.has(job["blob"]):
+                self._finish(task, "cache_miss", error="module source not in the cache")
+                return
+            msg["blob"] = job["blob"]
+            msg["module_path"] = str(self.cache.path(job["blob"]))
+        for _ in range(2):
+            child = self._idle_child()
+            try:
+                child.send(msg)
+            except OSError:
+                self._drop_child(child)
+                continue
+            child.task = task
+            task.child = child
+            return
+        raise RuntimeError("call executor process could not be started")
+
+    def _idle_child(self) -> ChildProc:
+        for c in self.children:
+            if c.task is None and not c.dead:
+                return c
+        env = dict(self.env)
+        child = ChildProc(env, self.memory_mb)
+        self.children.append(child)
+        self._readers[child.res_r] = functools.partial(self._on_child_results, child)
+        self._readers[child.out_fd] = functools.partial(self._on_child_output, child, child.out_fd, "out")
+        self._readers[child.err_fd] = functools.partial(self._on_child_output, child, child.err_fd, "err")
+        return child
+
+    def _start_process(self, task: Task) -> None:
+        job = task.job
+        if job["kind"] == "shell":
+            argv = ["/bin/sh", "-c", job["target"], "titan-job", *job.get("args", [])]
+        else:
+            sha = job["blob"]
+            if not self.cache.has(sha):
+                self._finish(task, "cache_miss", error="script not in the cache")
+                return
+            argv = [sys.executable, str(self.cache.path(sha)), *job.get("args", [])]
+        popen = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=self._job_env(job), start_new_session=True, preexec_fn=_limit_memory(self.memory_mb),
+        )  # fmt: skip
+        assert popen.stdout is not None and popen.stderr is not None
+        task.popen = popen
+        task.out_fd = popen.stdout.fileno()
+        task.err_fd = popen.stderr.fileno()
+        for fd, sink in ((task.out_fd, task.out), (task.err_fd, task.err)):
+            os.set_blocking(fd, False)
+            self._readers[fd] = functools.partial(self._on_process_output, task, fd, sink)
+
+    # ---- watching -------------------------------------------------------------------
+
+    def fds(self) -> list[int]:
+        return list(self._readers)
+
+    def on_readable(self, fd: int) -> None:
+        handler = self._readers.get(fd)
+        if handler is not None:
+            handler()
+
+    def _on_process_output(self, task: Task, fd: int, sink: Tail) -> None:
+        if not _read_available(fd, sink):
+            self._readers.pop(fd, None)
+            if fd == task.out_fd:
+                task.out_fd = None
+            else:
+                task.err_fd = None
+            if task.out_fd is None and task.err_fd is None:
+                self._reap(task, wait=0.05)
+
+    def _on_child_output(self, child: ChildProc, fd: int, which: str) -> None:
+        task = child.task
+        sink = None if task is None else (task.out if which == "out" else task.err)
+        if not _read_available(fd, sink):
+            self._readers.pop(fd, None)
+
+    def _on_child_results(self, child: ChildProc) -> None:
+        results, alive = child.read_results()
+        for res in results:
+            task = child.task
+            if task is None or res.get("id") != task.id:
+                log.warning("call executor %d reported an unexpected job %r", child.pid, res.get("id"))
+                continue
+            _read_available(child.out_fd, task.out)
+            _read_available(child.err_fd, task.err)
+            child.task = None
+            task.child = None
+            res.pop("id", None)
+            outcome = res.pop("outcome", "failed")
+            self._finish(task, outcome, **res)
+        if not alive:
+            self._child_died(child)
+
+    def _child_died(self, child: ChildProc) -> None:
+        task = child.task
+        if task is not None:
+            _read_available(child.out_fd, task.out)
+            _read_available(child.err_fd, task.err)
+        self._drop_child(child)
+        code = child.popen.returncode
+        if task is not None:
+            task.child = None
+            self._finish_killed(task, code)
+
+    def _drop_child(self, child: ChildProc) -> None:
+        for fd in (child.res_r, child.out_fd, child.err_fd):
+            self._readers.pop(fd, None)
+        if child in self.children:
+            self.children.remove(child)
+        child.close()
+
+    def poll(self) -> None:
+        """Reap processes that ended without closing their pipes, and enforce timeouts."""
+        now = time.monotonic()
+        for task in list(self.tasks.values()):
+            if task.popen is not None and task.popen.poll() is not None:
+                self._reap(task, wait=0)
+            elif task.deadline is not None and now >= task.deadline and task.kill_reason is None:
+                self.kill(task.id, "timeout")
+
+    def next_wakeup(self) -> float | None:
+        """Seconds until the executor needs a poll() even if no pipe is readable."""
+        now = time.monotonic()
+        waits = [t.deadline - now for t in self.tasks.values() if t.deadline is not None and t.kill_reason is None]
+        if any(t.popen is not None for t in self.tasks.values()):
+            waits.append(0.1)  # a process may exit while a grandchild keeps its pipes open
+        return max(0.0, min(waits)) if waits else None
+
+    def _reap(self, task: Task, wait: float) -> None:
+        popen = task.popen
+        if popen is None or task.id not in self.tasks:
+            return
+        try:
+            code = popen.wait(timeout=wait) if wait else popen.poll()
+        except subprocess.TimeoutExpired:
+            return
+        if code is None:
+            return
+        for fd, sink in ((task.out_fd, task.out), (task.err_fd, task.err)):
+            if fd is not None:
+                _read_available(fd, sink)
+                self._readers.pop(fd, None)
+        try:
+            os.killpg(popen.pid, signal.SIGKILL)  # whatever it left running in its session
+        except OSError:
+            pass
+        for stream in (popen.stdout, popen.stderr):
+            if stream is not None:
+                stream.close()
+        if task.kill_reason is not None:
+            self._finish_killed(task, code)
+        elif code == 0:
+            self._finish(task, "succeeded", exit_code=0)
+        else:
+            self._finish(task, "failed", exit_code=code, **_exit_error(code, task))
+
+    # ---- ending -----------------------------------------------------------------------
+
+    def kill(self, job_id: str, reason: str) -> bool:
+        """Kill a running job's process tree. ``reason``: timeout, cancelled or interrupted."""
+        task = self.tasks.get(job_id)
+        if task is None:
+            return False
+        task.kill_reason = reason
+        if task.child is not None:
+            child = task.child
+            kill_tree(child.pid)
+            try:
+                child.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            self._on_child_results(child)  # reads what it managed to say, then buries it
+            if not child.dead:
+                self._child_died(child)
+        elif task.popen is not None:
+            kill_tree(task.popen.pid)
+            self._reap(task, wait=5)
+        return True
+
+    def _finish_killed(self, task: Task, code: int | None) -> None:
+        reason = task.kill_reason
+        if reason == "timeout":
+            self._finish(
+                task, "timeout", exit_code=code, error_type="Timeout",
+                error=f"timed out after {task.job.get('timeout')}s; its process tree was killed",
+            )  # fmt: skip
+        elif reason == "cancelled":
+            self._finish(task, "cancelled", exit_code=code, error="cancelled by request")
+        elif reason == "interrupted":
+            self._finish(task, "interrupted", exit_code=code, error="the worker shut down")
+        else:
+            self._finish(
+                task, "failed", exit_code=code, error_type="ProcessDied",
+                error=f"the job's process died ({_describe_code(code)})",
+            )  # fmt: skip
+
+    def _finish(self, task: Task, outcome: str, **fields: Any) -> None:
+        if self.tasks.pop(task.id, None) is None:
+            return
+        res = {
+            "id": task.id,
+            "attempt": task.attempt,
+            "outcome": outcome,
+            "stdout": task.out.text(),
+            "stderr": task.err.text(),
+            "runtime": time.monotonic() - task.started,
+        }
+        res.update(fields)
+        self.finished.append(res)
+
+    def take_finished(self) -> list[dict[str, Any]]:
+        out, self.finished = self.finished, []
+        return out
+
+    def shutdown(self) -> list[str]:
+        """Kill every running job (outcome ``interrupted``) and every child. Returns their ids."""
+        ids = list(self.tasks)
+        for jid in ids:
+            self.kill(jid, "interrupted")
+        for child in list(self.children):
+            self._drop_child(child)
+        return ids
+
+
+def _describe_code(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _exit_error(code: int, task: Task) -> dict[str, Any]:
+    last = task.err.text().strip().splitlines()
+    hint = f": {last[-1][:300]}" if last else ""
+    return {"error": f"{_describe_code(code)}{hint}", "error_type": "ExitCode" if code > 0 else "Signal"}
