@@ -150,7 +150,7 @@ class BrokerConfig:
     back: int = 5556
     events: int = 5557
     heartbeat_interval: float = 0.5
-    heartbeat_liveness: int = 5
+    heartbeat_liveness: int = 4
     max_message_size: int = 64 * 1024 * 1024
     max_finished_jobs: int = 100_000
     max_lost: int = 3
@@ -186,7 +186,7 @@ class WorkerConfig:
     tags: list[str] = field(default_factory=list)
     slots: int = 0  # 0: one per CPU
     heartbeat_interval: float = 0.5
-    heartbeat_liveness: int = 5
+    heartbeat_liveness: int = 4
     cache_dir: str = ""
     gpu_probe: bool = True
     job_memory_mb: int | None = None

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import msgpack
+import zmq
 
 from titan_zmq.errors import PayloadTooLarge, ProtocolError
 
@@ -41,7 +42,6 @@ RESULT = b"\x13"
 BYE = b"\x14"
 ASSIGN = b"\x20"
 KILL = b"\x21"
-ACK = b"\x22"
 REREGISTER = b"\x23"
 
 # Broker -> client (and error replies to anyone).
@@ -295,11 +295,14 @@ class Bye(Message):
 
 @dataclass(frozen=True)
 class Assign(Message):
-    """Jobs for a worker, at most its free slots; ``blobs`` has scripts it lacks."""
+    """Jobs for a worker (at most its free slots), the scripts it lacks (``blobs``), and the ids of
+    results the broker now holds (``acks``: the worker may forget them). Acks ride along with new
+    work so that a finished job usually costs one message each way."""
 
     CODE = ASSIGN
-    jobs: list[dict[str, Any]]
+    jobs: list[dict[str, Any]] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
+    acks: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -312,14 +315,6 @@ class Kill(Message):
 
 
 @dataclass(frozen=True)
-class Ack(Message):
-    """The broker holds these results; the worker may forget them."""
-
-    CODE = ACK
-    ids: list[str]
-
-
-@dataclass(frozen=True)
 class Reregister(Message):
     """The broker does not know this worker (it restarted): send READY again."""
 
@@ -329,7 +324,7 @@ class Reregister(Message):
 MESSAGES: dict[bytes, type[Message]] = {}
 for _cls in (
     Hello, Submit, Status, Cancel, Workers, Watch, List, Reply, Error, Done,
-    Ready, Heartbeat, Result, Bye, Assign, Kill, Ack, Reregister,
+    Ready, Heartbeat, Result, Bye, Assign, Kill, Reregister,
 ):  # fmt: skip
     _cls._build_spec()
     MESSAGES[_cls.CODE] = _cls
@@ -359,6 +354,33 @@ def decode(frames: list[bytes], allowed: frozenset[bytes] | None = None, max_siz
             "send large data through the KV store or raise max_message_size"
         )
     return cls.from_body(unpackb(body))
+
+
+_MORE = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+def send_frames(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    """Send a multipart message without blocking (raises zmq.Again when the peer's queue is full).
+
+    A hand-rolled loop with plain int flags: about three times faster than
+    ``send_multipart``, which matters at tens of thousands of messages a second.
+    """
+    send = sock.send
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        send(frame, _MORE if i < last else _NOBLOCK)
+
+
+def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """Receive one whole multipart message without blocking (raises zmq.Again when there is none)."""
+    recv = sock.recv
+    frame = recv(_NOBLOCK, copy=False)
+    out = [frame.bytes]
+    while frame.more:
+        frame = recv(_NOBLOCK, copy=False)
+        out.append(frame.bytes)
+    return out
 
 
 def peek_rid(frames: list[bytes]) -> int:

@@ -159,9 +159,10 @@ class Broker:
         return max(0, min(1000, int((nxt - now) * 1000) + 1))
 
     def _drain(self, sock: zmq.Socket[bytes], handler: Callable[[list[bytes]], None]) -> None:
+        recv = P.recv_frames
         for _ in range(self.config.batch):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv(sock)
             except zmq.Again:
                 return
             try:
@@ -222,8 +223,9 @@ class Broker:
     def flush(self) -> None:
         """Turn the scheduler's effects into messages and send the outbox."""
         fx = self.sched.fx
-        for ident, jobs in fx.assign.items():
-            self._to_worker(ident, P.Assign(jobs=jobs, blobs=fx.blobs.get(ident, {})).encode())
+        for ident in fx.assign.keys() | fx.acks.keys():
+            msg = P.Assign(jobs=fx.assign.get(ident, []), blobs=fx.blobs.get(ident, {}), acks=fx.acks.get(ident, []))
+            self._to_worker(ident, msg.encode())
         for ident, ids in fx.kill.items():
             self._to_worker(ident, P.Kill(ids=ids).encode())
         for ident, records in fx.done.items():
@@ -234,9 +236,10 @@ class Broker:
         if not self._outbox:
             return
         outbox, self._outbox = self._outbox, []
+        send = P.send_frames
         for sock, frames in outbox:
             try:
-                sock.send_multipart(frames, zmq.NOBLOCK)
+                send(sock, frames)
             except zmq.ZMQError as exc:
                 self._undeliverable(sock, frames, exc)
         if self.sched.fx.assign or self.sched.fx.kill:  # re-queued work from an unreachable worker
@@ -334,12 +337,10 @@ class Broker:
             sched.worker_gone(ident, "it left", stopped=msg.running)
 
     def _results(self, w: WorkerInfo, results: list[dict[str, Any]]) -> None:
-        acks = []
+        acks = self.sched.fx.acks.setdefault(w.ident, [])
         for res in results:
             if not isinstance(res, dict):
                 continue
             jid = self.sched.on_result(w, res)
             if jid is not None:
                 acks.append(jid)
-        if acks:
-            self._to_worker(w.ident, P.Ack(ids=acks).encode())

@@ -108,6 +108,7 @@ class Effects:
 
     assign: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
     blobs: dict[bytes, dict[str, bytes]] = field(default_factory=dict)
+    acks: dict[bytes, list[str]] = field(default_factory=dict)
     kill: dict[bytes, list[str]] = field(default_factory=dict)
     done: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -118,6 +119,7 @@ class Effects:
     def clear(self) -> None:
         self.assign.clear()
         self.blobs.clear()
+        self.acks.clear()
         self.kill.clear()
         self.done.clear()
         self.events.clear()

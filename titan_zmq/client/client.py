@@ -173,7 +173,7 @@ class TitanClient:
             return False
         while True:
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                frames = P.recv_frames(self._sock)
             except zmq.Again:
                 return True
             try:
@@ -401,7 +401,7 @@ class TitanClient:
                     order.append(h.id)
                     pending.add(h.id)
             with self._lock:
-                for jid in [j for j in pending if j in self._done]:
+                for jid in [j for j in self._done if j in pending]:
                     results[jid] = JobRecord.from_dict(self._done.pop(jid))
                     pending.discard(jid)
             if pending:

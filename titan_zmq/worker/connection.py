@@ -177,7 +177,7 @@ class Worker:
     def _send(self, msg: P.Message) -> None:
         assert self.sock is not None
         try:
-            self.sock.send_multipart(msg.encode(), zmq.NOBLOCK)
+            P.send_frames(self.sock, msg.encode())
         except zmq.Again:
             log.warning("outgoing queue to the broker is full; %s dropped", type(msg).__name__)
         self._last_sent = time.monotonic()
@@ -240,7 +240,7 @@ class Worker:
         assert self.sock is not None
         while True:
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                frames = P.recv_frames(self.sock)
             except zmq.Again:
                 return
             self._last_heard = time.monotonic()
@@ -260,6 +260,8 @@ class Worker:
                     self.cache.put(sha, content)
                 except Exception as exc:
                     log.error("could not cache blob %s: %s", sha[:12], exc)
+            for jid in msg.acks:
+                self.unacked.pop(jid, None)
             for job in msg.jobs:
                 if job["id"] in self.executor.tasks:
                     continue  # already running it: a duplicate assignment after a reconnect
@@ -269,9 +271,6 @@ class Worker:
                 reason = "cancelled" if msg.reason == "cancelled" else "interrupted"
                 if self.executor.kill(jid, reason):
                     log.info("job %s killed: %s", jid, msg.reason)
-        elif isinstance(msg, P.Ack):
-            for jid in msg.ids:
-                self.unacked.pop(jid, None)
         elif isinstance(msg, P.Reregister):
             log.info("broker asked us to register again (it restarted)")
             self._register()
