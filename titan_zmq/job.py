@@ -65,10 +65,10 @@ def check_tags(tags: Any, what: str = "requires") -> frozenset[str]:
     return frozenset(out)
 
 
-def _num(d: dict[str, Any], key: str, default: float, lo: float, hi: float, integer: bool = False) -> Any:
-    v = d.get(key, default)
+def _num(d: dict[str, Any], key: str, default: Any, lo: float, hi: float, integer: bool = False) -> Any:
+    v = d.get(key)
     if v is None:
-        v = default
+        return default
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise JobError(f"'{key}' must be a number, got {type(v).__name__}")
     if integer and not isinstance(v, int):
@@ -132,7 +132,7 @@ class Job:
         """Validate a job map from the wire; raise JobError naming the field at fault."""
         if not isinstance(d, dict):
             raise JobError(f"a job must be a map, got {type(d).__name__}")
-        unknown = set(d) - set(cls.WIRE_FIELDS)
+        unknown = d.keys() - _WIRE_SET
         if unknown:
             raise JobError(f"unknown job field(s) {sorted(map(str, unknown))}; known: {', '.join(cls.WIRE_FIELDS)}")
         jid = d.get("id")
@@ -172,9 +172,7 @@ class Job:
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
         ):
             raise JobError(f"job {jid}: 'labels' must be a map of strings to strings")
-        timeout = d.get("timeout")
-        if timeout is not None:
-            timeout = _num(d, "timeout", 0, 0.001, 365 * 86400.0)
+        timeout = _num(d, "timeout", None, 0.001, 365 * 86400.0)
         blob = d.get("blob")
         if blob is not None and (not isinstance(blob, str) or not _SHA_RE.match(blob)):
             raise JobError(f"job {jid}: 'blob' must be a sha256 hex digest")
@@ -190,7 +188,7 @@ class Job:
             args=args,
             kwargs=kwargs,
             env=env,
-            requires=check_tags(d.get("requires") or []),
+            requires=check_tags(d["requires"]) if d.get("requires") else _NO_TAGS,
             priority=_num(d, "priority", 0, -(2**31), 2**31, integer=True),
             delay=float(_num(d, "delay", 0.0, 0.0, 365 * 86400.0)),
             timeout=None if timeout is None else float(timeout),
@@ -249,7 +247,7 @@ class JobRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = _RECORD_FIELDS
         kw = {k: v for k, v in d.items() if k in names}
         kw["state"] = JobState(kw["state"])
         return cls(**kw)
@@ -258,3 +256,8 @@ class JobRecord:
         d = dataclasses.asdict(self)
         d["state"] = self.state.value
         return d
+
+
+_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
+_WIRE_SET = frozenset(Job.WIRE_FIELDS)
+_NO_TAGS: frozenset[str] = frozenset()

@@ -98,13 +98,16 @@ def _checker(tp: Any) -> tuple[Callable[[Any], bool], str]:
         check, name = _checker(inner)
         if inner is Any:
             return (lambda v: isinstance(v, list)), "a list"
+        if typing.get_origin(inner) is dict and typing.get_args(inner)[1] is Any:
+            return (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), f"a list of {name}"
         return (lambda v: isinstance(v, list) and all(check(x) for x in v)), f"a list of {name}"
     if origin is dict:
         kt, vt = args
         kcheck, _ = _checker(kt)
         vcheck, vname = _checker(vt)
         if vt is Any:
-            return (lambda v: isinstance(v, dict) and all(kcheck(k) for k in v)), "a map"
+            # Free-form maps (job specs, results) are checked key by key by their consumer.
+            return (lambda v: isinstance(v, dict)), "a map"
         return (
             lambda v: isinstance(v, dict) and all(kcheck(k) and vcheck(x) for k, x in v.items()),
             f"a map of {vname}",

@@ -57,8 +57,19 @@ def write_frame(fd: int, body: bytes) -> None:
         view = view[n:]
 
 
+_resolved: dict[tuple[str, str | None], Any] = {}
+
+
 def resolve(target: str, module_path: str | None, sha: str | None) -> Any:
-    """Find the function ``module:qualname``; a ``__main__`` module comes from ``module_path``."""
+    """Find the function ``module:qualname`` (cached); a ``__main__`` module comes from ``module_path``."""
+    key = (target, sha)
+    fn = _resolved.get(key)
+    if fn is None:
+        fn = _resolved[key] = _resolve(target, module_path, sha)
+    return fn
+
+
+def _resolve(target: str, module_path: str | None, sha: str | None) -> Any:
     mod_name, _, qual = target.partition(":")
     if mod_name == "__main__":
         if module_path is None or sha is None:
