@@ -8,6 +8,7 @@ says which setting to change.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
@@ -38,10 +39,20 @@ def parse_address(addr: str, default_port: int = DEFAULT_FRONT) -> tuple[str, in
         if end < 0:
             raise ConfigError(f"broker address {raw!r} has an unclosed '['")
         host, rest = addr[1:end], addr[end + 1 :]
-        if rest.startswith(":"):
-            port_s = rest[1:]
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"broker address {raw!r}: only ':PORT' may follow ']'")
+        port_s = rest[1:]
     elif addr.count(":") == 1:
         host, port_s = addr.split(":")
+    elif ":" in addr:
+        try:
+            ipaddress.IPv6Address(addr)
+        except ValueError:
+            raise ConfigError(
+                f"broker address {raw!r} is malformed; use HOST[:PORT], tcp://HOST:PORT or [IPV6]:PORT"
+            ) from None
+    if not host:
+        raise ConfigError(f"broker address {raw!r} has no host; use HOST[:PORT], e.g. localhost:5555")
     if not port_s:
         return host, default_port
     try:
@@ -67,6 +78,8 @@ def resolve_broker(explicit: str | None = None) -> str:
 
 def _coerce(name: str, tp: Any, value: Any) -> Any:
     if tp in ("int", int):
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"setting '{name}' must be a whole number, got {value!r}")
         try:
             return int(value)
         except (TypeError, ValueError):

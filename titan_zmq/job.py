@@ -59,7 +59,7 @@ def check_tags(tags: Any, what: str = "requires") -> frozenset[str]:
         raise JobError(f"'{what}' must be a list of tags, got {type(tags).__name__}")
     out = set()
     for t in tags:
-        if not isinstance(t, str) or not _TAG_RE.match(t.strip()):
+        if not isinstance(t, str) or not _TAG_RE.fullmatch(t.strip()):
             raise JobError(f"'{what}' has an invalid tag {t!r}: use letters, digits and _.:=+- (at most 64 characters)")
         out.add(t.strip())
     return frozenset(out)
@@ -136,7 +136,7 @@ class Job:
         if unknown:
             raise JobError(f"unknown job field(s) {sorted(map(str, unknown))}; known: {', '.join(cls.WIRE_FIELDS)}")
         jid = d.get("id")
-        if not isinstance(jid, str) or not _ID_RE.match(jid):
+        if not isinstance(jid, str) or not _ID_RE.fullmatch(jid):
             raise JobError(
                 f"job id {jid!r} is invalid: 1-128 characters of letters, digits and _.:@-, "
                 "starting with a letter or digit"
@@ -149,7 +149,7 @@ class Job:
         target = d.get("target")
         if not isinstance(target, str) or not target.strip():
             raise JobError(f"job {jid}: 'target' must be a non-empty string")
-        if kind == "call" and not _CALL_RE.match(target):
+        if kind == "call" and not _CALL_RE.fullmatch(target):
             raise JobError(f"job {jid}: call target {target!r} must look like 'package.module:function'")
         args = d.get("args") or []
         if not isinstance(args, list):
@@ -174,7 +174,7 @@ class Job:
             raise JobError(f"job {jid}: 'labels' must be a map of strings to strings")
         timeout = _num(d, "timeout", None, 0.001, 365 * 86400.0)
         blob = d.get("blob")
-        if blob is not None and (not isinstance(blob, str) or not _SHA_RE.match(blob)):
+        if blob is not None and (not isinstance(blob, str) or not _SHA_RE.fullmatch(blob)):
             raise JobError(f"job {jid}: 'blob' must be a sha256 hex digest")
         if kind == "script" and blob is None:
             raise JobError(f"job {jid}: a script job needs its content ('blob' sha256 and the bytes in 'blobs')")

@@ -387,12 +387,22 @@ def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
 
 
 def peek_rid(frames: list[bytes]) -> int:
-    """Best-effort request id of a message that failed to decode, for the error reply."""
-    if len(frames) == 3 and len(frames[2]) < 1 << 20:
-        try:
-            body = msgpack.unpackb(frames[2], raw=False, strict_map_key=False)
-        except Exception:
-            return 0
-        if isinstance(body, dict) and isinstance(body.get("rid"), int):
-            return int(body["rid"])
+    """Best-effort request id of a message that failed to decode, for the error reply.
+
+    Reads only as far as the ``rid`` key (clients send it first), skipping other values
+    without building them, so even a body over the size limit gets a matching error.
+    """
+    if len(frames) != 3:
+        return 0
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(frames[2]), 1024))
+    try:
+        unpacker.feed(frames[2])
+        for _ in range(min(unpacker.read_map_header(), 16)):
+            key = unpacker.unpack()
+            if key == "rid":
+                rid = unpacker.unpack()
+                return rid if isinstance(rid, int) and not isinstance(rid, bool) else 0
+            unpacker.skip()
+    except Exception:
+        return 0
     return 0

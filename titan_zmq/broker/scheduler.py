@@ -244,7 +244,12 @@ class Scheduler:
         while held and held[0][0] <= now:
             _, _, jid = heapq.heappop(held)
             entry = self.jobs.get(jid)
-            if entry is not None and entry.state in (JobState.QUEUED, JobState.RETRYING) and entry.not_before:
+            if (
+                entry is not None
+                and entry.state in (JobState.QUEUED, JobState.RETRYING)
+                and entry.not_before  # a stale item of a job held again later must not release it early
+                and entry.not_before <= now
+            ):
                 self._enqueue(entry)
         return held[0][0] if held else None
 
@@ -540,7 +545,8 @@ class Scheduler:
             elif e.state in FINAL_STATES:
                 self.fx.add_kill(ident, jid)  # harmless if it is only a held result
                 w.running.add(jid)
-            elif e.state is JobState.RUNNING and e.worker != ident:
+            elif (e.state is JobState.RUNNING and e.worker != ident) or e.state is JobState.RETRYING:
+                # Leased elsewhere, or its failure here is known and its retry waits out a backoff.
                 self.fx.add_kill(ident, jid)
                 w.running.add(jid)
             else:

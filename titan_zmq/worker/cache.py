@@ -20,7 +20,7 @@ class BlobCache:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, sha: str) -> Path:
-        if not _SHA_RE.match(sha):
+        if not _SHA_RE.fullmatch(sha):
             raise TitanError(f"not a sha256 digest: {sha!r}")
         return self.root / sha[:2] / f"{sha}.py"
 
@@ -42,4 +42,4 @@ class BlobCache:
 
     def shas(self) -> list[str]:
         """Digests of every file in the cache."""
-        return [p.stem for p in self.root.glob("??/*.py") if _SHA_RE.match(p.stem)]
+        return [p.stem for p in self.root.glob("??/*.py") if _SHA_RE.fullmatch(p.stem)]

@@ -1,0 +1,1 @@
+"""The titan_zmq benchmark harness: ``python -m benchmarks`` (see benchmarks/README.md)."""
