@@ -57,6 +57,10 @@ def _add_worker_opts(p: argparse.ArgumentParser, single: bool = True) -> None:
     p.add_argument("--cache-dir", default=None, help="where shipped scripts are cached")
     p.add_argument("--job-memory", type=int, default=None, metavar="MB", help="address-space limit per job")
     p.add_argument("--no-gpu-probe", action="store_true", help="do not run nvidia-smi to detect GPUs")
+    p.add_argument(
+        "--prefetch", type=int, default=None,
+        help="extra jobs per slot the worker may hold while its jobs are short (default 4; 0: strict credit)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,7 +221,8 @@ def _worker_config(args: argparse.Namespace, **extra: Any) -> Any:
     return load(
         WorkerConfig, getattr(args, "config", None), broker=getattr(args, "broker", None), tags=args.tags,
         slots=args.slots, name=getattr(args, "name", None), cache_dir=args.cache_dir,
-        job_memory_mb=args.job_memory, gpu_probe=False if args.no_gpu_probe else None, **extra,
+        job_memory_mb=args.job_memory, gpu_probe=False if args.no_gpu_probe else None, prefetch=args.prefetch,
+        **extra,
     )  # fmt: skip
 
 
@@ -260,7 +265,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"{os.uname().nodename}-w{i + 1}",
         ]
         for flag, value in (("--tags", args.tags), ("--slots", args.slots), ("--cache-dir", args.cache_dir),
-                            ("--job-memory", args.job_memory)):  # fmt: skip
+                            ("--job-memory", args.job_memory), ("--prefetch", args.prefetch)):  # fmt: skip
             if value is not None:
                 cmd += [flag, str(value)]
         if args.no_gpu_probe:

@@ -169,6 +169,7 @@ class BrokerConfig:
     max_lost: int = 3
     stats_interval: float = 1.0
     batch: int = 512
+    prefetch_below: float = 0.05  # lease beyond free slots only to workers whose jobs average less (s)
 
     def validate(self) -> None:
         for name in ("front", "back", "events"):
@@ -205,9 +206,13 @@ class WorkerConfig:
     job_memory_mb: int | None = None
     output_tail: int = 64 * 1024
     max_message_size: int = 64 * 1024 * 1024
+    prefetch: int = 4  # extra jobs per slot it may hold while its jobs are short; 0: strict credit
+    prefetch_wait: float = 1.0  # a held job not started after this many seconds goes back
 
     def validate(self) -> None:
         parse_address(self.broker)
+        if not 0 <= self.prefetch <= 1000 or self.prefetch_wait <= 0:
+            raise ConfigError("prefetch must be 0-1000 jobs per slot and prefetch_wait above 0 seconds")
         if self.slots < 0 or self.slots > 4096:
             raise ConfigError(f"slots must be between 1 and 4096 (0 means one per CPU), got {self.slots}")
         if self.slots == 0:

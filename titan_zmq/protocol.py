@@ -271,6 +271,7 @@ class Ready(Message):
     pid: int
     running: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
+    prefetch: int = 0  # jobs it will hold beyond its slots while its jobs are short
 
 
 @dataclass(frozen=True)

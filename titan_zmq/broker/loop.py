@@ -47,6 +47,7 @@ class Broker:
             heartbeat_liveness=cfg.heartbeat_liveness,
             max_finished=cfg.max_finished_jobs,
             max_lost=cfg.max_lost,
+            prefetch_below=cfg.prefetch_below,
         )
         self.ctx = zmq.Context()
         self.front = self._router()
@@ -125,16 +126,20 @@ class Broker:
         try:
             while not self._stopping.is_set():
                 timeout_ms = self._timeout_ms()
-                for sock, _ in poller.poll(timeout_ms):
-                    if sock is self.front:
-                        self._drain(self.front, self.handle_client)
-                    elif sock is self.back:
-                        self._drain(self.back, self.handle_worker)
-                    else:
-                        try:
-                            os.read(self._wake_r, 4096)
-                        except BlockingIOError:
-                            pass
+                ready = dict(poller.poll(timeout_ms))
+                if self._wake_r in ready:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                # Workers first: their results free slots, and dispatch need not wait behind a
+                # large submission being validated.
+                if self.back in ready:
+                    self._drain(self.back, self.handle_worker)
+                    self.tick()
+                    self.flush()
+                if self.front in ready:
+                    self._drain(self.front, self.handle_client)
                 self.tick()
                 self.flush()
         finally:

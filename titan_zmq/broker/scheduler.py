@@ -29,7 +29,11 @@ OUT_TIMEOUT = "timeout"
 OUT_CANCELLED = "cancelled"
 OUT_INTERRUPTED = "interrupted"  # the worker stopped it while shutting down
 OUT_CACHE_MISS = "cache_miss"  # the worker lacked a script blob it was thought to hold
-OUTCOMES = frozenset({OUT_SUCCEEDED, OUT_FAILED, OUT_TIMEOUT, OUT_CANCELLED, OUT_INTERRUPTED, OUT_CACHE_MISS})
+OUT_RETURNED = "returned"  # a prefetched job waited too long for a slot there and came back unstarted
+OUTCOMES = frozenset(
+    {OUT_SUCCEEDED, OUT_FAILED, OUT_TIMEOUT, OUT_CANCELLED, OUT_INTERRUPTED, OUT_CACHE_MISS, OUT_RETURNED}
+)
+_EWMA = 0.2  # weight of the newest runtime in a worker's average
 
 
 class Entry:
@@ -81,10 +85,14 @@ class WorkerInfo:
     last_sent: float = 0.0
     done: int = 0
     failed: int = 0
+    prefetch: int = 0  # extra jobs it will hold beyond its slots
+    ewma: float | None = None  # average runtime of its recent jobs, seconds
+    short: bool = False  # its recent jobs are short: its prefetch window is open
 
     @property
     def free(self) -> int:
-        return self.slots - len(self.running)
+        """Credit: free slots, plus the prefetch window while its jobs are short."""
+        return self.slots + (self.prefetch if self.short else 0) - len(self.running)
 
     def describe(self, now: float, interval: float, liveness: int) -> dict[str, Any]:
         return {
@@ -92,7 +100,8 @@ class WorkerInfo:
             "host": self.host,
             "tags": sorted(self.tags),
             "slots": self.slots,
-            "used": len(self.running),
+            "used": min(len(self.running), self.slots),
+            "held": len(self.running),
             "running": sorted(self.running),
             "pid": self.pid,
             "done": self.done,
@@ -141,8 +150,10 @@ class Scheduler:
         heartbeat_liveness: int = 5,
         max_finished: int = 100_000,
         max_lost: int = 3,
+        prefetch_below: float = 0.05,
         rng: random.Random | None = None,
     ) -> None:
+        self.prefetch_below = prefetch_below
         self.clock = clock
         self.wall = wall
         self.interval = heartbeat_interval
@@ -332,6 +343,13 @@ class Scheduler:
             log.warning("worker %s sent a malformed result %r; dropped", w.name, str(res)[:200])
             return jid if isinstance(jid, str) else None
         w.running.discard(jid)
+        runtime = res.get("runtime")
+        if outcome == OUT_RETURNED:  # jobs there got long: close its window until they are short again
+            w.ewma = max(w.ewma or 0.0, self.prefetch_below)
+            w.short = False
+        elif isinstance(runtime, (int, float)) and outcome in (OUT_SUCCEEDED, OUT_FAILED, OUT_TIMEOUT):
+            w.ewma = runtime if w.ewma is None else w.ewma + _EWMA * (runtime - w.ewma)
+            w.short = w.ewma < self.prefetch_below
         entry = self.jobs.get(jid)
         if entry is None:
             log.warning("worker %s reported job %s, which the broker does not know; acknowledged", w.name, jid)
@@ -340,6 +358,12 @@ class Scheduler:
         if entry.state in FINAL_STATES:
             if entry.state is JobState.CANCELLED and entry.worker == w.ident:
                 self._fill_output(entry, res)
+            return jid
+        if outcome == OUT_RETURNED:
+            if entry.worker == w.ident and entry.state is JobState.RUNNING:
+                entry.attempts -= 1  # it never started
+                entry.worker = entry.worker_name = None
+                self._enqueue(entry)
             return jid
         if not mine:
             # A stale attempt: the job was re-queued or leased elsewhere meanwhile. A success still
@@ -352,6 +376,9 @@ class Scheduler:
                 self.fx.add_kill(other.ident, jid)
         self._fill_output(entry, res)
         entry.worker_name = w.name
+        if isinstance(runtime, (int, float)) and runtime >= 0:
+            # It may have waited in the worker's prefetch queue: it started ``runtime`` ago.
+            entry.started_at = max(entry.started_at or 0.0, self.wall() - runtime)
         if outcome == OUT_SUCCEEDED:
             w.done += 1
             entry.result = res.get("result")
@@ -530,6 +557,7 @@ class Scheduler:
                 info["pid"],
             )
         w.cached = set(info.get("cached") or ())
+        w.prefetch = max(0, int(info.get("prefetch") or 0))
         held = set(info.get("running") or ())
         # Jobs the broker leased to it that it no longer holds were lost with its previous session.
         for jid in list(w.running - held):

@@ -113,6 +113,7 @@ class TitanClient:
         self._rids = itertools.count(1)
         self._replies: dict[int, P.Message] = {}
         self._done: dict[str, dict[str, Any]] = {}
+        self._watched: set[str] = set()  # submitted with watch on this socket, not ended yet
         self._sock: zmq.Socket[bytes] | None = None
         self._blobs: dict[str, bytes] = {}
         self._open()
@@ -128,6 +129,7 @@ class TitanClient:
         s.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
         s.connect(tcp_endpoint(self.host, self.port))
         self._sock = s
+        self._watched.clear()  # a new socket is a new identity: the broker's watches were for the old one
 
     def close(self) -> None:
         """Close the connection. Jobs already submitted run on regardless."""
@@ -184,6 +186,7 @@ class TitanClient:
             if isinstance(msg, P.Done):
                 for rec in msg.records:
                     self._done[rec["id"]] = rec
+                    self._watched.discard(rec["id"])
             elif isinstance(msg, (P.Reply, P.Error)):
                 self._replies[msg.rid] = msg
 
@@ -311,6 +314,8 @@ class TitanClient:
         """Submit prepared specs in one message, all or nothing."""
         blobs = {s["blob"]: self._blobs[s["blob"]] for s in specs if s.get("blob") in self._blobs}
         data = self.request(P.Submit, jobs=specs, blobs=blobs, watch=watch)
+        if watch:
+            self._watched.update(data["ids"])
         return [JobHandle(self, i) for i in data["ids"]]
 
     def status(self, job_id: str) -> JobRecord:
@@ -340,7 +345,8 @@ class TitanClient:
         want = list(dict.fromkeys(ids))
         deadline = None if timeout is None else time.monotonic() + timeout
         out: dict[str, JobRecord] = {}
-        next_watch = 0.0
+        # Jobs this client submitted with watch on need no WATCH round trip before the first wait.
+        next_watch = time.monotonic() + _REWATCH if self._watched.issuperset(want) else 0.0
         while True:
             with self._lock:
                 for jid in want:

@@ -29,6 +29,8 @@ from titan_zmq.worker.gpu import gpu_tags
 
 log = logging.getLogger(__name__)
 
+_RESULT_LINGER = 0.002  # seconds a finished result may wait for others to share its message
+
 
 class Worker:
     """A titan_zmq worker. ``run()`` blocks until ``stop()``."""
@@ -45,7 +47,10 @@ class Worker:
         self.cache = BlobCache(cfg.cache_dir)
         env = dict(os.environ)
         env.update({"TITAN_BROKER": cfg.broker, "TITAN_WORKER": cfg.name, "PYTHONUNBUFFERED": "1"})
-        self.executor = Executor(self.cache, env, output_tail=cfg.output_tail, memory_mb=cfg.job_memory_mb)
+        self.executor = Executor(
+            self.cache, env, slots=cfg.slots, output_tail=cfg.output_tail, memory_mb=cfg.job_memory_mb,
+            prefetch_wait=cfg.prefetch_wait,
+        )  # fmt: skip
         self.ctx = zmq.Context()
         self.sock: zmq.Socket[bytes] | None = None
         self.unacked: dict[str, dict[str, Any]] = {}
@@ -55,6 +60,8 @@ class Worker:
         self._last_heard = 0.0
         self._last_sent = 0.0
         self.connected = threading.Event()
+        self._outgoing: list[dict[str, Any]] = []  # results not sent yet (grouped, see _serve)
+        self._outgoing_since = 0.0
         self.jobs_done = 0
 
     # ---- life cycle -----------------------------------------------------------------
@@ -155,7 +162,7 @@ class Worker:
 
     def _register(self) -> None:
         """Announce ourselves, then resend every result not yet acknowledged."""
-        held = list(self.executor.tasks) + list(self.unacked)
+        held = self.executor.held() + list(self.unacked)
         self._send(
             P.Ready(
                 name=self.config.name,
@@ -165,8 +172,10 @@ class Worker:
                 pid=os.getpid(),
                 running=held,
                 cached=self.cache.shas(),
+                prefetch=self.config.prefetch * self.config.slots,
             )
         )
+        self._outgoing = []  # every unacknowledged result goes now
         if self.unacked:
             self._send(P.Result(results=list(self.unacked.values())))
         self._last_heard = time.monotonic()
@@ -207,6 +216,8 @@ class Worker:
             nxt = ex.next_wakeup()
             if nxt is not None:
                 wait = min(wait, nxt)
+            if self._outgoing:
+                wait = min(wait, self._outgoing_since + _RESULT_LINGER - now)
             for item, _ in poller.poll(max(0, int(wait * 1000)) + 1):
                 if item is sock:
                     self._drain()
@@ -219,12 +230,21 @@ class Worker:
                     ex.on_readable(int(item))
             ex.poll()
             finished = ex.take_finished()
+            now = time.monotonic()
             if finished:
                 for r in finished:
                     self.unacked[r["id"]] = r
                 self.jobs_done += len(finished)
-                self._send(P.Result(results=finished))
-            now = time.monotonic()
+                if not self._outgoing:
+                    self._outgoing_since = now
+                self._outgoing.extend(finished)
+            # Group results: while other jobs still run, wait up to _RESULT_LINGER for their results
+            # to share one message; with nothing else running, send at once (no added latency).
+            if self._outgoing and (
+                not ex.tasks or len(self._outgoing) >= 256 or now - self._outgoing_since >= _RESULT_LINGER
+            ):
+                self._send(P.Result(results=self._outgoing))
+                self._outgoing = []
             if now - self._last_heard > silence:
                 log.warning("broker silent for %.1fs; reconnecting", now - self._last_heard)
                 self.connected.clear()
@@ -263,9 +283,9 @@ class Worker:
             for jid in msg.acks:
                 self.unacked.pop(jid, None)
             for job in msg.jobs:
-                if job["id"] in self.executor.tasks:
-                    continue  # already running it: a duplicate assignment after a reconnect
-                self.executor.start(job)
+                if self.executor.holds(job["id"]):
+                    continue  # already has it: a duplicate assignment after a reconnect
+                self.executor.submit(job)
         elif isinstance(msg, P.Kill):
             for jid in msg.ids:
                 reason = "cancelled" if msg.reason == "cancelled" else "interrupted"

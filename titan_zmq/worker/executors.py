@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -187,22 +188,58 @@ class Executor:
         cache: BlobCache,
         env: dict[str, str],
         *,
+        slots: int = 1,
         output_tail: int = 64 * 1024,
         memory_mb: int | None = None,
+        prefetch_wait: float = 1.0,
     ) -> None:
         self.cache = cache
         self.env = env
+        self.slots = slots
         self.tail = output_tail
         self.memory_mb = memory_mb
+        self.prefetch_wait = prefetch_wait
         self.tasks: dict[str, Task] = {}
+        # Jobs leased to this worker beyond its free slots (the broker's prefetch window), in order,
+        # with the monotonic time each arrived. They start as slots free up.
+        self.waiting: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
         self.children: list[ChildProc] = []
         self.finished: list[dict[str, Any]] = []
         self._readers: dict[int, Callable[[], object]] = {}
 
     # ---- starting -------------------------------------------------------------------
 
+    def holds(self, job_id: str) -> bool:
+        """Whether this job is running here or waiting here for a slot."""
+        return job_id in self.tasks or job_id in self.waiting
+
+    def held(self) -> list[str]:
+        return [*self.tasks, *self.waiting]
+
+    def submit(self, job: dict[str, Any]) -> None:
+        """Take a leased job: start it now if a slot is free, else queue it for the next free slot."""
+        self.waiting[job["id"]] = (job, time.monotonic())
+        self.fill()
+
+    def fill(self) -> None:
+        """Start waiting jobs while slots are free."""
+        while self.waiting and len(self.tasks) < self.slots:
+            _, (job, _) = self.waiting.popitem(last=False)
+            self.start(job)
+
+    def return_stale(self) -> None:
+        """Hand back prefetched jobs that waited too long for a slot (a long job is in the way)."""
+        if not self.waiting:
+            return
+        limit = time.monotonic() - self.prefetch_wait
+        for jid, (job, since) in list(self.waiting.items()):
+            if since > limit:
+                break
+            del self.waiting[jid]
+            self.finished.append({"id": jid, "attempt": job.get("attempt", 1), "outcome": "returned", "runtime": 0.0})
+
     def start(self, job: dict[str, Any]) -> None:
-        """Start one attempt. Failures to start become the attempt's outcome."""
+        """Start one attempt now. Failures to start become the attempt's outcome."""
         task = Task(job, self.tail)
         self.tasks[task.id] = task
         try:
@@ -359,6 +396,8 @@ class Executor:
         waits = [t.deadline - now for t in self.tasks.values() if t.deadline is not None and t.kill_reason is None]
         if any(t.popen is not None for t in self.tasks.values()):
             waits.append(0.1)  # a process may exit while a grandchild keeps its pipes open
+        if self.waiting:
+            waits.append(next(iter(self.waiting.values()))[1] + self.prefetch_wait - now)
         return max(0.0, min(waits)) if waits else None
 
     def _reap(self, task: Task, wait: float) -> None:
@@ -393,6 +432,11 @@ class Executor:
 
     def kill(self, job_id: str, reason: str) -> bool:
         """Kill a running job's process tree. ``reason``: timeout, cancelled or interrupted."""
+        waiting = self.waiting.pop(job_id, None)
+        if waiting is not None:  # never started: nothing to kill
+            outcome = "cancelled" if reason == "cancelled" else "interrupted"
+            self.finished.append({"id": job_id, "attempt": waiting[0].get("attempt", 1), "outcome": outcome})
+            return True
         task = self.tasks.get(job_id)
         if task is None:
             return False
@@ -444,12 +488,15 @@ class Executor:
         self.finished.append(res)
 
     def take_finished(self) -> list[dict[str, Any]]:
+        """Outcomes since the last call; freed slots are refilled from the waiting jobs first."""
+        self.fill()
+        self.return_stale()
         out, self.finished = self.finished, []
         return out
 
     def shutdown(self) -> list[str]:
         """Kill every running job (outcome ``interrupted``) and every child. Returns their ids."""
-        ids = list(self.tasks)
+        ids = self.held()
         for jid in ids:
             self.kill(jid, "interrupted")
         for child in list(self.children):
