@@ -138,3 +138,18 @@ def test_python_m_and_tui_entry() -> None:
     from titan_zmq.cli import tui_main
 
     assert tui_main([]) == 1
+
+
+def test_output_into_a_closed_pipe_is_quiet(shared_cluster: LocalCluster) -> None:
+    env = dict(os.environ, TITAN_BROKER=shared_cluster.address)
+    # More output than a pipe holds (the 64 KiB stdout tail), so the write must meet the closed pipe.
+    job_id = titan("submit", "--", "seq 1 30000", broker=shared_cluster.address).stdout.strip()
+    wait_for(
+        lambda: '"succeeded"' in titan("status", job_id, "--json", broker=shared_cluster.address).stdout, 20, "job"
+    )
+    res = subprocess.run(
+        f"{sys.executable} -m titan_zmq status {job_id} | head -1",
+        shell=True, capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert res.stdout.startswith("        id: ")
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr
