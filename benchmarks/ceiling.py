@@ -30,6 +30,7 @@ import zmq
 
 from benchmarks.noop import TARGET
 from titan_zmq.process import die_with_parent
+from titan_zmq.protocol import recv_frames, send_frames  # the same zero-copy loops titan uses
 
 log = logging.getLogger(__name__)
 
@@ -58,33 +59,6 @@ def _socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]
     s.setsockopt(zmq.SNDHWM, _HWM)
     s.setsockopt(zmq.RCVHWM, _HWM)
     return s
-
-
-_NOBLOCK = int(zmq.NOBLOCK)
-_MORE = int(zmq.SNDMORE) | _NOBLOCK
-
-
-def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
-    """One whole multipart message without blocking (zmq.Again when there is none).
-
-    Zero-copy frames and plain int flags: with small frames about twice as fast as
-    ``recv_multipart`` on pyzmq 27, and the ceiling should be the fastest forwarding we know.
-    """
-    recv = sock.recv
-    frame = recv(_NOBLOCK, copy=False)
-    out = [frame.bytes]
-    while frame.more:
-        frame = recv(_NOBLOCK, copy=False)
-        out.append(frame.bytes)
-    return out
-
-
-def send_frames(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
-    """A multipart message without blocking; likewise about twice as fast as ``send_multipart``."""
-    send = sock.send
-    for frame in frames[:-1]:
-        send(frame, _MORE)
-    send(frames[-1], _NOBLOCK)
 
 
 def _forward(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:

@@ -37,3 +37,31 @@ def kill_tree(pid: int) -> None:
             p.kill()
         except psutil.Error:
             pass
+
+
+class Waker:
+    """A self-pipe: ``wake()`` from any thread or signal handler makes a poll on ``fd`` return."""
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._w, False)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._w, b"x")
+        except OSError:  # full (a wake-up is pending anyway) or closed (we are stopping)
+            pass
+
+    def drain(self) -> None:
+        try:
+            os.read(self.fd, 4096)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for fd in (self.fd, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -28,6 +28,7 @@ from titan_zmq import protocol as P
 from titan_zmq.broker.scheduler import Scheduler, WorkerInfo
 from titan_zmq.config import BrokerConfig, tcp_endpoint
 from titan_zmq.errors import BrokerError, JobError, PayloadTooLarge, ProtocolError, TitanError, UnknownJob
+from titan_zmq.process import Waker
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,7 @@ class Broker:
         self.events.setsockopt(zmq.SNDHWM, 10_000)
         self.ports: dict[str, int] = {}
         self._outbox: list[tuple[zmq.Socket[bytes], list[bytes]]] = []
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self._waker = Waker()
         self._stopping = threading.Event()
         self._bound = threading.Event()
         self._next_beat = 0.0
@@ -110,10 +110,7 @@ class Broker:
     def stop(self) -> None:
         """Ask the loop to finish its turn and return. Safe from signal handlers and threads."""
         self._stopping.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._waker.wake()
 
     def run(self) -> None:
         """Serve until ``stop()``."""
@@ -122,16 +119,13 @@ class Broker:
         poller = zmq.Poller()
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.back, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._waker.fd, zmq.POLLIN)
         try:
             while not self._stopping.is_set():
                 timeout_ms = self._timeout_ms()
                 ready = dict(poller.poll(timeout_ms))
-                if self._wake_r in ready:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
+                if self._waker.fd in ready:
+                    self._waker.drain()
                 # Workers first: their results free slots, and dispatch need not wait behind a
                 # large submission being validated.
                 if self.back in ready:
@@ -152,8 +146,7 @@ class Broker:
         for s in (self.front, self.back, self.events):
             s.close(0)
         self.ctx.term()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._waker.close()
 
     def _timeout_ms(self) -> int:
         now = self.clock()

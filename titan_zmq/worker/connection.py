@@ -23,6 +23,7 @@ import zmq
 from titan_zmq import protocol as P
 from titan_zmq.config import WorkerConfig, parse_address, tcp_endpoint
 from titan_zmq.errors import ProtocolError
+from titan_zmq.process import Waker
 from titan_zmq.worker.cache import BlobCache
 from titan_zmq.worker.executors import Executor
 from titan_zmq.worker.gpu import gpu_tags
@@ -55,8 +56,7 @@ class Worker:
         self.sock: zmq.Socket[bytes] | None = None
         self.unacked: dict[str, dict[str, Any]] = {}
         self._stopping = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
+        self._waker = Waker()
         self._last_heard = 0.0
         self._last_sent = 0.0
         self.connected = threading.Event()
@@ -69,10 +69,7 @@ class Worker:
     def stop(self) -> None:
         """Finish the current turn, stop running jobs (they go back to the queue) and leave."""
         self._stopping.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._waker.wake()
 
     def run(self) -> None:
         log.info(
@@ -101,8 +98,7 @@ class Worker:
             self.sock.close()
             self.sock = None
         self.ctx.term()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._waker.close()
         log.info("worker %s stopped", self.config.name)
 
     # ---- connecting -------------------------------------------------------------------
@@ -116,7 +112,7 @@ class Worker:
             s.send_multipart(P.Hello(rid=1).encode())
             poller = zmq.Poller()
             poller.register(s, zmq.POLLIN)
-            poller.register(self._wake_r, zmq.POLLIN)
+            poller.register(self._waker.fd, zmq.POLLIN)
             deadline = time.monotonic() + timeout
             while not self._stopping.is_set():
                 left = deadline - time.monotonic()
@@ -200,7 +196,7 @@ class Worker:
         assert sock is not None
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._waker.fd, zmq.POLLIN)
         watched: set[int] = set()
         ex = self.executor
         silence = cfg.heartbeat_interval * cfg.heartbeat_liveness
@@ -221,11 +217,8 @@ class Worker:
             for item, _ in poller.poll(max(0, int(wait * 1000)) + 1):
                 if item is sock:
                     self._drain()
-                elif item == self._wake_r:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except BlockingIOError:
-                        pass
+                elif item == self._waker.fd:
+                    self._waker.drain()
                 else:
                     ex.on_readable(int(item))
             ex.poll()
