@@ -51,6 +51,8 @@ def add_worker(
     info: dict[str, Any] = {"name": name, "host": "h", "tags": tags or [], "slots": slots, "pid": 1}
     if running is not None:
         info["running"] = running
+        # Like a real worker: it has seen every lease the broker sent it so far.
+        info["seen_lease"] = max((e.lease for e in s.jobs.values()), default=0)
     w = s.worker_ready(name.encode(), info)
     s.seen(w)
     return w
@@ -80,12 +82,19 @@ def dispatch(s: Scheduler) -> dict[str, list[str]]:
     return assigned(s)
 
 
+def killed(s: Scheduler) -> dict[bytes, list[str]]:
+    """Job ids each worker is told to stop (whatever lease)."""
+    return {ident: [jid for jid, _ in kills] for ident, kills in s.fx.kill.items()}
+
+
 def state(s: Scheduler, jid: str) -> JobState:
     return s.entry(jid).state
 
 
 def report(s: Scheduler, w: WorkerInfo, jid: str, outcome: str = "succeeded", **kw: Any) -> str | None:
-    return s.on_result(w, {"id": jid, "outcome": outcome, **kw})
+    """A result as the worker sends it: by default for the job's current lease."""
+    lease = s.jobs[jid].lease if jid in s.jobs else 0
+    return s.on_result(w, {"id": jid, "outcome": outcome, "lease": lease, **kw})
 
 
 # ---- order and credit -----------------------------------------------------------------------
@@ -385,7 +394,7 @@ def test_cancel_running_job_kills_it_on_its_worker(sched: Scheduler) -> None:
     dispatch(sched)
     rec = sched.cancel("run")
     assert rec["state"] == "cancelled"
-    assert sched.fx.kill == {b"w": ["run"]}
+    assert sched.fx.kill == {b"w": [("run", sched.entry("run").lease)]}  # that lease only
     sched.fx.clear()
     assert sched.cancel("run")["state"] == "cancelled"  # again: no second kill
     assert sched.fx.kill == {}
@@ -482,13 +491,13 @@ def test_stale_success_from_an_expired_worker_is_accepted(sched: Scheduler, cloc
     assert dispatch(sched) == {"w2": ["j"]}  # run again elsewhere
     # w1 was only cut off: it comes back, still holding the finished job, and reports success.
     w1 = add_worker(sched, "w1", running=["j"])
-    assert sched.fx.kill == {b"w1": ["j"]}  # the job runs on w2 now; w1 is told to drop it
+    assert killed(sched) == {b"w1": ["j"]}  # the job runs on w2 now; w1 is told to drop it
     sched.fx.clear()
     assert report(sched, w1, "j", result=42) == "j"
     e = sched.entry("j")
     assert e.state is JobState.SUCCEEDED and e.result == 42
     assert e.worker_name == "w1"
-    assert sched.fx.kill == {b"w2": ["j"]}  # the newer copy is stopped: the work is done
+    assert killed(sched) == {b"w2": ["j"]}  # the newer copy is stopped: the work is done
     assert "j" not in w2.running and "j" not in w1.running
     assert dispatch(sched) == {}  # and it is not run again
     # w2's report of its killed copy changes nothing.
@@ -592,7 +601,7 @@ def test_ready_with_unknown_or_finished_jobs_kills_them(sched: Scheduler) -> Non
     report(sched, w, "done")
     sched.fx.clear()
     add_worker(sched, "w", running=["done", "stranger"])
-    assert sorted(sched.fx.kill[b"w"]) == ["done", "stranger"]
+    assert sorted(j for j, _ in sched.fx.kill[b"w"]) == ["done", "stranger"]
     assert state(sched, "done") is JobState.SUCCEEDED
     assert "stranger" not in sched.jobs
 
@@ -637,3 +646,34 @@ def test_watch_gets_done_once(sched: Scheduler) -> None:
     assert sched.fx.done[b"client-1"][0]["result"] == 3
     ended = sched.watch(b"client-3", ["j"])
     assert [r["state"] for r in ended] == ["succeeded"]
+
+
+def test_ready_does_not_lose_a_lease_sent_after_it(sched: Scheduler) -> None:
+    """A READY that crossed an ASSIGN on the wire does not make that job look lost."""
+    w = add_worker(sched, "w", slots=2)
+    submit(sched, spec("a"))
+    dispatch(sched)
+    lease_a = sched.entry("a").lease
+    w = sched.worker_ready(b"w", {"name": "w", "host": "h", "tags": [], "slots": 2, "pid": 1,
+                                  "running": [], "seen_lease": lease_a - 1})  # fmt: skip
+    assert state(sched, "a") is JobState.RUNNING and w.running == {"a"}
+    assert sched.entry("a").lost == 0
+    report(sched, w, "a", result=1)
+    assert state(sched, "a") is JobState.SUCCEEDED
+
+
+def test_result_of_an_old_lease_is_stale(sched: Scheduler) -> None:
+    """The reviewer's case: a cancelled old lease's reply must not end the new lease of the same job."""
+    w = add_worker(sched, "w", slots=2)
+    submit(sched, spec("j", retries=2, backoff=0))
+    dispatch(sched)
+    old = sched.entry("j").lease
+    report(sched, w, "j", "failed", error="x")
+    sched.release_held()
+    dispatch(sched)
+    assert sched.entry("j").lease != old and state(sched, "j") is JobState.RUNNING
+    sched.on_result(w, {"id": "j", "outcome": "cancelled", "lease": old})
+    assert state(sched, "j") is JobState.RUNNING
+    assert w.running == {"j"}  # its new lease still holds the slot
+    report(sched, w, "j", result="ok")
+    assert state(sched, "j") is JobState.SUCCEEDED

@@ -270,8 +270,10 @@ class Ready(Message):
     slots: int
     pid: int
     running: list[str] = field(default_factory=list)
+    leases: list[int] = field(default_factory=list)  # the lease of each job in ``running``
     cached: list[str] = field(default_factory=list)
     prefetch: int = 0  # jobs it will hold beyond its slots while its jobs are short
+    seen_lease: int = 0  # the highest lease it had received when it sent this
 
 
 @dataclass(frozen=True)
@@ -307,6 +309,7 @@ class Assign(Message):
     jobs: list[dict[str, Any]] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
     acks: list[str] = field(default_factory=list)
+    ack_leases: list[int] = field(default_factory=list)  # the lease of each acknowledged result
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,7 @@ class Kill(Message):
 
     CODE = KILL
     ids: list[str]
+    leases: list[int] = field(default_factory=list)  # kill only that lease of each job (0: any)
     reason: str = "cancelled"
 
 

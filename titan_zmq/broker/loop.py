@@ -221,11 +221,15 @@ class Broker:
     def flush(self) -> None:
         """Turn the scheduler's effects into messages and send the outbox."""
         fx = self.sched.fx
+        for ident, kills in fx.kill.items():  # kills first: a worker must stop an old lease before a new one
+            self._to_worker(ident, P.Kill(ids=[k[0] for k in kills], leases=[k[1] for k in kills]).encode())
         for ident in fx.assign.keys() | fx.acks.keys():
-            msg = P.Assign(jobs=fx.assign.get(ident, []), blobs=fx.blobs.get(ident, {}), acks=fx.acks.get(ident, []))
+            acks = fx.acks.get(ident, [])
+            msg = P.Assign(
+                jobs=fx.assign.get(ident, []), blobs=fx.blobs.get(ident, {}),
+                acks=[a[0] for a in acks], ack_leases=[a[1] for a in acks],
+            )  # fmt: skip
             self._to_worker(ident, msg.encode())
-        for ident, ids in fx.kill.items():
-            self._to_worker(ident, P.Kill(ids=ids).encode())
         for ident, records in fx.done.items():
             self._outbox.append((self.front, [ident, *P.Done(records=records).encode()]))
         for kind, body in fx.events:
@@ -341,4 +345,5 @@ class Broker:
                 continue
             jid = self.sched.on_result(w, res)
             if jid is not None:
-                acks.append(jid)
+                lease = res.get("lease")
+                acks.append((jid, lease if isinstance(lease, int) else 0))

@@ -34,13 +34,14 @@ OUTCOMES = frozenset(
     {OUT_SUCCEEDED, OUT_FAILED, OUT_TIMEOUT, OUT_CANCELLED, OUT_INTERRUPTED, OUT_CACHE_MISS, OUT_RETURNED}
 )
 _EWMA = 0.2  # weight of the newest runtime in a worker's average
+_MAX_MISSES = 3  # a job whose content workers fail to store this often fails
 
 
 class Entry:
     """The broker's mutable view of one job: its spec and its progress."""
 
     __slots__ = (
-        "attempts", "error", "error_type", "exit_code", "finished_at", "job", "lost", "not_before",
+        "attempts", "error", "error_type", "exit_code", "finished_at", "job", "lease", "lost", "misses", "not_before",
         "queued_at", "result", "seq", "started_at", "state", "stderr", "stdout", "submitted_at",
         "traceback", "watchers", "worker", "worker_name",
     )  # fmt: skip
@@ -50,7 +51,9 @@ class Entry:
         self.seq = seq
         self.state = JobState.QUEUED
         self.attempts = 0
+        self.lease = 0  # id of its current (or last) lease; results of other leases are stale
         self.lost = 0
+        self.misses = 0
         self.worker: bytes | None = None  # identity of the worker holding the lease
         self.worker_name: str | None = None
         self.result: Any = None
@@ -117,13 +120,14 @@ class Effects:
 
     assign: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
     blobs: dict[bytes, dict[str, bytes]] = field(default_factory=dict)
-    acks: dict[bytes, list[str]] = field(default_factory=dict)
-    kill: dict[bytes, list[str]] = field(default_factory=dict)
+    acks: dict[bytes, list[tuple[str, int]]] = field(default_factory=dict)
+    kill: dict[bytes, list[tuple[str, int]]] = field(default_factory=dict)
     done: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
-    def add_kill(self, ident: bytes, job_id: str) -> None:
-        self.kill.setdefault(ident, []).append(job_id)
+    def add_kill(self, ident: bytes, job_id: str, lease: int = 0) -> None:
+        """Tell a worker to stop ``job_id`` (only its lease ``lease``; 0: whatever it holds)."""
+        self.kill.setdefault(ident, []).append((job_id, lease))
 
     def clear(self) -> None:
         self.assign.clear()
@@ -169,6 +173,7 @@ class Scheduler:
         self._held: list[tuple[float, int, str]] = []  # (not_before, seq, id): delayed and retrying
         self._finished: deque[str] = deque()
         self._seq = itertools.count()
+        self._leases = itertools.count(1)
         self.fx = Effects()
         self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "dispatched": 0}
 
@@ -325,8 +330,10 @@ class Scheduler:
         entry.worker_name = w.name
         entry.started_at = now_wall
         w.running.add(entry.job.id)
+        entry.lease = next(self._leases)
         wire = entry.job.to_wire()
         wire["attempt"] = entry.attempts
+        wire["lease"] = entry.lease
         self.fx.assign.setdefault(w.ident, []).append(wire)
         sha = entry.job.blob
         if sha is not None and sha not in w.cached:
@@ -342,7 +349,15 @@ class Scheduler:
         if not isinstance(jid, str) or outcome not in OUTCOMES:
             log.warning("worker %s sent a malformed result %r; dropped", w.name, str(res)[:200])
             return jid if isinstance(jid, str) else None
-        w.running.discard(jid)
+        entry = self.jobs.get(jid)
+        newer_here = (
+            entry is not None
+            and entry.worker == w.ident
+            and entry.state is JobState.RUNNING
+            and res.get("lease") != entry.lease
+        )
+        if not newer_here:  # an old lease's reply must not free the slot its new lease holds
+            w.running.discard(jid)
         runtime = res.get("runtime")
         if outcome == OUT_RETURNED:  # jobs there got long: close its window until they are short again
             w.ewma = max(w.ewma or 0.0, self.prefetch_below)
@@ -350,17 +365,17 @@ class Scheduler:
         elif isinstance(runtime, (int, float)) and outcome in (OUT_SUCCEEDED, OUT_FAILED, OUT_TIMEOUT):
             w.ewma = runtime if w.ewma is None else w.ewma + _EWMA * (runtime - w.ewma)
             w.short = w.ewma < self.prefetch_below
-        entry = self.jobs.get(jid)
         if entry is None:
             log.warning("worker %s reported job %s, which the broker does not know; acknowledged", w.name, jid)
             return jid
-        mine = entry.worker == w.ident and entry.state is JobState.RUNNING
+        this_lease = entry.worker == w.ident and res.get("lease") == entry.lease
+        mine = this_lease and entry.state is JobState.RUNNING
         if entry.state in FINAL_STATES:
-            if entry.state is JobState.CANCELLED and entry.worker == w.ident:
+            if entry.state is JobState.CANCELLED and this_lease:
                 self._fill_output(entry, res)
             return jid
         if outcome == OUT_RETURNED:
-            if entry.worker == w.ident and entry.state is JobState.RUNNING:
+            if mine:
                 entry.attempts -= 1  # it never started
                 entry.worker = entry.worker_name = None
                 self._enqueue(entry)
@@ -373,7 +388,7 @@ class Scheduler:
             if entry.state is JobState.RUNNING and entry.worker is not None and entry.worker in self.workers:
                 other = self.workers[entry.worker]
                 other.running.discard(jid)
-                self.fx.add_kill(other.ident, jid)
+                self.fx.add_kill(other.ident, jid, entry.lease)
         self._fill_output(entry, res)
         entry.worker_name = w.name
         if isinstance(runtime, (int, float)) and runtime >= 0:
@@ -387,10 +402,18 @@ class Scheduler:
         elif outcome == OUT_CACHE_MISS:
             if entry.job.blob is not None:
                 w.cached.discard(entry.job.blob)
-            entry.attempts -= 1
-            self._enqueue(entry)
+            entry.misses += 1
+            entry.worker = None
+            if entry.misses > _MAX_MISSES:
+                entry.error = f"workers could not store its content {entry.misses} times (is a disk full?)"
+                entry.error_type = "CacheMiss"
+                self._finish(entry, JobState.FAILED)
+            else:
+                entry.attempts -= 1
+                self._enqueue(entry)
         elif outcome == OUT_INTERRUPTED:
             entry.error = f"attempt {entry.attempts} interrupted: worker {w.name} shut down"
+            entry.worker = None
             self._enqueue(entry)
         elif outcome == OUT_CANCELLED:
             entry.error = res.get("error") or "cancelled on the worker"
@@ -459,7 +482,7 @@ class Scheduler:
         if entry.state in FINAL_STATES:
             return self.record(entry)
         if entry.state is JobState.RUNNING and entry.worker is not None:
-            self.fx.add_kill(entry.worker, jid)
+            self.fx.add_kill(entry.worker, jid, entry.lease)
         entry.error = "cancelled by request"
         self._finish(entry, JobState.CANCELLED)
         return self.record(entry)
@@ -558,11 +581,18 @@ class Scheduler:
             )
         w.cached = set(info.get("cached") or ())
         w.prefetch = max(0, int(info.get("prefetch") or 0))
-        held = set(info.get("running") or ())
-        # Jobs the broker leased to it that it no longer holds were lost with its previous session.
+        running = list(info.get("running") or ())
+        leases = list(info.get("leases") or ())
+        held_lease = dict(zip(running, leases + [0] * (len(running) - len(leases)), strict=True))
+        held = set(running)
+        seen = int(info.get("seen_lease") or 0)
+        # Jobs the broker leased to it that it no longer holds were lost with its previous session,
+        # unless their lease is newer than anything it had seen when it sent this (still in flight).
         for jid in list(w.running - held):
-            w.running.discard(jid)
             e = self.jobs.get(jid)
+            if e is not None and e.state is JobState.RUNNING and e.worker == ident and e.lease > seen:
+                continue
+            w.running.discard(jid)
             if e is not None and e.state is JobState.RUNNING and e.worker == ident:
                 self._lost(e, w)
         for jid in held:
@@ -583,6 +613,8 @@ class Scheduler:
                 e.not_before = 0.0
                 e.worker = ident
                 e.worker_name = w.name
+                if held_lease[jid]:
+                    e.lease = held_lease[jid]
                 if e.attempts == 0:
                     e.attempts = 1
                 w.running.add(jid)

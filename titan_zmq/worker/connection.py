@@ -63,6 +63,7 @@ class Worker:
         self._outgoing: list[dict[str, Any]] = []  # results not sent yet (grouped, see _serve)
         self._outgoing_since = 0.0
         self.jobs_done = 0
+        self.seen_lease = 0  # highest lease received from the broker
 
     # ---- life cycle -----------------------------------------------------------------
 
@@ -158,7 +159,9 @@ class Worker:
 
     def _register(self) -> None:
         """Announce ourselves, then resend every result not yet acknowledged."""
-        held = self.executor.held() + list(self.unacked)
+        held = self.executor.held()
+        for jid, res in self.unacked.items():
+            held.setdefault(jid, int(res.get("lease", 0)))
         self._send(
             P.Ready(
                 name=self.config.name,
@@ -166,7 +169,9 @@ class Worker:
                 tags=self.tags,
                 slots=self.config.slots,
                 pid=os.getpid(),
-                running=held,
+                running=list(held),
+                leases=list(held.values()),
+                seen_lease=self.seen_lease,
                 cached=self.cache.shas(),
                 prefetch=self.config.prefetch * self.config.slots,
             )
@@ -273,15 +278,26 @@ class Worker:
                     self.cache.put(sha, content)
                 except Exception as exc:
                     log.error("could not cache blob %s: %s", sha[:12], exc)
-            for jid in msg.acks:
-                self.unacked.pop(jid, None)
+            leases = msg.ack_leases + [0] * (len(msg.acks) - len(msg.ack_leases))
+            for jid, lease in zip(msg.acks, leases, strict=False):
+                held = self.unacked.get(jid)
+                if held is not None and (not lease or held.get("lease", 0) == lease):
+                    del self.unacked[jid]
             for job in msg.jobs:
-                if self.executor.holds(job["id"]):
-                    continue  # already has it: a duplicate assignment after a reconnect
+                lease = int(job.get("lease", 0))
+                self.seen_lease = max(self.seen_lease, lease)
+                have = self.executor.lease_of(job["id"])
+                if have == lease:
+                    continue  # already has this very lease: a duplicate after a reconnect
+                if have is not None:  # an older lease of the same job: the broker wants this one
+                    self.executor.kill(job["id"], "interrupted")
                 self.executor.submit(job)
         elif isinstance(msg, P.Kill):
-            for jid in msg.ids:
-                reason = "cancelled" if msg.reason == "cancelled" else "interrupted"
+            reason = "cancelled" if msg.reason == "cancelled" else "interrupted"
+            leases = msg.leases + [0] * (len(msg.ids) - len(msg.leases))
+            for jid, lease in zip(msg.ids, leases, strict=False):
+                if lease and self.executor.lease_of(jid) != lease:
+                    continue  # it holds another lease of that job (or none): not the one meant
                 if self.executor.kill(jid, reason):
                     log.info("job %s killed: %s", jid, msg.reason)
         elif isinstance(msg, P.Reregister):

@@ -209,12 +209,19 @@ class Executor:
 
     # ---- starting -------------------------------------------------------------------
 
-    def holds(self, job_id: str) -> bool:
-        """Whether this job is running here or waiting here for a slot."""
-        return job_id in self.tasks or job_id in self.waiting
+    def lease_of(self, job_id: str) -> int | None:
+        """The lease under which this job runs or waits here; None if it is not here."""
+        task = self.tasks.get(job_id)
+        if task is not None:
+            return int(task.job.get("lease", 0))
+        waiting = self.waiting.get(job_id)
+        return None if waiting is None else int(waiting[0].get("lease", 0))
 
-    def held(self) -> list[str]:
-        return [*self.tasks, *self.waiting]
+    def held(self) -> dict[str, int]:
+        """Every job running or waiting here, with its lease."""
+        out = {jid: int(t.job.get("lease", 0)) for jid, t in self.tasks.items()}
+        out.update((jid, int(job.get("lease", 0))) for jid, (job, _) in self.waiting.items())
+        return out
 
     def submit(self, job: dict[str, Any]) -> None:
         """Take a leased job: start it now if a slot is free, else queue it for the next free slot."""
@@ -236,7 +243,9 @@ class Executor:
             if since > limit:
                 break
             del self.waiting[jid]
-            self.finished.append({"id": jid, "attempt": job.get("attempt", 1), "outcome": "returned", "runtime": 0.0})
+            self.finished.append(
+                {"id": jid, "attempt": job.get("attempt", 1), "lease": job.get("lease", 0), "outcome": "returned"}
+            )
 
     def start(self, job: dict[str, Any]) -> None:
         """Start one attempt now. Failures to start become the attempt's outcome."""
@@ -435,7 +444,10 @@ class Executor:
         waiting = self.waiting.pop(job_id, None)
         if waiting is not None:  # never started: nothing to kill
             outcome = "cancelled" if reason == "cancelled" else "interrupted"
-            self.finished.append({"id": job_id, "attempt": waiting[0].get("attempt", 1), "outcome": outcome})
+            job = waiting[0]
+            self.finished.append(
+                {"id": job_id, "attempt": job.get("attempt", 1), "lease": job.get("lease", 0), "outcome": outcome}
+            )
             return True
         task = self.tasks.get(job_id)
         if task is None:
@@ -479,6 +491,7 @@ class Executor:
         res = {
             "id": task.id,
             "attempt": task.attempt,
+            "lease": task.job.get("lease", 0),
             "outcome": outcome,
             "stdout": task.out.text(),
             "stderr": task.err.text(),
@@ -496,7 +509,7 @@ class Executor:
 
     def shutdown(self) -> list[str]:
         """Kill every running job (outcome ``interrupted``) and every child. Returns their ids."""
-        ids = self.held()
+        ids = list(self.held())
         for jid in ids:
             self.kill(jid, "interrupted")
         for child in list(self.children):
