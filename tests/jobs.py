@@ -71,3 +71,9 @@ def write_pid_and_sleep(path: str, seconds: float) -> int:
         fh.write(str(os.getpid()))
     time.sleep(seconds)
     return os.getpid()
+
+
+def crash_leaving_a_grandchild() -> None:
+    """Start a background process that inherits our descriptors, then die."""
+    os.system("sleep 20 &")
+    os._exit(7)

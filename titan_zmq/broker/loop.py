@@ -177,6 +177,9 @@ class Broker:
         if sched._held:
             sched.release_held()
         if now >= self._next_expiry:
+            # Read what workers sent before judging them: a long turn (a huge submission) must not
+            # expire workers whose heartbeats are waiting unread.
+            self._drain(self.back, self.handle_worker)
             self._next_expiry = min(sched.expire_workers(), now + self.config.heartbeat_interval)
         sched.dispatch()
         if now >= self._next_beat:
@@ -307,6 +310,8 @@ class Broker:
                 "version": P.VERSION.decode(),
                 "pid": os.getpid(),
                 "max_message_size": self.config.max_message_size,
+                "heartbeat_interval": self.config.heartbeat_interval,
+                "heartbeat_liveness": self.config.heartbeat_liveness,
                 **self.ports,
             }
         raise ProtocolError(f"{type(msg).__name__} is not a client request")

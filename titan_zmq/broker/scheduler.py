@@ -211,7 +211,8 @@ class Scheduler:
             if known is not None:  # idempotent resubmission: same job, same answer
                 ids.append(known.job.id)
                 if watcher is not None:
-                    self.watch(watcher, [known.job.id])
+                    for rec in self.watch(watcher, [known.job.id]):  # already ended: say so now
+                        self.fx.done.setdefault(watcher, []).append(rec)
                 continue
             self._accept(job, blobs, watcher)
             ids.append(job.id)

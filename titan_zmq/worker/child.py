@@ -131,6 +131,9 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     rfd, wfd = int(argv[0]), int(argv[1])
+    # Processes a job starts must not hold these pipes: a crash here has to close them.
+    os.set_inheritable(rfd, False)
+    os.set_inheritable(wfd, False)
     if len(argv) > 2 and argv[2] != "0":
         import resource
 

@@ -64,6 +64,8 @@ class Worker:
         self._outgoing_since = 0.0
         self.jobs_done = 0
         self.seen_lease = 0  # highest lease received from the broker
+        self.beat = cfg.heartbeat_interval  # heartbeat period; the broker's, once it said
+        self.silence = cfg.heartbeat_interval * cfg.heartbeat_liveness  # broker silence before reconnecting
 
     # ---- life cycle -----------------------------------------------------------------
 
@@ -104,25 +106,52 @@ class Worker:
 
     # ---- connecting -------------------------------------------------------------------
 
+    def _wait(self, sock: zmq.Socket[bytes] | None, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for ``sock`` to be readable (True), running jobs meanwhile.
+
+        Used while the broker is away: timeouts are still enforced, output still read and
+        results kept (they go out with the next READY).
+        """
+        ex = self.executor
+        deadline = time.monotonic() + timeout
+        while not self._stopping.is_set():
+            poller = zmq.Poller()
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
+            poller.register(self._waker.fd, zmq.POLLIN)
+            for fd in ex.fds():
+                poller.register(fd, zmq.POLLIN)
+            left = deadline - time.monotonic()
+            nxt = ex.next_wakeup()
+            wait = left if nxt is None else min(left, nxt)
+            ready = False
+            for item, _ in poller.poll(max(0, int(wait * 1000)) + 1):
+                if sock is not None and item is sock:
+                    ready = True
+                elif item == self._waker.fd:
+                    self._waker.drain()
+                else:
+                    ex.on_readable(int(item))
+            ex.poll()
+            for r in ex.take_finished():
+                self.unacked[r["id"]] = r
+                self.jobs_done += 1
+            if ready:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+        return False
+
     def _discover(self, timeout: float) -> dict[str, Any] | None:
-        """Ask the front socket for the broker's ports; None if it does not answer in time."""
+        """Ask the front socket for the broker's ports and settings; None if it does not answer in time."""
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         try:
             s.connect(tcp_endpoint(self.host, self.front_port))
-            s.send_multipart(P.Hello(rid=1).encode())
-            poller = zmq.Poller()
-            poller.register(s, zmq.POLLIN)
-            poller.register(self._waker.fd, zmq.POLLIN)
+            P.send_frames(s, P.Hello(rid=1).encode())
             deadline = time.monotonic() + timeout
-            while not self._stopping.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                events = dict(poller.poll(int(left * 1000) + 1))
-                if s not in events:
-                    continue
-                msg = P.decode(s.recv_multipart())
+            while self._wait(s, deadline - time.monotonic()):
+                msg = P.decode(P.recv_frames(s))
                 if isinstance(msg, P.Reply) and isinstance(msg.data, dict):
                     return msg.data
             return None
@@ -139,10 +168,15 @@ class Worker:
             if info is not None:
                 break
             log.warning("broker at %s:%d not answering; retrying in %.1fs", self.host, self.front_port, delay)
-            self._wait_stop(delay)
+            self._wait(None, delay)
             delay = min(delay * 2, 5.0) * random.uniform(0.8, 1.2)
         else:
             return False
+        # Heartbeat at the broker's pace, and allow it the larger of its window and ours.
+        cfg = self.config
+        self.beat = float(info.get("heartbeat_interval") or cfg.heartbeat_interval)
+        theirs = self.beat * int(info.get("heartbeat_liveness") or cfg.heartbeat_liveness)
+        self.silence = max(theirs, cfg.heartbeat_interval * cfg.heartbeat_liveness)
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.ROUTING_ID, self.identity)
@@ -181,9 +215,6 @@ class Worker:
             self._send(P.Result(results=list(self.unacked.values())))
         self._last_heard = time.monotonic()
 
-    def _wait_stop(self, seconds: float) -> None:
-        self._stopping.wait(seconds)
-
     def _send(self, msg: P.Message) -> None:
         assert self.sock is not None
         try:
@@ -196,7 +227,6 @@ class Worker:
 
     def _serve(self) -> None:
         """Run the loop on the current connection until it is lost or we stop."""
-        cfg = self.config
         sock = self.sock
         assert sock is not None
         poller = zmq.Poller()
@@ -204,7 +234,8 @@ class Worker:
         poller.register(self._waker.fd, zmq.POLLIN)
         watched: set[int] = set()
         ex = self.executor
-        silence = cfg.heartbeat_interval * cfg.heartbeat_liveness
+        silence = self.silence
+        beat = self.beat
         while not self._stopping.is_set():
             fds = set(ex.fds())
             for fd in watched - fds:
@@ -213,7 +244,7 @@ class Worker:
                 poller.register(fd, zmq.POLLIN)
             watched = fds
             now = time.monotonic()
-            wait = cfg.heartbeat_interval - (now - self._last_sent)
+            wait = beat - (now - self._last_sent)
             nxt = ex.next_wakeup()
             if nxt is not None:
                 wait = min(wait, nxt)
@@ -251,7 +282,7 @@ class Worker:
                 sock.close()
                 self.sock = None
                 return
-            if now - self._last_sent >= cfg.heartbeat_interval:
+            if now - self._last_sent >= beat:
                 self._send(P.Heartbeat())
 
     def _drain(self) -> None:

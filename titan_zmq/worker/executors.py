@@ -396,6 +396,11 @@ class Executor:
         for task in list(self.tasks.values()):
             if task.popen is not None and task.popen.poll() is not None:
                 self._reap(task, wait=0)
+            elif task.child is not None and task.child.popen.poll() is not None:
+                child = task.child  # it died, though something may still hold its pipe open
+                self._on_child_results(child)
+                if not child.dead:
+                    self._child_died(child)
             elif task.deadline is not None and now >= task.deadline and task.kill_reason is None:
                 self.kill(task.id, "timeout")
 
