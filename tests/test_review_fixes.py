@@ -59,3 +59,33 @@ def test_resubmitting_a_finished_job_answers_at_once(shared_cluster: LocalCluste
     t0 = time.monotonic()
     assert second.submit("tests.jobs:add", args=[20, 22], id="fixed-answer").result(20) == 42
     assert time.monotonic() - t0 < 1.0
+
+
+def test_closed_client_says_so(shared_cluster: LocalCluster) -> None:
+    from titan_zmq.errors import TitanError
+
+    client = shared_cluster.client()
+    h = client.submit("tests.jobs:add", args=[1, 2])
+    client.close()
+    with pytest.raises(TitanError, match="closed"):
+        h.wait(5)
+    with pytest.raises(TitanError, match="closed"):
+        client.workers()
+
+
+def test_log_level_after_the_command(shared_cluster: LocalCluster) -> None:
+    from tests.test_cli import titan
+
+    res = titan("workers", "--log-level", "ERROR", broker=shared_cluster.address)
+    assert res.returncode == 0 and "local-1" in res.stdout
+
+
+def test_script_args_in_the_order_given(shared_cluster: LocalCluster, tmp_path: Path) -> None:
+    from tests.test_cli import titan
+
+    script = tmp_path / "a.py"
+    script.write_text("import sys\nprint(sys.argv[1:])\n")
+    res = titan(
+        "submit", "--wait", "--script", str(script), "--arg", "first", "--", "second", broker=shared_cluster.address
+    )
+    assert res.stdout.strip() == "['first', 'second']"

@@ -75,17 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEBUG, INFO, WARNING or ERROR (default INFO for broker/worker/up, WARNING otherwise)",
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # --log-level is accepted after the command as well (SUPPRESS keeps the top-level value otherwise).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING or ERROR")
 
-    p = sub.add_parser("broker", help="run the broker", description="Run the broker in the foreground.")
+    p = sub.add_parser(
+        "broker", parents=[common], help="run the broker", description="Run the broker in the foreground."
+    )
     _add_listen(p)
     p.add_argument("--ready-file", default=None, help="write the bound ports here as JSON once listening")
 
-    p = sub.add_parser("worker", help="run a worker", description="Run a worker in the foreground.")
+    p = sub.add_parser("worker", parents=[common], help="run a worker", description="Run a worker in the foreground.")
     _add_broker_addr(p)
     _add_worker_opts(p)
 
     p = sub.add_parser(
-        "up", help="run a broker and N local workers",
+        "up", parents=[common], help="run a broker and N local workers",
         description="A broker and N local workers in one foreground command; Ctrl-C or SIGTERM stops them all.",
     )  # fmt: skip
     _add_listen(p)
@@ -93,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_worker_opts(p, single=False)
 
     p = sub.add_parser(
-        "submit", help="submit a job",
+        "submit", parents=[common], help="submit a job",
         description="Submit a function (--call), a Python file (--script FILE [-- ARGS]) or a shell command "
         "(-- COMMAND...).",
         epilog="Examples: titan submit --wait -- echo hello;  titan submit --call math:factorial --arg 20 --wait;"
@@ -116,19 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the job record as JSON")
     p.add_argument("--local", action="store_true", help="start an embedded broker and 2 workers for this job")
 
-    p = sub.add_parser("status", help="show a job, or the latest jobs", description="Show a job or the latest jobs.")
+    p = sub.add_parser(
+        "status", parents=[common], help="show a job, or the latest jobs", description="Show a job or the latest jobs."
+    )
     _add_broker_addr(p)
     p.add_argument("job", nargs="?", help="job id (omit to list the latest jobs)")
     p.add_argument("--state", default=None, help="only jobs in this state (when listing)")
     p.add_argument("--limit", type=int, default=20, help="how many jobs to list (default 20)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("cancel", help="cancel a job", description="Cancel a queued or running job.")
+    p = sub.add_parser("cancel", parents=[common], help="cancel a job", description="Cancel a queued or running job.")
     _add_broker_addr(p)
     p.add_argument("job", help="job id")
     p.add_argument("--json", action="store_true", help="print the job record as JSON")
 
-    p = sub.add_parser("workers", help="list workers", description="List the connected workers.")
+    p = sub.add_parser("workers", parents=[common], help="list workers", description="List the connected workers.")
     _add_broker_addr(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -319,7 +326,7 @@ def cmd_submit(args: argparse.Namespace, rest: list[str]) -> int:
     if args.call:
         spec["args"] = [_parse_json_value(a, "--arg") for a in args.arg]
     elif args.script:
-        spec["args"] = rest + args.arg
+        spec["args"] = args.arg + rest  # --arg values first, then what follows --
     elif args.arg:
         raise ConfigError("a shell command takes its arguments after --, not from --arg")
     kwargs = {}

@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from titan_zmq.errors import (
     JobTimeout,
     PayloadTooLarge,
     ProtocolError,
+    TitanError,
     UnknownJob,
     WaitTimeout,
 )
@@ -46,6 +48,7 @@ _ERRORS: dict[str, type[BrokerError] | type[Exception]] = {
 }
 
 _REWATCH = 3.0  # seconds between re-sent WATCHes while waiting (survives a broker restart)
+_MAX_DONE = 100_000  # final records kept for later wait()s
 
 
 def raise_for(record: JobRecord) -> None:
@@ -112,9 +115,12 @@ class TitanClient:
         self._lock = threading.RLock()
         self._rids = itertools.count(1)
         self._replies: dict[int, P.Message] = {}
-        self._done: dict[str, dict[str, Any]] = {}
+        # Final records pushed by the broker, until a wait() or map() takes them. Bounded: the
+        # oldest are dropped past _MAX_DONE (a later wait() asks the broker for them again).
+        self._done: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._watched: set[str] = set()  # submitted with watch on this socket, not ended yet
         self._sock: zmq.Socket[bytes] | None = None
+        self._closed = False
         self._blobs: dict[str, bytes] = {}
         self._open()
 
@@ -134,9 +140,13 @@ class TitanClient:
     def close(self) -> None:
         """Close the connection. Jobs already submitted run on regardless."""
         with self._lock:
-            if self._sock is not None:
-                self._sock.close(0)
-                self._sock = None
+            self._closed = True
+            self._drop_socket()
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
 
     def __enter__(self) -> TitanClient:
         return self
@@ -146,7 +156,7 @@ class TitanClient:
 
     def _unavailable(self, what: str) -> BrokerUnavailable:
         # Drop the socket so a request queued for a broker that is not there is never delivered late.
-        self.close()
+        self._drop_socket()
         self._open()
         return BrokerUnavailable(
             f"{what}: no answer from the broker at {self.address} within {self.timeout:g}s; "
@@ -161,8 +171,7 @@ class TitanClient:
                 f"{self.max_message_size} bytes; send large data through the KV store, or raise max_message_size"
             )
         if self._sock is None:
-            self._open()
-        assert self._sock is not None
+            raise TitanError("this TitanClient is closed; open a new one")
         try:
             self._sock.send_multipart(frames)
         except zmq.Again:
@@ -170,7 +179,8 @@ class TitanClient:
 
     def _pump(self, timeout: float) -> bool:
         """Receive what arrives within ``timeout`` seconds. Returns whether anything came."""
-        assert self._sock is not None
+        if self._sock is None:
+            raise TitanError("this TitanClient is closed; open a new one")
         if not self._sock.poll(max(0, int(timeout * 1000))):
             return False
         while True:
@@ -187,6 +197,8 @@ class TitanClient:
                 for rec in msg.records:
                     self._done[rec["id"]] = rec
                     self._watched.discard(rec["id"])
+                while len(self._done) > _MAX_DONE:
+                    self._done.popitem(last=False)
             elif isinstance(msg, (P.Reply, P.Error)):
                 self._replies[msg.rid] = msg
 
@@ -392,6 +404,7 @@ class TitanClient:
         results: dict[str, JobRecord] = {}
         deadline = None if timeout is None else time.monotonic() + timeout
         exhausted = False
+        next_watch = time.monotonic() + _REWATCH
         while not exhausted or pending:
             while not exhausted and len(pending) < window:
                 batch = []
@@ -416,7 +429,9 @@ class TitanClient:
                     raise WaitTimeout(f"map: {len(pending)} of {len(order)} job(s) unfinished after {timeout:g}s")
                 with self._lock:
                     got = self._pump(0.5 if left is None else min(0.5, left))
-                if not got:  # nothing for a while: make sure the broker still knows we wait
+                now = time.monotonic()
+                if not got and now >= next_watch:  # quiet: make sure the broker still knows we wait
+                    next_watch = now + _REWATCH
                     with self._lock:
                         for rec in self.request(P.Watch, ids=list(pending))["done"]:
                             self._done[rec["id"]] = rec

@@ -113,12 +113,18 @@ class ChildProc:
         job_r, self.job_w = os.pipe()
         self.res_r, res_w = os.pipe()
         argv = [sys.executable, "-m", "titan_zmq.worker.child", str(job_r), str(res_w), str(memory_mb or 0)]
-        self.popen = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=(job_r, res_w), env=env, start_new_session=True, preexec_fn=die_with_parent,
-        )  # fmt: skip
-        os.close(job_r)
-        os.close(res_w)
+        try:
+            self.popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(job_r, res_w), env=env, start_new_session=True, preexec_fn=die_with_parent,
+            )  # fmt: skip
+        except BaseException:
+            for fd in (self.job_w, self.res_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(job_r)
+            os.close(res_w)
         assert self.popen.stdout is not None and self.popen.stderr is not None
         self.out_fd = self.popen.stdout.fileno()
         self.err_fd = self.popen.stderr.fileno()
