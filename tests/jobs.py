@@ -77,3 +77,22 @@ def crash_leaving_a_grandchild() -> None:
     """Start a background process that inherits our descriptors, then die."""
     os.system("sleep 20 &")
     os._exit(7)
+
+
+def count_words(text: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for word in text.lower().split():
+        counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def add_counts(*, inputs: dict[str, dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for counts in inputs.values():
+        for word, n in counts.items():
+            total[word] = total.get(word, 0) + n
+    return dict(sorted(total.items()))
+
+
+def ignore_inputs(x: int) -> int:
+    return x * 2

@@ -100,10 +100,13 @@ class Job:
     idempotency_key: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     blob: str | None = None  # sha256 of a script (kind script) or of a __main__ module (kind call)
+    depends_on: tuple[str, ...] = ()  # parents: it runs once they all succeeded, with their results
+    dag: str | None = None  # the DAG it belongs to
+    on_failure: str = "stop"  # "continue": its children run even if it fails for good
 
     WIRE_FIELDS = (
         "id", "kind", "target", "args", "kwargs", "env", "requires", "priority", "delay",
-        "timeout", "retries", "backoff", "idempotency_key", "labels", "blob",
+        "timeout", "retries", "backoff", "idempotency_key", "labels", "blob", "depends_on", "dag", "on_failure",
     )  # fmt: skip
 
     def to_wire(self) -> dict[str, Any]:
@@ -125,6 +128,12 @@ class Job:
             d["backoff"] = self.backoff
         if self.labels:
             d["labels"] = self.labels
+        if self.depends_on:
+            d["depends_on"] = list(self.depends_on)
+        if self.dag is not None:
+            d["dag"] = self.dag
+        if self.on_failure != "stop":
+            d["on_failure"] = self.on_failure
         return d
 
     @classmethod
@@ -178,6 +187,19 @@ class Job:
             raise JobError(f"job {jid}: 'blob' must be a sha256 hex digest")
         if kind == "script" and blob is None:
             raise JobError(f"job {jid}: a script job needs its content ('blob' sha256 and the bytes in 'blobs')")
+        parents = d.get("depends_on") or []
+        if not isinstance(parents, list) or not all(isinstance(p, str) and _ID_RE.fullmatch(p) for p in parents):
+            raise JobError(f"job {jid}: 'depends_on' must be a list of job ids")
+        if jid in parents:
+            raise JobError(f"job {jid} depends on itself")
+        if len(set(parents)) != len(parents):
+            raise JobError(f"job {jid}: 'depends_on' names a parent twice")
+        dag = d.get("dag")
+        if dag is not None and (not isinstance(dag, str) or not _ID_RE.fullmatch(dag)):
+            raise JobError(f"job {jid}: 'dag' must be an id (letters, digits and _.:@-)")
+        on_failure = d.get("on_failure") or "stop"
+        if on_failure not in ("stop", "continue"):
+            raise JobError(f"job {jid}: 'on_failure' must be 'stop' or 'continue', got {on_failure!r}")
         key = d.get("idempotency_key")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
             raise JobError(f"job {jid}: 'idempotency_key' must be a string of 1 to 256 characters")
@@ -197,6 +219,9 @@ class Job:
             idempotency_key=key,
             labels=labels,
             blob=blob,
+            depends_on=tuple(parents),
+            dag=dag,
+            on_failure=on_failure,
         )
 
 
@@ -234,6 +259,8 @@ class JobRecord:
     finished_at: float | None = None
     waiting: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    depends_on: list[str] = field(default_factory=list)
+    dag: str | None = None
 
     @property
     def ok(self) -> bool:

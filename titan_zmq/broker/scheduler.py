@@ -41,9 +41,31 @@ class Entry:
     """The broker's mutable view of one job: its spec and its progress."""
 
     __slots__ = (
-        "attempts", "error", "error_type", "exit_code", "finished_at", "job", "lease", "lost", "misses", "not_before",
-        "queued_at", "result", "seq", "started_at", "state", "stderr", "stdout", "submitted_at",
-        "traceback", "watchers", "worker", "worker_name",
+        "attempts",
+        "children",
+        "error",
+        "error_type",
+        "exit_code",
+        "finished_at",
+        "inputs",
+        "job",
+        "lease",
+        "lost",
+        "misses",
+        "not_before",
+        "queued_at",
+        "result",
+        "seq",
+        "started_at",
+        "state",
+        "stderr",
+        "stdout",
+        "submitted_at",
+        "traceback",
+        "waiting_on",
+        "watchers",
+        "worker",
+        "worker_name",
     )  # fmt: skip
 
     def __init__(self, job: Job, seq: int, now_wall: float) -> None:
@@ -69,6 +91,9 @@ class Entry:
         self.finished_at: float | None = None
         self.not_before = 0.0  # monotonic time before which it may not run (delay, backoff)
         self.watchers: list[bytes] | None = None
+        self.children: list[str] | None = None  # jobs waiting on this one
+        self.inputs: dict[str, Any] | None = None  # parents' results, for a job with parents
+        self.waiting_on = 0  # parents not ended yet
 
 
 @dataclass
@@ -202,6 +227,8 @@ class Scheduler:
         for sha, content in blobs.items():
             if hashlib.sha256(content).hexdigest() != sha:
                 raise JobError(f"blob {sha[:12]}... does not match its sha256; the content was damaged")
+        if any(job.depends_on for job in jobs):
+            jobs = self._check_graph(jobs)
         ids = []
         for job in jobs:
             known = self.jobs.get(job.id)
@@ -218,6 +245,35 @@ class Scheduler:
             ids.append(job.id)
         return ids
 
+    def _check_graph(self, jobs: list[Job]) -> list[Job]:
+        """Refuse unknown parents and cycles; return the batch parents-first."""
+        batch = {job.id: job for job in jobs}
+        for job in jobs:
+            for p in job.depends_on:
+                if p not in batch and p not in self.jobs:
+                    raise JobError(
+                        f"job {job.id} depends on {p!r}, which is neither in this submission nor known to the broker"
+                    )
+        # Kahn's algorithm over the edges inside the batch (known jobs cannot depend on new ones).
+        indeg = {jid: sum(1 for p in job.depends_on if p in batch) for jid, job in batch.items()}
+        kids: dict[str, list[str]] = {}
+        for job in jobs:
+            for p in job.depends_on:
+                if p in batch:
+                    kids.setdefault(p, []).append(job.id)
+        ready = [jid for jid in batch if indeg[jid] == 0]
+        order: list[Job] = []
+        while ready:
+            jid = ready.pop()
+            order.append(batch[jid])
+            for c in kids.get(jid, ()):
+                indeg[c] -= 1
+                if indeg[c] == 0:
+                    ready.append(c)
+        if len(order) < len(jobs):
+            raise JobError(f"the jobs form a cycle: {' -> '.join(_find_cycle(batch, indeg))}; a DAG has none")
+        return order
+
     def _accept(self, job: Job, blobs: dict[str, bytes], watcher: bytes | None) -> Entry:
         entry = Entry(job, next(self._seq), self.wall())
         self.jobs[job.id] = entry
@@ -232,11 +288,70 @@ class Scheduler:
         if watcher is not None:
             entry.watchers = [watcher]
         self.counters["submitted"] += 1
-        if job.delay > 0:
-            self._hold(entry, self.clock() + job.delay)
+        if job.depends_on:
+            self._wire_parents(entry)
+        else:
+            self._start_waiting(entry)
+        return entry
+
+    def _start_waiting(self, entry: Entry) -> None:
+        """A job with nothing left to wait for: hold it for its delay, else queue it."""
+        if entry.job.delay > 0:
+            entry.state = JobState.QUEUED
+            self._hold(entry, self.clock() + entry.job.delay)
         else:
             self._enqueue(entry)
-        return entry
+
+    def _wire_parents(self, entry: Entry) -> None:
+        """Level-triggered: parents that already ended count now; the others will tell it when they end."""
+        entry.state = JobState.PENDING
+        entry.inputs = {}
+        waiting = 0
+        doomed = None
+        for p in entry.job.depends_on:
+            parent = self.jobs[p]
+            if parent.state is JobState.SUCCEEDED:
+                entry.inputs[p] = parent.result
+            elif parent.state in FINAL_STATES:
+                if parent.job.on_failure == "continue":
+                    entry.inputs[p] = None
+                elif doomed is None:
+                    doomed = parent
+            else:
+                waiting += 1
+                if parent.children is None:
+                    parent.children = []
+                parent.children.append(entry.job.id)
+        entry.waiting_on = waiting
+        if doomed is not None:
+            entry.error = f"upstream job {doomed.job.id} {doomed.state.value}"
+            self._finish(entry, JobState.CANCELLED)
+        elif waiting == 0:
+            self._start_waiting(entry)
+
+    def _release_children(self, entry: Entry) -> None:
+        """A job ended: release or cancel what waited on it, down the graph (iteratively: chains can be long)."""
+        work = [entry]
+        while work:
+            done = work.pop()
+            kids, done.children = done.children, None
+            if not kids:
+                continue
+            ok = done.state is JobState.SUCCEEDED or done.job.on_failure == "continue"
+            for cid in kids:
+                child = self.jobs.get(cid)
+                if child is None or child.state is not JobState.PENDING:
+                    continue
+                if ok:
+                    if child.inputs is not None:
+                        child.inputs[done.job.id] = done.result if done.state is JobState.SUCCEEDED else None
+                    child.waiting_on -= 1
+                    if child.waiting_on <= 0:
+                        self._start_waiting(child)
+                else:
+                    child.error = f"upstream job {done.job.id} {done.state.value}"
+                    self._finish(child, JobState.CANCELLED, propagate=False)
+                    work.append(child)
 
     # ---- queues -------------------------------------------------------------------
 
@@ -335,6 +450,8 @@ class Scheduler:
         wire = entry.job.to_wire()
         wire["attempt"] = entry.attempts
         wire["lease"] = entry.lease
+        if entry.inputs is not None:
+            wire["inputs"] = entry.inputs
         self.fx.assign.setdefault(w.ident, []).append(wire)
         sha = entry.job.blob
         if sha is not None and sha not in w.cached:
@@ -440,7 +557,7 @@ class Scheduler:
         else:
             self._finish(entry, JobState.DEAD if entry.job.retries else JobState.FAILED)
 
-    def _finish(self, entry: Entry, state: JobState) -> None:
+    def _finish(self, entry: Entry, state: JobState, propagate: bool = True) -> None:
         entry.state = state
         entry.finished_at = self.wall()
         entry.not_before = 0.0
@@ -461,6 +578,9 @@ class Scheduler:
                 self.fx.done.setdefault(ident, []).append(rec)
             entry.watchers = None
         self._finished.append(entry.job.id)
+        entry.inputs = None
+        if propagate and entry.children:
+            self._release_children(entry)
         while len(self._finished) > self.max_finished:
             old = self.jobs.pop(self._finished.popleft(), None)
             if old is not None and old.job.idempotency_key is not None:
@@ -506,6 +626,8 @@ class Scheduler:
         now = self.clock()
         if st is JobState.RETRYING:
             return f"retry {entry.attempts + 1} of {entry.job.retries + 1} in {max(0.0, entry.not_before - now):.1f}s"
+        if st is JobState.PENDING:
+            return f"waiting for {entry.waiting_on} parent job(s)"
         if st is not JobState.QUEUED:
             return None
         if entry.not_before > now:
@@ -544,6 +666,8 @@ class Scheduler:
             "finished_at": entry.finished_at,
             "waiting": self.waiting_reason(entry),
             "labels": j.labels,
+            "depends_on": list(j.depends_on),
+            "dag": j.dag,
         }
 
     def list_jobs(self, state: str | None, limit: int) -> list[dict[str, Any]]:
@@ -676,3 +800,19 @@ class Scheduler:
             "jobs": states,
             **self.counters,
         }
+
+
+def _find_cycle(batch: dict[str, Job], indeg: dict[str, int]) -> list[str]:
+    """One cycle among the jobs Kahn's algorithm could not order, as a path a -> b -> a."""
+    left = {jid for jid, d in indeg.items() if d > 0}
+    start = min(left)
+    path = [start]
+    seen = {start: 0}
+    node = start
+    while True:
+        node = next(p for p in batch[node].depends_on if p in left)
+        if node in seen:
+            cycle = [*path[seen[node] :], node]
+            return list(reversed(cycle))  # parent -> child order
+        seen[node] = len(path)
+        path.append(node)

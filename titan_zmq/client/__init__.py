@@ -1,6 +1,7 @@
 """The Python client: ``from titan_zmq.client import TitanClient``."""
 
 from titan_zmq.client.client import JobHandle, TitanClient, raise_for
+from titan_zmq.client.dag import Dag, DagRun
 from titan_zmq.errors import (
     BrokerUnavailable,
     JobCancelled,
@@ -14,6 +15,8 @@ from titan_zmq.job import JobRecord, JobState
 
 __all__ = [
     "BrokerUnavailable",
+    "Dag",
+    "DagRun",
     "JobCancelled",
     "JobFailed",
     "JobHandle",

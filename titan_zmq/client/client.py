@@ -22,6 +22,7 @@ from typing import Any
 import zmq
 
 from titan_zmq import protocol as P
+from titan_zmq.client.dag import Dag, DagRun
 from titan_zmq.config import parse_address, resolve_broker, tcp_endpoint
 from titan_zmq.errors import (
     BrokerError,
@@ -329,6 +330,12 @@ class TitanClient:
         if watch:
             self._watched.update(data["ids"])
         return [JobHandle(self, i) for i in data["ids"]]
+
+    def submit_dag(self, dag: Dag) -> DagRun:
+        """Submit a DAG in one message: checked whole (unknown parents, cycles) before any of it runs."""
+        specs = dag.specs(self)
+        handles = self.submit_specs(specs)
+        return DagRun(self, dag.id, [h.id for h in handles])
 
     def status(self, job_id: str) -> JobRecord:
         """The job's record now. Raises UnknownJob for an id the broker does not know."""

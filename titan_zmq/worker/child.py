@@ -58,6 +58,22 @@ def write_frame(fd: int, body: bytes) -> None:
 
 
 _resolved: dict[tuple[str, str | None], Any] = {}
+_inputs_param: dict[Any, bool] = {}
+
+
+def _takes_inputs(fn: Any) -> bool:
+    """Whether ``fn`` has a parameter named ``inputs`` (or ``**kwargs``) for its parents' results."""
+    known = _inputs_param.get(fn)
+    if known is None:
+        import inspect
+
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            params = []  # type: ignore[assignment]
+        known = any(p.name == "inputs" or p.kind is p.VAR_KEYWORD for p in params)
+        _inputs_param[fn] = known
+    return known
 
 
 def resolve(target: str, module_path: str | None, sha: str | None) -> Any:
@@ -104,7 +120,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         os.environ[k] = v
     try:
         fn = resolve(job["target"], job.get("module_path"), job.get("blob"))
-        value = fn(*job.get("args", ()), **job.get("kwargs", {}))
+        kwargs = job.get("kwargs", {})
+        if "inputs" in job and _takes_inputs(fn):
+            kwargs = {**kwargs, "inputs": job["inputs"]}  # parents' results, by parent id
+        value = fn(*job.get("args", ()), **kwargs)
         return {"outcome": "succeeded", "result": value}
     except BaseException as exc:  # the job's own failure, whatever it is, is its outcome
         if isinstance(exc, KeyboardInterrupt):

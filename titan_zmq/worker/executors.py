@@ -11,6 +11,7 @@ Timeouts and cancels kill the job's whole process tree.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import signal
@@ -270,6 +271,11 @@ class Executor:
         env = dict(self.env)
         env["TITAN_JOB_ID"] = job["id"]
         env["TITAN_ATTEMPT"] = str(job.get("attempt", 1))
+        if "inputs" in job:  # parents' results, as a JSON file named by TITAN_INPUTS
+            path = self.cache.root.parent / "inputs" / f"{job['id']}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(job["inputs"], default=repr))
+            env["TITAN_INPUTS"] = str(path)
         env.update(job.get("env") or {})
         return env
 
@@ -283,6 +289,8 @@ class Executor:
             "env": job.get("env") or {},
             "attempt": task.attempt,
         }
+        if "inputs" in job:
+            msg["inputs"] = job["inputs"]
         if job.get("blob"):
             if not self.cache.has(job["blob"]):
                 self._finish(task, "cache_miss", error="module source not in the cache")
@@ -499,6 +507,8 @@ class Executor:
     def _finish(self, task: Task, outcome: str, **fields: Any) -> None:
         if self.tasks.pop(task.id, None) is None:
             return
+        if "inputs" in task.job and task.job["kind"] != "call":
+            (self.cache.root.parent / "inputs" / f"{task.id}.json").unlink(missing_ok=True)
         res = {
             "id": task.id,
             "attempt": task.attempt,
