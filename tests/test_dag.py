@@ -176,3 +176,31 @@ def test_client_sees_the_cycle(shared_cluster: LocalCluster) -> None:
     dag.add("tests.jobs:noop", id="loop-b", after=["loop-a"])
     with pytest.raises(JobError, match="cycle"):
         client.submit_dag(dag)
+
+
+def test_status_and_cancel_a_whole_dag(cluster: LocalCluster) -> None:
+    import json
+
+    from tests.test_cli import titan
+
+    cluster.add_worker(name="one", slots=1)
+    cluster.wait_workers(1)
+    client = cluster.client()
+    dag = Dag("nightly")
+    first = dag.add("tests.jobs:sleep", args=[30])
+    second = dag.add("tests.jobs:noop", after=[first])
+    other = dag.add("tests.jobs:noop", args=["x"])
+    run = client.submit_dag(dag)
+    assert run.result(other, timeout=30) == "x"
+    states = {r.id: r.state for r in client.dag_status("nightly")}
+    assert states[second] is JobState.PENDING and states[other] is JobState.SUCCEEDED
+    shown = titan("status", "nightly", broker=cluster.address)
+    assert shown.returncode == 0 and shown.stdout.startswith("DAG nightly: 3 job(s): ")
+    assert json.loads(titan("status", "nightly", "--json", broker=cluster.address).stdout)["dag"] == "nightly"
+    out = titan("cancel", "nightly", broker=cluster.address)
+    assert out.returncode == 0 and out.stdout.startswith("DAG nightly: ")
+    final = {r.id: r for r in run.wait(20).values()}
+    assert final[first].state is JobState.CANCELLED and final[second].state is JobState.CANCELLED
+    assert final[other].state is JobState.SUCCEEDED
+    with pytest.raises(JobError, match="is a DAG"):
+        client.status("nightly")

@@ -122,17 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="start an embedded broker and 2 workers for this job")
 
     p = sub.add_parser(
-        "status", parents=[common], help="show a job, or the latest jobs", description="Show a job or the latest jobs."
-    )
+        "status", parents=[common], help="show a job, a DAG, or the latest jobs",
+        description="Show a job, the jobs of a DAG, or the latest jobs.",
+    )  # fmt: skip
     _add_broker_addr(p)
-    p.add_argument("job", nargs="?", help="job id (omit to list the latest jobs)")
+    p.add_argument("job", nargs="?", help="job or DAG id (omit to list the latest jobs)")
     p.add_argument("--state", default=None, help="only jobs in this state (when listing)")
     p.add_argument("--limit", type=int, default=20, help="how many jobs to list (default 20)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("cancel", parents=[common], help="cancel a job", description="Cancel a queued or running job.")
+    p = sub.add_parser(
+        "cancel", parents=[common], help="cancel a job or a DAG",
+        description="Cancel a queued or running job, or every unfinished job of a DAG.",
+    )  # fmt: skip
     _add_broker_addr(p)
-    p.add_argument("job", help="job id")
+    p.add_argument("job", help="job or DAG id")
     p.add_argument("--json", action="store_true", help="print the job record as JSON")
 
     p = sub.add_parser("workers", parents=[common], help="list workers", description="List the connected workers.")
@@ -380,17 +384,28 @@ def _submit(client: Any, spec: dict[str, Any], options: dict[str, Any], args: ar
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from titan_zmq import protocol as P
     from titan_zmq.client import TitanClient
 
+    dag = None
     with TitanClient(args.broker) as client:
         if args.job:
-            rec = client.status(args.job).to_dict()
-            _json(rec) if args.json else _print_record(rec)
-            return EXIT_OK
-        recs = [r.to_dict() for r in client.jobs(state=args.state, limit=args.limit)]
+            data = client.request(P.Status, ids=[args.job])
+            if "dag" not in data:
+                rec = data["records"][0]
+                _json(rec) if args.json else _print_record(rec)
+                return EXIT_OK
+            dag, recs = data["dag"], data["records"]
+        else:
+            recs = [r.to_dict() for r in client.jobs(state=args.state, limit=args.limit)]
     if args.json:
-        _json(recs)
+        _json({"dag": dag, "jobs": recs} if dag else recs)
         return EXIT_OK
+    if dag:
+        states: dict[str, int] = {}
+        for r in recs:
+            states[r["state"]] = states.get(r["state"], 0) + 1
+        print(f"DAG {dag}: {len(recs)} job(s): " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
     rows = [
         [r["id"], r["state"], r["kind"], r["target"][:40], r.get("worker") or "-", str(r["attempts"]),
          r.get("waiting") or r.get("error") or ""]
@@ -401,14 +416,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from titan_zmq import protocol as P
     from titan_zmq.client import TitanClient
 
     with TitanClient(args.broker) as client:
-        rec = client.cancel(args.job).to_dict()
+        data = client.request(P.Cancel, id=args.job)
     if args.json:
-        _json(rec)
+        _json(data)
+    elif "dag" in data:
+        print(f"DAG {data['dag']}: " + ", ".join(f"{r['id']} {r['state']}" for r in data["records"]))
     else:
-        print(f"{rec['id']}: {rec['state']}")
+        print(f"{data['id']}: {data['state']}")
     return EXIT_OK
 
 

@@ -294,6 +294,9 @@ class Broker:
             return {"done": sched.watch(ident, msg.ids)}
         if isinstance(msg, P.Status):
             if len(msg.ids) == 1:
+                dag = sched.dag_records(msg.ids[0]) if msg.ids[0] not in sched.jobs else None
+                if dag is not None:
+                    return {"records": dag, "missing": [], "dag": msg.ids[0]}
                 return {"records": [sched.record(sched.entry(msg.ids[0]))], "missing": []}
             found = [sched.record(sched.jobs[j]) for j in msg.ids if j in sched.jobs]
             return {"records": found, "missing": [j for j in msg.ids if j not in sched.jobs]}

@@ -194,6 +194,7 @@ class Scheduler:
         self.workers: dict[bytes, WorkerInfo] = {}
         self.blobs: dict[str, list[Any]] = {}  # sha -> [content, refcount]
         self.idempotency: dict[str, str] = {}
+        self.dags: dict[str, dict[str, None]] = {}  # DAG id -> its job ids, in submission order
         self._queues: dict[frozenset[str], list[tuple[int, int, str]]] = {}
         self._held: list[tuple[float, int, str]] = []  # (not_before, seq, id): delayed and retrying
         self._finished: deque[str] = deque()
@@ -279,6 +280,8 @@ class Scheduler:
         self.jobs[job.id] = entry
         if job.idempotency_key is not None:
             self.idempotency[job.idempotency_key] = job.id
+        if job.dag is not None:
+            self.dags.setdefault(job.dag, {})[job.id] = None
         if job.blob is not None:
             slot = self.blobs.get(job.blob)
             if slot is None:
@@ -585,6 +588,12 @@ class Scheduler:
             old = self.jobs.pop(self._finished.popleft(), None)
             if old is not None and old.job.idempotency_key is not None:
                 self.idempotency.pop(old.job.idempotency_key, None)
+            if old is not None and old.job.dag is not None:
+                members = self.dags.get(old.job.dag)
+                if members is not None:
+                    members.pop(old.job.id, None)
+                    if not members:
+                        del self.dags[old.job.dag]
 
     # ---- cancel, watch, status -----------------------------------------------------
 
@@ -598,7 +607,27 @@ class Scheduler:
             )
         return e
 
+    def dag_records(self, dag_id: str) -> list[dict[str, Any]] | None:
+        """Records of a DAG's jobs, or None when no DAG has that id."""
+        members = self.dags.get(dag_id)
+        if members is None:
+            return None
+        return [self.record(self.jobs[j]) for j in members if j in self.jobs]
+
+    def cancel_dag(self, dag_id: str) -> dict[str, Any]:
+        """Cancel every job of a DAG that has not ended. Returns the DAG's records."""
+        members = self.dags.get(dag_id)
+        if members is None:
+            raise UnknownJob(f"unknown job or DAG id {dag_id!r}", "unknown_job")
+        for jid in list(members):
+            e = self.jobs.get(jid)
+            if e is not None and e.state not in FINAL_STATES:
+                self.cancel(jid)
+        return {"dag": dag_id, "records": self.dag_records(dag_id)}
+
     def cancel(self, jid: str) -> dict[str, Any]:
+        if jid not in self.jobs and jid in self.dags:
+            return self.cancel_dag(jid)
         entry = self.entry(jid)
         if entry.state in FINAL_STATES:
             return self.record(entry)

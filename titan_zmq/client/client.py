@@ -340,6 +340,8 @@ class TitanClient:
     def status(self, job_id: str) -> JobRecord:
         """The job's record now. Raises UnknownJob for an id the broker does not know."""
         data = self.request(P.Status, ids=[job_id])
+        if "dag" in data:
+            raise JobError(f"{job_id!r} is a DAG; use dag_status() for its jobs")
         return JobRecord.from_dict(data["records"][0])
 
     def jobs(self, state: str | JobState | None = None, limit: int = 50) -> list[JobRecord]:
@@ -349,7 +351,24 @@ class TitanClient:
 
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued or running job (its process tree is killed). Returns its record."""
-        return JobRecord.from_dict(self.request(P.Cancel, id=job_id))
+        data = self.request(P.Cancel, id=job_id)
+        if "dag" in data:
+            raise JobError(f"{job_id!r} is a DAG; use cancel_dag() to cancel all of its jobs")
+        return JobRecord.from_dict(data)
+
+    def cancel_dag(self, dag_id: str) -> list[JobRecord]:
+        """Cancel every job of a DAG that has not ended yet. Returns the DAG's records."""
+        data = self.request(P.Cancel, id=dag_id)
+        if "dag" not in data:
+            raise JobError(f"{dag_id!r} is a job, not a DAG; use cancel()")
+        return [JobRecord.from_dict(r) for r in data["records"]]
+
+    def dag_status(self, dag_id: str) -> list[JobRecord]:
+        """The records of a DAG's jobs, in submission order."""
+        data = self.request(P.Status, ids=[dag_id])
+        if "dag" not in data:
+            raise JobError(f"{dag_id!r} is a job, not a DAG; use status()")
+        return [JobRecord.from_dict(r) for r in data["records"]]
 
     def workers(self) -> list[dict[str, Any]]:
         """The connected workers: name, host, tags, slots, used, running, done, last_heartbeat_age."""
