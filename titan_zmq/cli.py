@@ -423,7 +423,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         data = client.request(P.Cancel, id=args.job)
     if args.json:
         _json(data)
-    elif "dag" in data:
+    elif "records" in data:  # a DAG
         print(f"DAG {data['dag']}: " + ", ".join(f"{r['id']} {r['state']}" for r in data["records"]))
     else:
         print(f"{data['id']}: {data['state']}")

@@ -352,14 +352,14 @@ class TitanClient:
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued or running job (its process tree is killed). Returns its record."""
         data = self.request(P.Cancel, id=job_id)
-        if "dag" in data:
+        if "records" in data:
             raise JobError(f"{job_id!r} is a DAG; use cancel_dag() to cancel all of its jobs")
         return JobRecord.from_dict(data)
 
     def cancel_dag(self, dag_id: str) -> list[JobRecord]:
         """Cancel every job of a DAG that has not ended yet. Returns the DAG's records."""
         data = self.request(P.Cancel, id=dag_id)
-        if "dag" not in data:
+        if "records" not in data:
             raise JobError(f"{dag_id!r} is a job, not a DAG; use cancel()")
         return [JobRecord.from_dict(r) for r in data["records"]]
 
