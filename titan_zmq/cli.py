@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -120,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait; print the result; exit 0 on success, 1 on failure")
     p.add_argument("--json", action="store_true", help="print the job record as JSON")
     p.add_argument("--local", action="store_true", help="start an embedded broker and 2 workers for this job")
+
+    p = sub.add_parser(
+        "run", parents=[common], help="run a pipeline (YAML DAG)",
+        description="Submit a YAML pipeline as one DAG, show its progress, and print a summary. "
+        "Exit 0 only when every job succeeded.",
+    )  # fmt: skip
+    _add_broker_addr(p)
+    p.add_argument("pipeline", help="the pipeline's YAML file")
+    p.add_argument("--local", action="store_true", help="start an embedded broker and workers for this run")
+    p.add_argument("--workers", type=int, default=2, help="workers for --local (default 2)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S seconds (exit 1)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
 
     p = sub.add_parser(
         "status", parents=[common], help="show a job, a DAG, or the latest jobs",
@@ -415,6 +428,76 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from titan_zmq.client import TitanClient
+    from titan_zmq.client.pipeline import load_pipeline
+    from titan_zmq.errors import JobError
+
+    try:
+        pipeline = load_pipeline(args.pipeline)
+    except JobError as exc:
+        print(f"titan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.local:
+        from titan_zmq.local import LocalCluster
+
+        with LocalCluster(workers=args.workers) as cluster:
+            return _run_pipeline(cluster.client(), pipeline, args)
+    with TitanClient(args.broker) as client:
+        return _run_pipeline(client, pipeline, args)
+
+
+def _run_pipeline(client: Any, pipeline: Any, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    run = client.submit_dag(pipeline.dag.instance())  # fresh ids: every run is a new run
+    total = len(run.ids)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    err = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[states]}"), console=err, disable=args.json, transient=False,
+    )  # fmt: skip
+    recs: list[Any] = []
+    timed_out = False
+    with progress:
+        task = progress.add_task(pipeline.name, total=total, states="")
+        while True:
+            recs = client.dag_status(run.id)
+            counts: dict[str, int] = {}
+            for r in recs:
+                counts[r.state.value] = counts.get(r.state.value, 0) + 1
+            done = sum(1 for r in recs if r.state.final)
+            progress.update(task, completed=done, states=" ".join(f"{s}:{n}" for s, n in sorted(counts.items())))
+            if done >= total:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                break
+            time.sleep(0.25)  # a refresh interval for the display, not a wait for a state
+    ok = not timed_out and all(r.ok for r in recs)
+    if args.json:
+        _json({"dag": run.id, "ok": ok, "timed_out": timed_out, "jobs": [r.to_dict() for r in recs]})
+        return EXIT_OK if ok else EXIT_FAIL
+    table = Table(title=f"{pipeline.name}: {'succeeded' if ok else 'FAILED'}")
+    for col in ("job", "state", "worker", "duration", "note"):
+        table.add_column(col)
+    colours = {"succeeded": "green", "failed": "red", "dead": "red", "cancelled": "yellow"}
+    for r in recs:
+        dur = "-" if r.duration is None else f"{r.duration:.2f}s"
+        st = r.state.value
+        note = (r.error or r.waiting or "")[:80]
+        table.add_row(r.id, f"[{colours.get(st, 'white')}]{st}[/]", r.worker or "-", dur, note)
+    Console().print(table)
+    if timed_out:
+        print(
+            f"titan: gave up after {args.timeout:g}s; the DAG {run.id} goes on (titan cancel {run.id})", file=sys.stderr
+        )
+    return EXIT_OK if ok else EXIT_FAIL
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from titan_zmq import protocol as P
     from titan_zmq.client import TitanClient
@@ -466,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "submit":
             return cmd_submit(args, rest)
         handler = {
-            "broker": cmd_broker, "worker": cmd_worker, "up": cmd_up, "status": cmd_status,
+            "broker": cmd_broker, "worker": cmd_worker, "up": cmd_up, "status": cmd_status, "run": cmd_run,
             "cancel": cmd_cancel, "workers": cmd_workers,
         }[args.command]  # fmt: skip
         return handler(args)

@@ -59,6 +59,22 @@ class Dag:
         self.nodes.append(node)
         return jid
 
+    def instance(self, run_id: str | None = None) -> Dag:
+        """A copy for one run: DAG id ``run_id`` and every job id prefixed with ``run_id.``.
+
+        Job ids are unique per broker, and resubmitting the same ids is taken as the same jobs
+        (idempotence); a pipeline that is run again needs fresh ids.
+        """
+        run = Dag(run_id or f"{self.id}-{new_job_id()[:6]}")
+        rename = {n["id"]: f"{run.id}.{n['id']}" for n in self.nodes}
+        for node in self.nodes:
+            copy = dict(node)
+            copy["id"] = rename[node["id"]]
+            copy["after"] = [rename.get(p, p) for p in node["after"]]
+            run.nodes.append(copy)
+            run._ids.add(copy["id"])
+        return run
+
     def specs(self, client: TitanClient) -> list[dict[str, Any]]:
         """The job specs as the broker takes them."""
         out = []
