@@ -204,3 +204,28 @@ def test_status_and_cancel_a_whole_dag(cluster: LocalCluster) -> None:
     assert final[other].state is JobState.SUCCEEDED
     with pytest.raises(JobError, match="is a DAG"):
         client.status("nightly")
+
+
+def test_random_10k_dag_end_to_end(cluster: LocalCluster) -> None:
+    """10,000 random nodes on real workers: from the broker's own times, no job started before all
+    its parents finished, and every job ran exactly once."""
+    for i in range(2):
+        cluster.add_worker(name=f"dag-w{i}", slots=2)
+    cluster.wait_workers(2)
+    client = cluster.client()
+    rng = random.Random(11)
+    dag = Dag("big")
+    parents: dict[str, list[str]] = {}
+    ids: list[str] = []
+    for i in range(10_000):
+        lo = max(0, i - 500)
+        after = [ids[p] for p in rng.sample(range(lo, i), k=min(i - lo, rng.randint(0, 3)))] if i else []
+        jid = dag.add("tests.jobs:noop", args=[i], after=after, id=f"big.{i}")
+        ids.append(jid)
+        parents[jid] = after
+    recs = client.submit_dag(dag).wait(timeout=100)
+    assert len(recs) == 10_000
+    assert all(r.state is JobState.SUCCEEDED and r.attempts == 1 for r in recs.values())
+    for jid, ps in parents.items():
+        for p in ps:
+            assert recs[jid].started_at >= recs[p].finished_at, (jid, p)
