@@ -203,8 +203,12 @@ def test_titan_format_errors(tmp_path: Path) -> None:
     refused(tmp_path, "jobs:\n  - id: svc\n    type: service\n    file: t.py\n    port: 8080\n",
             ":3: job 'svc': 'type: service'", "not supported in this version yet")  # fmt: skip
     refused(tmp_path, "jobs:\n  - id: a\n    type: batch\n    file: t.py\n", ":3:", "'type' must be 'run' or 'service'")
-    refused(tmp_path, "jobs:\n  - {id: a, file: t.py}\n  - id: b\n    file: t.py\n    affinity: true\n",
-            ":5: job 'b': 'affinity: true'", "not supported in this version yet")  # fmt: skip
+    src = tmp_path / "aff.yaml"
+    src.write_text(
+        "jobs:\n  - {id: a, file: t.py}\n  - id: b\n    file: t.py\n    depends_on: [a]\n    affinity: true\n"
+    )
+    node = load_pipeline(src).dag.nodes[1]
+    assert node["options"]["affinity"] == "parent" and node["after"] == ["a"]
     refused(tmp_path, "jobs:\n  - id: a\n    file: t.py\n    hitl_message: approve?\n",
             ":4: job 'a': 'hitl_message'", "not supported")  # fmt: skip
     refused(tmp_path, "jobs:\n  - id: a\n    file: t.py\n    port: 80\n", ":4:", "'port' is only for 'type: service'")

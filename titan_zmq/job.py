@@ -103,10 +103,14 @@ class Job:
     depends_on: tuple[str, ...] = ()  # parents: it runs once they all succeeded, with their results
     dag: str | None = None  # the DAG it belongs to
     on_failure: str = "stop"  # "continue": its children run even if it fails for good
+    node: str | None = None  # run only on the worker of this name
+    affinity: str | None = None  # "parent": where its parent ran, else anywhere after affinity_wait; "strict": wait
+    affinity_wait: float = 5.0
 
     WIRE_FIELDS = (
         "id", "kind", "target", "args", "kwargs", "env", "requires", "priority", "delay",
         "timeout", "retries", "backoff", "idempotency_key", "labels", "blob", "depends_on", "dag", "on_failure",
+        "node", "affinity", "affinity_wait",
     )  # fmt: skip
 
     def to_wire(self) -> dict[str, Any]:
@@ -134,6 +138,11 @@ class Job:
             d["dag"] = self.dag
         if self.on_failure != "stop":
             d["on_failure"] = self.on_failure
+        if self.node is not None:
+            d["node"] = self.node
+        if self.affinity is not None:
+            d["affinity"] = self.affinity
+            d["affinity_wait"] = self.affinity_wait
         return d
 
     @classmethod
@@ -200,6 +209,14 @@ class Job:
         on_failure = d.get("on_failure") or "stop"
         if on_failure not in ("stop", "continue"):
             raise JobError(f"job {jid}: 'on_failure' must be 'stop' or 'continue', got {on_failure!r}")
+        node = d.get("node")
+        if node is not None and (not isinstance(node, str) or not 0 < len(node) <= 256):
+            raise JobError(f"job {jid}: 'node' must be a worker's name")
+        affinity = d.get("affinity")
+        if affinity not in (None, "parent", "strict"):
+            raise JobError(f"job {jid}: 'affinity' must be 'parent' (soft) or 'strict', got {affinity!r}")
+        if affinity is not None and not parents:
+            raise JobError(f"job {jid}: affinity '{affinity}' places a job where its parent ran, but it has no parent")
         key = d.get("idempotency_key")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
             raise JobError(f"job {jid}: 'idempotency_key' must be a string of 1 to 256 characters")
@@ -222,6 +239,9 @@ class Job:
             depends_on=tuple(parents),
             dag=dag,
             on_failure=on_failure,
+            node=node,
+            affinity=affinity,
+            affinity_wait=float(_num(d, "affinity_wait", 5.0, 0.0, 86400.0)),
         )
 
 

@@ -151,9 +151,9 @@ class Broker:
     def _timeout_ms(self) -> int:
         now = self.clock()
         nxt = min(self._next_beat, self._next_expiry, self._next_stats)
-        held = self.sched._held
-        if held:
-            nxt = min(nxt, held[0][0])
+        for heap in (self.sched._held, self.sched._unpin):
+            if heap:
+                nxt = min(nxt, heap[0][0])
         return max(0, min(1000, int((nxt - now) * 1000) + 1))
 
     def _drain(self, sock: zmq.Socket[bytes], handler: Callable[[list[bytes]], None]) -> None:
@@ -174,7 +174,7 @@ class Broker:
         """Once per turn: release held jobs, expire workers, dispatch, heartbeat, stats."""
         sched = self.sched
         now = self.clock()
-        if sched._held:
+        if sched._held or sched._unpin:
             sched.release_held()
         if now >= self._next_expiry:
             # Read what workers sent before judging them: a long turn (a huge submission) must not

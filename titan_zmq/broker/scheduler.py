@@ -53,6 +53,8 @@ class Entry:
         "lost",
         "misses",
         "not_before",
+        "pin",
+        "pin_soft",
         "queued_at",
         "result",
         "seq",
@@ -94,6 +96,8 @@ class Entry:
         self.children: list[str] | None = None  # jobs waiting on this one
         self.inputs: dict[str, Any] | None = None  # parents' results, for a job with parents
         self.waiting_on = 0  # parents not ended yet
+        self.pin: str | None = job.node  # the worker it must (or, if pin_soft, should) run on
+        self.pin_soft = False
 
 
 @dataclass
@@ -195,7 +199,9 @@ class Scheduler:
         self.blobs: dict[str, list[Any]] = {}  # sha -> [content, refcount]
         self.idempotency: dict[str, str] = {}
         self.dags: dict[str, dict[str, None]] = {}  # DAG id -> its job ids, in submission order
-        self._queues: dict[frozenset[str], list[tuple[int, int, str]]] = {}
+        # Ready queues by placement: (required tags, pinned worker name or None).
+        self._queues: dict[tuple[frozenset[str], str | None], list[tuple[int, int, str]]] = {}
+        self._unpin: list[tuple[float, int, str]] = []  # soft affinity: when a pinned job may go anywhere
         self._held: list[tuple[float, int, str]] = []  # (not_before, seq, id): delayed and retrying
         self._finished: deque[str] = deque()
         self._seq = itertools.count()
@@ -299,6 +305,13 @@ class Scheduler:
 
     def _start_waiting(self, entry: Entry) -> None:
         """A job with nothing left to wait for: hold it for its delay, else queue it."""
+        if entry.job.affinity is not None and entry.pin is None:
+            for p in entry.job.depends_on:  # where its (first placed) parent ran
+                parent = self.jobs.get(p)
+                if parent is not None and parent.worker_name:
+                    entry.pin = parent.worker_name
+                    entry.pin_soft = entry.job.affinity == "parent"
+                    break
         if entry.job.delay > 0:
             entry.state = JobState.QUEUED
             self._hold(entry, self.clock() + entry.job.delay)
@@ -362,7 +375,9 @@ class Scheduler:
         entry.state = JobState.QUEUED
         entry.not_before = 0.0
         entry.queued_at = self.wall()
-        key = entry.job.requires
+        key = (entry.job.requires, entry.pin)
+        if entry.pin is not None and entry.pin_soft:
+            heapq.heappush(self._unpin, (self.clock() + entry.job.affinity_wait, entry.seq, entry.job.id))
         q = self._queues.get(key)
         if q is None:
             q = self._queues[key] = []
@@ -375,6 +390,13 @@ class Scheduler:
     def release_held(self) -> float | None:
         """Queue jobs whose delay or backoff is over; return when the next one is due."""
         now = self.clock()
+        unpin = self._unpin
+        while unpin and unpin[0][0] <= now:
+            _, _, jid = heapq.heappop(unpin)
+            entry = self.jobs.get(jid)
+            if entry is not None and entry.state is JobState.QUEUED and entry.pin is not None and entry.pin_soft:
+                entry.pin = None  # waited long enough for its parent's worker: any eligible one will do
+                self._enqueue(entry)
         held = self._held
         while held and held[0][0] <= now:
             _, _, jid = heapq.heappop(held)
@@ -386,7 +408,8 @@ class Scheduler:
                 and entry.not_before <= now
             ):
                 self._enqueue(entry)
-        return held[0][0] if held else None
+        nxt = [h[0][0] for h in (held, unpin) if h]
+        return min(nxt) if nxt else None
 
     def _head(self, q: list[tuple[int, int, str]]) -> tuple[int, int, str] | None:
         """The first live entry of a queue, dropping cancelled or adopted ones."""
@@ -408,12 +431,13 @@ class Scheduler:
         free = [w for w in self.workers.values() if w.free > 0]
         if not free or not self._queues:
             return 0
-        eligible: dict[frozenset[str], list[WorkerInfo]] = {}
+        eligible: dict[tuple[frozenset[str], str | None], list[WorkerInfo]] = {}
         for key in list(self._queues):
             if self._head(self._queues[key]) is None:
                 del self._queues[key]
                 continue
-            eligible[key] = [w for w in free if key <= w.tags]
+            tags, pin = key
+            eligible[key] = [w for w in free if tags <= w.tags and (pin is None or w.name == pin)]
         n = 0
         now_wall = self.wall()
         while True:
@@ -432,8 +456,12 @@ class Scheduler:
                 break
             heapq.heappop(self._queues[best_key])
             ws = eligible[best_key]
-            w = min(ws, key=lambda x: (len(x.running) / x.slots, len(x.running), x.done))
-            self._lease(self.jobs[best_item[2]], w, now_wall)
+            entry = self.jobs[best_item[2]]
+            blob = entry.job.blob
+            # Least loaded first; among equals, one that already holds the job's script.
+            w = min(ws, key=lambda x: (len(x.running) / x.slots, blob is not None and blob not in x.cached,
+                                       len(x.running), x.done))  # fmt: skip
+            self._lease(entry, w, now_wall)
             n += 1
             if w.free <= 0:
                 for lst in eligible.values():
@@ -662,6 +690,11 @@ class Scheduler:
         if entry.not_before > now:
             return f"delayed: runs in {entry.not_before - now:.1f}s"
         req = entry.job.requires
+        if entry.pin is not None:
+            soft = f" (any worker after {entry.job.affinity_wait:g}s)" if entry.pin_soft else ""
+            if not any(w.name == entry.pin and req <= w.tags for w in self.workers.values()):
+                return f"waiting for worker {entry.pin}{soft}"
+            return f"waiting for a free slot on worker {entry.pin}{soft}"
         eligible = [w for w in self.workers.values() if req <= w.tags]
         if not eligible:
             need = req or frozenset({"cpu"})

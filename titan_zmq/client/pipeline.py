@@ -26,7 +26,7 @@ Our own format::
 
 The Titan format (``version``, ``project``, per job ``type``, ``file``, ``requirement``...) loads
 into the same model: ``file`` becomes a script job, ``requirement`` a capability tag (``GENERAL``:
-any worker). ``project: true``, ``type: service``, ``affinity: true`` and ``hitl_message`` are
+any worker). ``project: true``, ``type: service`` and ``hitl_message`` are
 refused with a clear error: not supported by this version yet.
 
 Every error names the file, the line and the key: ``pipeline.yaml:12: job 'train': unknown key
@@ -70,7 +70,7 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=+-]{0,63}$")
 OWN_TOP = ("name", "description", "jobs")
 OWN_JOB = (
     "id", "call", "shell", "script", "args", "kwargs", "env", "requires", "priority", "delay", "timeout",
-    "retries", "backoff", "after", "depends_on", "on_failure", "labels",
+    "retries", "backoff", "after", "depends_on", "on_failure", "labels", "node", "affinity", "affinity_wait",
 )  # fmt: skip
 TITAN_TOP = ("name", "version", "project", "jobs")
 TITAN_JOB = (
@@ -433,9 +433,16 @@ def _own_job(job: _Job) -> dict[str, Any]:
         ("timeout", job.number("timeout", 0.001, 365 * 86400.0)),
         ("retries", job.integer("retries", 0, 1000)),
         ("backoff", job.number("backoff", 0.0, 3600.0)),
+        ("affinity_wait", job.number("affinity_wait", 0.0, 86400.0)),
+        ("node", job.string("node")),
     ):
         if value is not None:
             options[key] = value
+    affinity = job.get("affinity")
+    if affinity is not None:
+        if affinity not in ("parent", "strict"):
+            raise job.fail("affinity", f"'affinity' must be 'parent' (soft) or 'strict', got {affinity!r}")
+        options["affinity"] = affinity
     on_failure = job.get("on_failure")
     if on_failure is not None:
         if on_failure not in ("stop", "continue"):
@@ -456,13 +463,13 @@ def _titan_job(job: _Job) -> dict[str, Any]:
         raise job.fail("type", "'type: service' (long-running services) is not supported in this version yet")
     if job.has("hitl_message"):
         raise job.fail("hitl_message", "'hitl_message' (human in the loop) is not supported in this version yet", True)
-    if job.boolean("affinity"):
-        raise job.fail("affinity", "'affinity: true' (run where the parent ran) is not supported in this version yet")
     if job.has("port"):
         raise job.fail("port", "'port' is only for 'type: service' jobs", at_key=True)
     if not job.has("file"):
         raise job.fail(None, "'file' is missing: a Titan 'run' job runs a Python file")
     options: dict[str, Any] = {"script": job.script_path("file")}
+    if job.boolean("affinity"):
+        options["affinity"] = "parent"  # Titan's affinity: where the parent ran (soft)
     args = job.get("args")
     if args is not None:
         if isinstance(args, str):
