@@ -197,8 +197,6 @@ def test_missing_script(tmp_path: Path) -> None:
 
 def test_titan_format_errors(tmp_path: Path) -> None:
     (tmp_path / "t.py").write_text("print(1)\n")
-    refused(tmp_path, "name: p\nproject: true\njobs:\n  - {id: a, file: t.py}\n",
-            ":2:", "project archives are not supported in this version yet")  # fmt: skip
     refused(tmp_path, "project: yes please\njobs:\n  - {id: a, file: t.py}\n", ":1:", "'project' must be true or false")
     refused(tmp_path, "jobs:\n  - id: svc\n    type: service\n    file: t.py\n    port: 8080\n",
             ":3: job 'svc': 'type: service'", "not supported in this version yet")  # fmt: skip
@@ -281,3 +279,18 @@ def test_gpu_example_waits_for_a_gpu_worker(cluster: LocalCluster, tmp_path: Pat
     cluster.add_worker(name="gpu-box", slots=1, env={"TITAN_GPU_PROBE": "true", "PATH": fake_gpu_path(tmp_path)})
     assert run.result("gpu-train", timeout=30)["worker"] == "gpu-box"
     assert all(r.state is JobState.SUCCEEDED for r in run.wait(10).values())
+
+
+@pytest.mark.timeout(60)
+def test_titan_project_folder_travels_as_an_archive(shared_cluster: LocalCluster) -> None:
+    pipeline = load_pipeline(EXAMPLES / "titan_project" / "pipeline.yaml")
+    client = shared_cluster.client()
+    specs = pipeline.dag.specs(client)
+    assert {s["kind"] for s in specs} == {"archive"} and len({s["blob"] for s in specs}) == 1
+    assert [s["target"] for s in specs] == ["steps/prepare.py", "steps/report.py"]
+    recs = client.submit_dag(pipeline.dag.instance()).wait(30)
+    by_name = {r.id.rsplit(".", 1)[1]: r for r in recs.values()}
+    prep, report = by_name["project-prepare"], by_name["project-report"]
+    assert prep.state is JobState.SUCCEEDED, prep.stderr
+    assert json.loads(prep.stdout) == {"red": 3, "green": 2, "blue": 1}
+    assert report.stdout.strip() == f"report ['--title', 'totals'] after ['{prep.id}']"

@@ -341,7 +341,7 @@ def test_unknown_kind(kind: Any) -> None:
     bad(job(kind=kind), "job job-1: kind must be one of call, shell, script", repr(kind))
 
 
-@pytest.mark.parametrize("kind", ["service", "archive"])
+@pytest.mark.parametrize("kind", ["service"])
 def test_future_kind_has_a_clear_message(kind: str) -> None:
     bad(job(kind=kind), f"job kind '{kind}' is not supported by this version yet", "call, shell, script")
 
@@ -533,3 +533,11 @@ def test_backoff_first_attempts() -> None:
     rng = random.Random(7)
     for attempt in (0, 1):  # attempt 0 and 1 both wait about ``base``
         assert all(0.5 <= backoff_delay(1.0, attempt, rng) <= 1.5 for _ in range(100))
+
+
+def test_archive_entry_point_must_stay_inside() -> None:
+    sha = "a" * 64
+    bad({"id": "x", "kind": "archive", "target": "../escape.py", "blob": sha}, "inside the project folder")
+    bad({"id": "x", "kind": "archive", "target": "/etc/x.py", "blob": sha}, "inside the project folder")
+    bad({"id": "x", "kind": "archive", "target": "main.py"}, "an archive job needs its content")
+    assert Job.from_wire({"id": "x", "kind": "archive", "target": "steps/main.py", "blob": sha}).kind == "archive"

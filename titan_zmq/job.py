@@ -35,8 +35,8 @@ class JobState(str, enum.Enum):
 
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
 
-KINDS = ("call", "shell", "script")
-FUTURE_KINDS = ("archive", "service")
+KINDS = ("call", "shell", "script", "archive")
+FUTURE_KINDS = ("service",)
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 _CALL_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -194,8 +194,13 @@ class Job:
         blob = d.get("blob")
         if blob is not None and (not isinstance(blob, str) or not _SHA_RE.fullmatch(blob)):
             raise JobError(f"job {jid}: 'blob' must be a sha256 hex digest")
-        if kind == "script" and blob is None:
-            raise JobError(f"job {jid}: a script job needs its content ('blob' sha256 and the bytes in 'blobs')")
+        if kind in ("script", "archive") and blob is None:
+            article = "an" if kind == "archive" else "a"
+            raise JobError(
+                f"job {jid}: {article} {kind} job needs its content ('blob' sha256 and the bytes in 'blobs')"
+            )
+        if kind == "archive" and (target.startswith("/") or ".." in target.replace("\\", "/").split("/")):
+            raise JobError(f"job {jid}: the entry point {target!r} must be a path inside the project folder")
         parents = d.get("depends_on") or []
         if not isinstance(parents, list) or not all(isinstance(p, str) and _ID_RE.fullmatch(p) for p in parents):
             raise JobError(f"job {jid}: 'depends_on' must be a list of job ids")

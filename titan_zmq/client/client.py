@@ -260,9 +260,12 @@ class TitanClient:
         args: Iterable[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         id: str | None = None,
+        project: str | Path | None = None,
         **options: Any,
     ) -> dict[str, Any]:
         """A job spec as the broker takes it (used by ``submit`` and ``map``)."""
+        if project is not None and script is None:
+            raise JobError("project= ships a folder: name its entry point with script= (a path inside the folder)")
         given = [n for n, v in (("call", call), ("shell", shell), ("script", script)) if v is not None]
         if len(given) != 1:
             raise JobError(f"give exactly one of call=, shell= or script= (got {', '.join(given) or 'none'})")
@@ -273,6 +276,14 @@ class TitanClient:
         elif shell is not None:
             spec["kind"] = "shell"
             spec["target"] = shell
+        elif project is not None:
+            folder = Path(str(project))
+            entry = Path(str(script))
+            if entry.is_absolute() or ".." in entry.parts or not (folder / entry).is_file():
+                raise JobError(f"the entry point {str(entry)!r} must be a file inside the project folder {folder}")
+            spec["kind"] = "archive"
+            spec["target"] = entry.as_posix()
+            spec["blob"] = self._blob(zip_folder(folder))
         else:
             path = Path(str(script))
             try:
@@ -314,12 +325,14 @@ class TitanClient:
         labels: dict[str, str] | None = None,
         idempotency_key: str | None = None,
         id: str | None = None,
+        project: str | Path | None = None,
     ) -> JobHandle:
-        """Submit one job: a function (``call``), a command line (``shell``) or a Python file (``script``)."""
+        """Submit one job: a function (``call``), a command line (``shell``) or a Python file (``script``),
+        alone or as the entry point of a ``project`` folder that travels with it (run from inside it)."""
         spec = self.build(
             call, shell=shell, script=script, args=args, kwargs=kwargs, id=id, requires=requires,
             priority=priority, delay=delay, timeout=timeout, retries=retries, backoff=backoff, env=env,
-            labels=labels, idempotency_key=idempotency_key,
+            labels=labels, idempotency_key=idempotency_key, project=project,
         )  # fmt: skip
         return self.submit_specs([spec])[0]
 
@@ -472,3 +485,23 @@ class TitanClient:
         for jid in order:
             out.append(results[jid].result)
         return out
+
+
+def zip_folder(folder: Path) -> bytes:
+    """A folder as zip bytes, the same bytes for the same files (sorted, fixed times), so its
+    content address is stable and workers reuse what they unpacked. Skips caches and hidden files."""
+    import io
+    import zipfile
+
+    if not folder.is_dir():
+        raise JobError(f"project folder {folder} does not exist")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if any(part.startswith(".") or part == "__pycache__" for part in rel.parts) or not path.is_file():
+                continue
+            info = zipfile.ZipInfo(rel.as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = (path.stat().st_mode & 0o777) << 16
+            zf.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
+    return buf.getvalue()

@@ -290,8 +290,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
             fmt = " in the Titan format" if titan else ""
             raise doc.fail(knode, f"unknown top-level key '{key}'{fmt} (known: {', '.join(known_top)})")
     name = _name(doc, top)
-    if titan:
-        _titan_top(doc, top)
+    project = _titan_top(doc, top) if titan else False
     dag = Dag(name)
     seen: dict[str, _Job] = {}
     parents: dict[str, list[str]] = {}
@@ -309,6 +308,10 @@ def load_pipeline(path: str | Path) -> Pipeline:
         job.label = f"job '{jid}'"
         seen[jid] = job
         options = _titan_job(job) if titan else _own_job(job)
+        if project:  # the YAML's folder travels as one archive; each file is an entry point in it
+            folder = doc.path.resolve().parent
+            options["script"] = Path(options["script"]).resolve().relative_to(folder).as_posix()
+            options["project"] = str(folder)
         parents[jid] = options.pop("after")
         dag.add(id=jid, after=parents[jid], **options)
     for jid, ps in parents.items():
@@ -356,7 +359,8 @@ def _name(doc: _Doc, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> str:
     return name
 
 
-def _titan_top(doc: _Doc, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> None:
+def _titan_top(doc: _Doc, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> bool:
+    """Check Titan's top-level keys; return whether the YAML's folder ships as a project."""
     if "version" in top:
         v = doc.value(top["version"][1])
         if isinstance(v, bool) or not isinstance(v, (str, int, float)):
@@ -365,12 +369,8 @@ def _titan_top(doc: _Doc, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> None:
         v = doc.value(top["project"][1])
         if v is not None and not isinstance(v, bool):
             raise doc.fail(top["project"][1], f"'project' must be true or false, got {v!r}")
-        if v:
-            raise doc.fail(
-                top["project"][1],
-                "'project: true' (ship the YAML's folder as an archive): project archives are not supported "
-                "in this version yet; use 'file:' scripts without 'project'",
-            )
+        return bool(v)
+    return False
 
 
 def _common(job: _Job, options: dict[str, Any]) -> None:

@@ -40,6 +40,28 @@ class BlobCache:
         os.replace(tmp, path)
         return path
 
+    def extract(self, sha: str) -> Path:
+        """Unpack the zip archive ``sha`` once into its own folder; refuse members that escape it."""
+        import shutil
+        import zipfile
+
+        dest = self.root.parent / "archives" / sha
+        if dest.is_dir():
+            return dest
+        tmp = dest.with_name(f".{sha}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with zipfile.ZipFile(self.path(sha)) as zf:
+            for name in zf.namelist():
+                parts = Path(name).parts
+                if name.startswith("/") or ".." in parts:
+                    raise TitanError(f"archive {sha[:12]}... holds {name!r}, a path outside its folder; refusing it")
+            zf.extractall(tmp)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process unpacked it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+
     def shas(self) -> list[str]:
         """Digests of every file in the cache."""
         return [p.stem for p in self.root.glob("??/*.py") if _SHA_RE.fullmatch(p.stem)]

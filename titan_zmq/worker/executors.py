@@ -323,6 +323,7 @@ class Executor:
 
     def _start_process(self, task: Task) -> None:
         job = task.job
+        cwd: str | None = None
         if job["kind"] == "shell":
             argv = ["/bin/sh", "-c", job["target"], "titan-job", *job.get("args", [])]
         else:
@@ -330,10 +331,14 @@ class Executor:
             if not self.cache.has(sha):
                 self._finish(task, "cache_miss", error="script not in the cache")
                 return
-            argv = [sys.executable, str(self.cache.path(sha)), *job.get("args", [])]
+            if job["kind"] == "archive":  # a project folder: run its entry point from inside it
+                cwd = str(self.cache.extract(sha))
+                argv = [sys.executable, os.path.join(cwd, job["target"]), *job.get("args", [])]
+            else:
+                argv = [sys.executable, str(self.cache.path(sha)), *job.get("args", [])]
         popen = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=self._job_env(job), start_new_session=True, preexec_fn=_limit_memory(self.memory_mb),
+            env=self._job_env(job), start_new_session=True, preexec_fn=_limit_memory(self.memory_mb), cwd=cwd,
         )  # fmt: skip
         assert popen.stdout is not None and popen.stderr is not None
         task.popen = popen
