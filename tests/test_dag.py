@@ -183,7 +183,7 @@ def test_status_and_cancel_a_whole_dag(cluster: LocalCluster) -> None:
 
     from tests.test_cli import titan
 
-    cluster.add_worker(name="one", slots=1)
+    cluster.add_worker(name="one", slots=2)
     cluster.wait_workers(1)
     client = cluster.client()
     dag = Dag("nightly")

@@ -485,12 +485,23 @@ def _run_pipeline(client: Any, pipeline: Any, args: argparse.Namespace) -> int:
     for col in ("job", "state", "worker", "duration", "note"):
         table.add_column(col)
     colours = {"succeeded": "green", "failed": "red", "dead": "red", "cancelled": "yellow"}
+    shown = recs
+    if len(recs) > 50:  # a big DAG: what went wrong, and the slowest of the rest
+        trouble = [r for r in recs if not r.ok]
+        slowest = sorted((r for r in recs if r.ok), key=lambda r: r.duration or 0.0, reverse=True)[:10]
+        shown = trouble + slowest
+        table.caption = (f"{len(recs)} jobs; shown: {len(trouble)} not succeeded, the {len(slowest)} slowest "
+                         "of the rest (--json for all)")  # fmt: skip
+    counts = {}
     for r in recs:
+        counts[r.state.value] = counts.get(r.state.value, 0) + 1
+    for r in shown:
         dur = "-" if r.duration is None else f"{r.duration:.2f}s"
         st = r.state.value
         note = (r.error or r.waiting or "")[:80]
         table.add_row(r.id, f"[{colours.get(st, 'white')}]{st}[/]", r.worker or "-", dur, note)
     Console().print(table)
+    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if timed_out:
         print(
             f"titan: gave up after {args.timeout:g}s; the DAG {run.id} goes on (titan cancel {run.id})", file=sys.stderr

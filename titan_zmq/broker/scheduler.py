@@ -268,10 +268,10 @@ class Scheduler:
             for p in job.depends_on:
                 if p in batch:
                     kids.setdefault(p, []).append(job.id)
-        ready = [jid for jid in batch if indeg[jid] == 0]
+        ready = deque(jid for jid in batch if indeg[jid] == 0)  # FIFO: keeps the submission order
         order: list[Job] = []
         while ready:
-            jid = ready.pop()
+            jid = ready.popleft()
             order.append(batch[jid])
             for c in kids.get(jid, ()):
                 indeg[c] -= 1
