@@ -461,12 +461,13 @@ def _run_pipeline(client: Any, pipeline: Any, args: argparse.Namespace) -> int:
         TextColumn("{task.fields[states]}"), console=err, disable=args.json, transient=False,
     )  # fmt: skip
     recs: list[Any] = []
+    counts: dict[str, int] = {}  # jobs by state, of the last look at the DAG (kept for the summary)
     timed_out = False
     with progress:
         task = progress.add_task(pipeline.name, total=total, states="")
         while True:
             recs = client.dag_status(run.id)
-            counts: dict[str, int] = {}
+            counts = {}
             for r in recs:
                 counts[r.state.value] = counts.get(r.state.value, 0) + 1
             done = sum(1 for r in recs if r.state.final)
@@ -492,9 +493,6 @@ def _run_pipeline(client: Any, pipeline: Any, args: argparse.Namespace) -> int:
         shown = trouble + slowest
         table.caption = (f"{len(recs)} jobs; shown: {len(trouble)} not succeeded, the {len(slowest)} slowest "
                          "of the rest (--json for all)")  # fmt: skip
-    counts = {}
-    for r in recs:
-        counts[r.state.value] = counts.get(r.state.value, 0) + 1
     for r in shown:
         dur = "-" if r.duration is None else f"{r.duration:.2f}s"
         st = r.state.value

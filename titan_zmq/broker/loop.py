@@ -61,7 +61,6 @@ class Broker:
         self._outbox: list[tuple[zmq.Socket[bytes], list[bytes]]] = []
         self._waker = Waker()
         self._stopping = threading.Event()
-        self._bound = threading.Event()
         self._next_beat = 0.0
         self._next_expiry = 0.0
         self._next_stats = 0.0
@@ -95,16 +94,10 @@ class Broker:
                         f"is another broker running? choose another port with --{name}"
                     ) from None
             self.ports[name] = port
-        self._bound.set()
         log.info(
             "broker listening on %s front=%d back=%d events=%d",
             host, self.ports["front"], self.ports["back"], self.ports["events"],
         )  # fmt: skip
-        return dict(self.ports)
-
-    def wait_bound(self, timeout: float = 10.0) -> dict[str, int]:
-        if not self._bound.wait(timeout):
-            raise TitanError("broker did not bind its sockets in time")
         return dict(self.ports)
 
     def stop(self) -> None:

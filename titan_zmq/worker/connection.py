@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -59,7 +60,6 @@ class Worker:
         self._waker = Waker()
         self._last_heard = 0.0
         self._last_sent = 0.0
-        self.connected = threading.Event()
         self._outgoing: list[dict[str, Any]] = []  # results not sent yet (grouped, see _serve)
         self._outgoing_since = 0.0
         self.jobs_done = 0
@@ -106,6 +106,45 @@ class Worker:
 
     # ---- connecting -------------------------------------------------------------------
 
+    def _turn(
+        self, poller: zmq.Poller, watched: set[int], sock: zmq.Socket[bytes] | None, wait: float,
+        on_sock: Callable[[], None] | None = None,
+    ) -> tuple[bool, list[dict[str, Any]]]:  # fmt: skip
+        """One poll over ``sock``, the waker and the job pipes (``watched`` kept in step with the
+        executor's); ``on_sock`` runs when ``sock`` is readable; then the executor runs and what
+        finished is kept in ``unacked``. Returns (``sock`` was readable, results finished)."""
+        ex = self.executor
+        fds = set(ex.fds())
+        for fd in watched - fds:
+            poller.unregister(fd)
+        for fd in fds - watched:
+            poller.register(fd, zmq.POLLIN)
+        watched.clear()
+        watched.update(fds)
+        ready = False
+        for item, _ in poller.poll(max(0, int(wait * 1000)) + 1):
+            if sock is not None and item is sock:
+                ready = True
+                if on_sock is not None:
+                    on_sock()
+            elif item == self._waker.fd:
+                self._waker.drain()
+            else:
+                ex.on_readable(int(item))
+        ex.poll()
+        finished = ex.take_finished()
+        for r in finished:
+            self.unacked[r["id"]] = r
+        self.jobs_done += len(finished)
+        return ready, finished
+
+    def _poller(self, sock: zmq.Socket[bytes] | None) -> zmq.Poller:
+        poller = zmq.Poller()
+        if sock is not None:
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self._waker.fd, zmq.POLLIN)
+        return poller
+
     def _wait(self, sock: zmq.Socket[bytes] | None, timeout: float) -> bool:
         """Wait up to ``timeout`` s for ``sock`` to be readable (True), running jobs meanwhile.
 
@@ -114,28 +153,12 @@ class Worker:
         """
         ex = self.executor
         deadline = time.monotonic() + timeout
+        poller = self._poller(sock)
+        watched: set[int] = set()
         while not self._stopping.is_set():
-            poller = zmq.Poller()
-            if sock is not None:
-                poller.register(sock, zmq.POLLIN)
-            poller.register(self._waker.fd, zmq.POLLIN)
-            for fd in ex.fds():
-                poller.register(fd, zmq.POLLIN)
             left = deadline - time.monotonic()
             nxt = ex.next_wakeup()
-            wait = left if nxt is None else min(left, nxt)
-            ready = False
-            for item, _ in poller.poll(max(0, int(wait * 1000)) + 1):
-                if sock is not None and item is sock:
-                    ready = True
-                elif item == self._waker.fd:
-                    self._waker.drain()
-                else:
-                    ex.on_readable(int(item))
-            ex.poll()
-            for r in ex.take_finished():
-                self.unacked[r["id"]] = r
-                self.jobs_done += 1
+            ready, _ = self._turn(poller, watched, sock, left if nxt is None else min(left, nxt))
             if ready:
                 return True
             if time.monotonic() >= deadline:
@@ -229,20 +252,12 @@ class Worker:
         """Run the loop on the current connection until it is lost or we stop."""
         sock = self.sock
         assert sock is not None
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._waker.fd, zmq.POLLIN)
+        poller = self._poller(sock)
         watched: set[int] = set()
         ex = self.executor
         silence = self.silence
         beat = self.beat
         while not self._stopping.is_set():
-            fds = set(ex.fds())
-            for fd in watched - fds:
-                poller.unregister(fd)
-            for fd in fds - watched:
-                poller.register(fd, zmq.POLLIN)
-            watched = fds
             now = time.monotonic()
             wait = beat - (now - self._last_sent)
             nxt = ex.next_wakeup()
@@ -250,20 +265,9 @@ class Worker:
                 wait = min(wait, nxt)
             if self._outgoing:
                 wait = min(wait, self._outgoing_since + _RESULT_LINGER - now)
-            for item, _ in poller.poll(max(0, int(wait * 1000)) + 1):
-                if item is sock:
-                    self._drain()
-                elif item == self._waker.fd:
-                    self._waker.drain()
-                else:
-                    ex.on_readable(int(item))
-            ex.poll()
-            finished = ex.take_finished()
+            _, finished = self._turn(poller, watched, sock, wait, self._drain)
             now = time.monotonic()
             if finished:
-                for r in finished:
-                    self.unacked[r["id"]] = r
-                self.jobs_done += len(finished)
                 if not self._outgoing:
                     self._outgoing_since = now
                 self._outgoing.extend(finished)
@@ -276,9 +280,6 @@ class Worker:
                 self._outgoing = []
             if now - self._last_heard > silence:
                 log.warning("broker silent for %.1fs; reconnecting", now - self._last_heard)
-                self.connected.clear()
-                for fd in watched:
-                    poller.unregister(fd)
                 sock.close()
                 self.sock = None
                 return
@@ -293,7 +294,6 @@ class Worker:
             except zmq.Again:
                 return
             self._last_heard = time.monotonic()
-            self.connected.set()
             try:
                 msg = P.decode(frames)
             except ProtocolError as exc:
