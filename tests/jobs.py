@@ -96,3 +96,27 @@ def add_counts(*, inputs: dict[str, dict[str, int]]) -> dict[str, int]:
 
 def ignore_inputs(x: int) -> int:
     return x * 2
+
+
+def log_run(path: str, token: str, seconds: float = 0.0) -> str:
+    """Append ``token start end pid`` to ``path`` (one line per execution, O_APPEND), sleeping ``seconds``."""
+    start = time.time()
+    if seconds:
+        time.sleep(seconds)
+    line = f"{token} {start:.6f} {time.time():.6f} {os.getpid()}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    return token
+
+
+def kv_from_inside(key: str) -> Any:
+    """Use the broker's KV store from inside a job (TITAN_BROKER is set by the worker)."""
+    from titan_zmq.client import TitanClient
+
+    with TitanClient() as client:
+        n = client.kv.incr(key)
+        client.kv.sadd(key + ":workers", os.environ.get("TITAN_WORKER", "?"))
+        return n

@@ -46,6 +46,7 @@ _SAMPLES = [
     _sample("Workers", rid=5),
     _sample("Watch", rid=6, ids=["a"]),
     _sample("List", rid=7, state="queued", limit=10),
+    _sample("Kv", rid=10, op="sadd", key="k", args=["a", 2, None]),
     _sample("Reply", rid=8, data={"ids": ["a"], "nested": [1, {"x": b"\x00"}]}),
     _sample("Error", rid=9, code=P.E_BAD_JOB, message="job #0 of the batch: bad"),
     _sample("Done", records=[{"id": "a", "state": "succeeded"}]),

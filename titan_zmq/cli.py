@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from titan_zmq import __version__
+from titan_zmq.aof import cli as aof_cli
 from titan_zmq.errors import ConfigError, JobFailed, TitanError
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML file of broker settings")
     p.add_argument("--heartbeat-interval", type=float, default=None, help="seconds between heartbeats (0.5)")
     p.add_argument("--max-message-size", type=int, default=None, help="largest accepted message in bytes (64 MiB)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="journal state here; replay it on start")
+    p.add_argument("--fsync", default=None, choices=("always", "everysec", "no"), help="journal fsync (everysec)")
 
 
 def _add_worker_opts(p: argparse.ArgumentParser, single: bool = True) -> None:
@@ -155,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("workers", parents=[common], help="list workers", description="List the connected workers.")
     _add_broker_addr(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    aof_cli.add_parsers(sub, common, _add_broker_addr)
     return parser
 
 
@@ -212,6 +216,7 @@ def _broker_config(args: argparse.Namespace) -> Any:
     return load(
         BrokerConfig, args.config, host=args.host, front=args.front, back=args.back, events=args.events,
         heartbeat_interval=args.heartbeat_interval, max_message_size=args.max_message_size,
+        data_dir=args.data_dir, fsync=args.fsync,
     )  # fmt: skip
 
 
@@ -559,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_submit(args, rest)
         handler = {
             "broker": cmd_broker, "worker": cmd_worker, "up": cmd_up, "status": cmd_status, "run": cmd_run,
-            "cancel": cmd_cancel, "workers": cmd_workers,
+            "cancel": cmd_cancel, "workers": cmd_workers, "aof": aof_cli.cmd_aof, "kv": aof_cli.cmd_kv,
         }[args.command]  # fmt: skip
         return handler(args)
     except ConfigError as exc:

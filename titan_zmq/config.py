@@ -170,8 +170,24 @@ class BrokerConfig:
     stats_interval: float = 1.0
     batch: int = 512
     prefetch_below: float = 0.05  # lease beyond free slots only to workers whose jobs average less (s)
+    data_dir: str = ""  # journal directory; empty: state lives in memory only
+    fsync: str = "everysec"  # always | everysec | no
+    compact_ratio: float = 4.0  # compact when the journal is this many times the last snapshot...
+    compact_min_mb: float = 64.0  # ...and larger than this
+    orphan_wait: float = 0.0  # after a restart, how long running jobs wait for their worker (0: 2 heartbeat windows)
+
+    @property
+    def orphan_window(self) -> float:
+        """After a restart, how long a job that was running waits for its worker to come back."""
+        return self.orphan_wait or 2 * self.heartbeat_interval * self.heartbeat_liveness
 
     def validate(self) -> None:
+        if self.fsync not in ("always", "everysec", "no"):
+            raise ConfigError(f"fsync must be always, everysec or no, got {self.fsync!r}")
+        if self.compact_ratio < 1 or self.compact_min_mb < 0:
+            raise ConfigError("compact_ratio must be at least 1 and compact_min_mb at least 0")
+        if self.orphan_wait < 0:
+            raise ConfigError(f"orphan_wait must be 0 (automatic) or more seconds, got {self.orphan_wait}")
         for name in ("front", "back", "events"):
             _check_port(name, getattr(self, name))
         ports = [p for p in (self.front, self.back, self.events) if p]

@@ -64,3 +64,15 @@ class JobCancelled(JobFailed):
 
 class WaitTimeout(TitanError, TimeoutError):
     """Waiting for a job's result took longer than the caller allowed."""
+
+
+class AOFCorrupt(TitanError):
+    """The broker's journal is damaged in a way a crash does not explain; the message names file and offset."""
+
+
+class DataDirLocked(TitanError):
+    """Another broker (or ``titan aof``) is using this data directory."""
+
+
+class KVTypeError(BrokerError):
+    """A KV operation met a value of the wrong type (``incr`` on a set, ``smembers`` on a string)."""

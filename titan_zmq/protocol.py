@@ -34,6 +34,7 @@ CANCEL = b"\x04"
 WORKERS = b"\x05"
 WATCH = b"\x06"
 LIST = b"\x07"
+KV = b"\x08"
 
 # Worker <-> broker, on the back socket.
 READY = b"\x10"
@@ -57,6 +58,7 @@ E_TOO_LARGE = "too_large"
 E_UNKNOWN_JOB = "unknown_job"
 E_BAD_JOB = "bad_job"
 E_CONFLICT = "conflict"
+E_KV_TYPE = "kv_type"
 
 
 def packb(obj: Any) -> bytes:
@@ -230,12 +232,24 @@ class List(Message):
 
 
 @dataclass(frozen=True)
+class Kv(Message):
+    """A KV store operation: ``op`` (get, set, incr, ...) on ``key`` with ``args``."""
+
+    CODE = KV
+    rid: int
+    op: str
+    key: str = ""
+    args: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Reply(Message):
     """A successful answer to the request ``rid``."""
 
     CODE = REPLY
     rid: int
     data: Any = None
+    epoch: str = ""  # the broker's run: a change tells the client its watches were lost with a restart
 
 
 @dataclass(frozen=True)
@@ -331,13 +345,13 @@ class Reregister(Message):
 
 MESSAGES: dict[bytes, type[Message]] = {}
 for _cls in (
-    Hello, Submit, Status, Cancel, Workers, Watch, List, Reply, Error, Done,
+    Hello, Submit, Status, Cancel, Workers, Watch, List, Kv, Reply, Error, Done,
     Ready, Heartbeat, Result, Bye, Assign, Kill, Reregister,
 ):  # fmt: skip
     _cls._build_spec()
     MESSAGES[_cls.CODE] = _cls
 
-FRONT_COMMANDS = frozenset({HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST})
+FRONT_COMMANDS = frozenset({HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST, KV})
 BACK_COMMANDS = frozenset({READY, HEARTBEAT, RESULT, BYE})
 
 

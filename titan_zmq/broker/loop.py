@@ -25,6 +25,9 @@ from typing import Any
 import zmq
 
 from titan_zmq import protocol as P
+from titan_zmq.aof.journal import DataDir, LoadReport
+from titan_zmq.aof.kv import KVStore
+from titan_zmq.broker.durable import Restorer, capture
 from titan_zmq.broker.scheduler import Scheduler, WorkerInfo
 from titan_zmq.config import BrokerConfig, tcp_endpoint
 from titan_zmq.errors import BrokerError, JobError, PayloadTooLarge, ProtocolError, TitanError, UnknownJob
@@ -50,6 +53,11 @@ class Broker:
             max_lost=cfg.max_lost,
             prefetch_below=cfg.prefetch_below,
         )
+        self.kv = KVStore()
+        self.data: DataDir | None = None
+        self.loaded: LoadReport | None = None
+        if cfg.data_dir:
+            self._open_data()
         self.ctx = zmq.Context()
         self.front = self._router()
         self.back = self._router()
@@ -66,6 +74,49 @@ class Broker:
         self._next_stats = 0.0
         self._closed = False
         self.started = time.time()
+        self.epoch = os.urandom(8).hex()
+
+    def _open_data(self) -> None:
+        """Lock the data directory, replay it, and journal every change from now on."""
+        cfg = self.config
+        data = DataDir(cfg.data_dir, cfg.fsync, compact_ratio=cfg.compact_ratio,
+                       compact_min_bytes=int(cfg.compact_min_mb * (1 << 20)))  # fmt: skip
+        data.lock()
+        try:
+            restorer = Restorer(self.sched, self.kv, cfg.orphan_window)
+            report = data.load(restorer.apply)
+            counts = restorer.finish()
+        except BaseException:
+            data.unlock()
+            raise
+        self.data, self.loaded = data, report
+        self.sched.journaled()
+        self.kv.journal = self._journal_op
+        log.info(
+            "data directory %s (fsync %s): replayed %d records in %.2fs: %d jobs (%d queued, %d held, "
+            "%d waiting on parents, %d running before the restart), %d KV keys",
+            cfg.data_dir, cfg.fsync, report.records, report.seconds, len(self.sched.jobs), counts["queued"],
+            counts["held"], counts["pending"], counts["orphaned"], len(self.kv),
+        )  # fmt: skip
+
+    def _journal_op(self, op: list[Any]) -> None:
+        ops = self.sched.ops
+        if ops is not None:
+            ops.append(op)
+
+    def _commit(self) -> None:
+        """Make this turn's changes durable (per the fsync policy) before anything is sent."""
+        data = self.data
+        if data is None:
+            return
+        ops = self.sched.take_ops()
+        if not ops:
+            return
+        for op in ops:
+            data.append(op)
+        data.commit()
+        if data.needs_compaction():
+            data.compact(capture(self.sched, self.kv))
 
     def _router(self) -> zmq.Socket[bytes]:
         s = self.ctx.socket(zmq.ROUTER)
@@ -140,6 +191,11 @@ class Broker:
             s.close(0)
         self.ctx.term()
         self._waker.close()
+        if self.data is not None:
+            try:
+                self._commit()
+            finally:
+                self.data.close()
 
     def _timeout_ms(self) -> int:
         now = self.clock()
@@ -174,6 +230,10 @@ class Broker:
             # expire workers whose heartbeats are waiting unread.
             self._drain(self.back, self.handle_worker)
             self._next_expiry = min(sched.expire_workers(), now + self.config.heartbeat_interval)
+            if sched.orphans:
+                sched.expire_orphans()
+            if self.kv.expires:
+                self.kv.sweep()
         sched.dispatch()
         if now >= self._next_beat:
             self._heartbeat(now)
@@ -192,6 +252,13 @@ class Broker:
     def stats(self) -> dict[str, Any]:
         s = self.sched.stats()
         s["uptime"] = time.time() - self.started
+        s["kv_keys"] = len(self.kv)
+        if self.data is not None and self.data.writer is not None:
+            s["journal"] = {
+                "dir": str(self.data.root), "fsync": self.data.fsync, "generation": self.data.gen,
+                "bytes": self.data.journal_bytes, "snapshot_bytes": self.data.snapshot_bytes,
+                "compactions": self.data.compactions, **self.data.writer.stats,
+            }  # fmt: skip
         return s
 
     # ---- sending -----------------------------------------------------------------------
@@ -216,6 +283,7 @@ class Broker:
 
     def flush(self) -> None:
         """Turn the scheduler's effects into messages and send the outbox."""
+        self._commit()
         fx = self.sched.fx
         for ident, kills in fx.kill.items():  # kills first: a worker must stop an old lease before a new one
             self._to_worker(ident, P.Kill(ids=[k[0] for k in kills], leases=[k[1] for k in kills]).encode())
@@ -277,7 +345,7 @@ class Broker:
         except BrokerError as exc:
             self._error(self.front, ident, rid, exc.code, str(exc))
         else:
-            self._reply(ident, P.Reply(rid=rid, data=data))
+            self._reply(ident, P.Reply(rid=rid, data=data, epoch=self.epoch))
 
     def _client_request(self, ident: bytes, msg: P.Message) -> Any:
         sched = self.sched
@@ -301,6 +369,8 @@ class Broker:
             return [w.describe(now, cfg.heartbeat_interval, cfg.heartbeat_liveness) for w in sched.workers.values()]
         if isinstance(msg, P.List):
             return sched.list_jobs(msg.state, max(1, min(msg.limit, 10_000)))
+        if isinstance(msg, P.Kv):
+            return self.kv.request(msg.op, msg.key, msg.args)
         if isinstance(msg, P.Hello):
             return {
                 "version": P.VERSION.decode(),
@@ -308,6 +378,8 @@ class Broker:
                 "max_message_size": self.config.max_message_size,
                 "heartbeat_interval": self.config.heartbeat_interval,
                 "heartbeat_liveness": self.config.heartbeat_liveness,
+                "durable": self.data is not None,
+                "fsync": self.config.fsync if self.data is not None else None,
                 **self.ports,
             }
         raise ProtocolError(f"{type(msg).__name__} is not a client request")

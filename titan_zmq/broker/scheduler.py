@@ -100,6 +100,16 @@ class Entry:
         self.pin_soft = False
 
 
+def state_op(e: Entry, now: float, wall: float) -> list[Any]:
+    """The journal op that restores ``e``'s progress (``["S", id, ...]``; see ``broker.durable``)."""
+    nb = wall + (e.not_before - now) if e.not_before else 0.0
+    return [
+        "S", e.job.id, e.state.value, e.attempts, e.lease, e.worker_name, e.lost, e.misses,
+        e.queued_at, e.started_at, e.finished_at, nb, e.pin, e.pin_soft,
+        e.result, e.error, e.error_type, e.traceback, e.exit_code, e.stdout, e.stderr,
+    ]  # fmt: skip
+
+
 @dataclass
 class WorkerInfo:
     """A connected worker as the broker sees it."""
@@ -208,6 +218,34 @@ class Scheduler:
         self._leases = itertools.count(1)
         self.fx = Effects()
         self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "dispatched": 0}
+        # Journaling (a data directory is set): ops in order, and jobs whose state changed this turn.
+        self.ops: list[list[Any]] | None = None
+        self._dirty: dict[str, Entry] | None = None
+        # After a restart: jobs that were running, by when their worker must have come back.
+        self.orphans: dict[str, float] = {}
+
+    # ---- journaling -----------------------------------------------------------------
+
+    def journaled(self) -> None:
+        """Record every state change from now on; the broker takes them with ``take_ops()``."""
+        self.ops = []
+        self._dirty = {}
+
+    def _touch(self, entry: Entry) -> None:
+        if self._dirty is not None:
+            self._dirty[entry.job.id] = entry
+
+    def take_ops(self) -> list[list[Any]]:
+        """This turn's journal ops: accepted jobs and blobs in order, then each changed job's state."""
+        ops, dirty = self.ops, self._dirty
+        if ops is None or dirty is None:
+            return []
+        if dirty:
+            now, wall = self.clock(), self.wall()
+            ops.extend(state_op(e, now, wall) for e in dirty.values())
+            dirty.clear()
+        self.ops = []
+        return ops
 
     # ---- submission ---------------------------------------------------------------
 
@@ -284,6 +322,11 @@ class Scheduler:
     def _accept(self, job: Job, blobs: dict[str, bytes], watcher: bytes | None) -> Entry:
         entry = Entry(job, next(self._seq), self.wall())
         self.jobs[job.id] = entry
+        if self.ops is not None:
+            if job.blob is not None and job.blob not in self.blobs:
+                self.ops.append(["B", job.blob, blobs[job.blob]])
+            self.ops.append(["A", job.to_wire(), entry.submitted_at])
+            self._touch(entry)
         if job.idempotency_key is not None:
             self.idempotency[job.idempotency_key] = job.id
         if job.dag is not None:
@@ -372,6 +415,7 @@ class Scheduler:
     # ---- queues -------------------------------------------------------------------
 
     def _enqueue(self, entry: Entry) -> None:
+        self._touch(entry)
         entry.state = JobState.QUEUED
         entry.not_before = 0.0
         entry.queued_at = self.wall()
@@ -384,6 +428,7 @@ class Scheduler:
         heapq.heappush(q, (-entry.job.priority, entry.seq, entry.job.id))
 
     def _hold(self, entry: Entry, until: float) -> None:
+        self._touch(entry)
         entry.not_before = until
         heapq.heappush(self._held, (until, entry.seq, entry.job.id))
 
@@ -471,6 +516,7 @@ class Scheduler:
         return n
 
     def _lease(self, entry: Entry, w: WorkerInfo, now_wall: float) -> None:
+        self._touch(entry)
         entry.state = JobState.RUNNING
         entry.attempts += 1
         entry.worker = w.ident
@@ -576,6 +622,7 @@ class Scheduler:
         return jid
 
     def _fill_output(self, entry: Entry, res: dict[str, Any]) -> None:
+        self._touch(entry)
         entry.exit_code = res.get("exit_code")
         entry.stdout = res.get("stdout") or ""
         entry.stderr = res.get("stderr") or ""
@@ -589,6 +636,7 @@ class Scheduler:
             self._finish(entry, JobState.DEAD if entry.job.retries else JobState.FAILED)
 
     def _finish(self, entry: Entry, state: JobState, propagate: bool = True) -> None:
+        self._touch(entry)
         entry.state = state
         entry.finished_at = self.wall()
         entry.not_before = 0.0
@@ -613,15 +661,21 @@ class Scheduler:
         if propagate and entry.children:
             self._release_children(entry)
         while len(self._finished) > self.max_finished:
-            old = self.jobs.pop(self._finished.popleft(), None)
-            if old is not None and old.job.idempotency_key is not None:
-                self.idempotency.pop(old.job.idempotency_key, None)
-            if old is not None and old.job.dag is not None:
-                members = self.dags.get(old.job.dag)
-                if members is not None:
-                    members.pop(old.job.id, None)
-                    if not members:
-                        del self.dags[old.job.dag]
+            self.forget(self._finished.popleft())
+
+    def forget(self, jid: str) -> None:
+        """Drop an ended job from memory (the oldest go first, past ``max_finished``)."""
+        old = self.jobs.pop(jid, None)
+        if old is None:
+            return
+        if old.job.idempotency_key is not None:
+            self.idempotency.pop(old.job.idempotency_key, None)
+        if old.job.dag is not None:
+            members = self.dags.get(old.job.dag)
+            if members is not None:
+                members.pop(jid, None)
+                if not members:
+                    del self.dags[old.job.dag]
 
     # ---- cancel, watch, status -----------------------------------------------------
 
@@ -685,6 +739,8 @@ class Scheduler:
             return f"retry {entry.attempts + 1} of {entry.job.retries + 1} in {max(0.0, entry.not_before - now):.1f}s"
         if st is JobState.PENDING:
             return f"waiting for {entry.waiting_on} parent job(s)"
+        if st is JobState.RUNNING and entry.worker is None:
+            return f"running on {entry.worker_name} before the broker restarted; waiting for it to reconnect"
         if st is not JobState.QUEUED:
             return None
         if entry.not_before > now:
@@ -781,7 +837,9 @@ class Scheduler:
                 continue
             w.running.discard(jid)
             if e is not None and e.state is JobState.RUNNING and e.worker == ident:
-                self._lost(e, w)
+                self._lost(e, w.name)
+        if self.orphans:
+            self._orphans_of(w, held, seen)
         for jid in held:
             e = self.jobs.get(jid)
             if e is None:
@@ -790,12 +848,15 @@ class Scheduler:
             elif e.state in FINAL_STATES:
                 self.fx.add_kill(ident, jid)  # harmless if it is only a held result
                 w.running.add(jid)
-            elif (e.state is JobState.RUNNING and e.worker != ident) or e.state is JobState.RETRYING:
+            elif (e.state is JobState.RUNNING and e.worker not in (None, ident)) or e.state is JobState.RETRYING:
                 # Leased elsewhere, or its failure here is known and its retry waits out a backoff.
                 self.fx.add_kill(ident, jid)
                 w.running.add(jid)
             else:
-                # Queued again (or still leased to it): it runs there, so let it finish there.
+                # Queued again, still leased to it, or running there when the broker restarted:
+                # it runs there, so let it finish there.
+                self._touch(e)
+                self.orphans.pop(jid, None)
                 e.state = JobState.RUNNING
                 e.not_before = 0.0
                 e.worker = ident
@@ -806,6 +867,32 @@ class Scheduler:
                     e.attempts = 1
                 w.running.add(jid)
         return w
+
+    def _orphans_of(self, w: WorkerInfo, held: set[str], seen: int) -> None:
+        """After a restart, worker ``w`` is back: its jobs from before that it no longer holds
+        were lost there (or, with a lease it never saw, never reached it): queue them now."""
+        for jid in [j for j in self.orphans if j not in held]:
+            e = self.jobs.get(jid)
+            if e is None or e.state is not JobState.RUNNING or e.worker is not None:
+                del self.orphans[jid]
+            elif e.worker_name == w.name:
+                del self.orphans[jid]
+                if e.lease > seen:  # the broker stopped before its ASSIGN got there
+                    e.attempts = max(0, e.attempts - 1)
+                    self._enqueue(e)
+                else:
+                    self._lost(e, w.name, "while the broker was down")
+
+    def expire_orphans(self) -> None:
+        """Re-run jobs whose worker did not come back in time after a restart (attempt counted)."""
+        now = self.clock()
+        for jid, deadline in list(self.orphans.items()):
+            if deadline > now:
+                continue
+            del self.orphans[jid]
+            e = self.jobs.get(jid)
+            if e is not None and e.state is JobState.RUNNING and e.worker is None:
+                self._lost(e, e.worker_name or "?", "and did not come back after the broker restarted")
 
     def seen(self, w: WorkerInfo) -> None:
         w.deadline = self.clock() + self.interval * self.liveness
@@ -826,13 +913,13 @@ class Scheduler:
                 e.worker = None
                 self._enqueue(e)
             else:
-                self._lost(e, w)
+                self._lost(e, w.name)
         self.fx.events.append(("worker", {"name": w.name, "host": w.host, "state": "left", "reason": reason}))
 
-    def _lost(self, e: Entry, w: WorkerInfo) -> None:
+    def _lost(self, e: Entry, name: str, how: str = "") -> None:
         e.lost += 1
         e.worker = None
-        e.error = f"worker {w.name} was lost during attempt {e.attempts}"
+        e.error = f"worker {name} was lost during attempt {e.attempts}" + (f" {how}" if how else "")
         e.error_type = "WorkerLost"
         if e.lost > self.max_lost:
             e.error = f"worker lost {e.lost} times while running this job (max_lost={self.max_lost})"

@@ -2,11 +2,13 @@
 
 from titan_zmq.client.client import JobHandle, TitanClient, raise_for
 from titan_zmq.client.dag import Dag, DagRun
+from titan_zmq.client.kv import KV
 from titan_zmq.errors import (
     BrokerUnavailable,
     JobCancelled,
     JobFailed,
     JobTimeout,
+    KVTypeError,
     PayloadTooLarge,
     UnknownJob,
     WaitTimeout,
@@ -14,6 +16,7 @@ from titan_zmq.errors import (
 from titan_zmq.job import JobRecord, JobState
 
 __all__ = [
+    "KV",
     "BrokerUnavailable",
     "Dag",
     "DagRun",
@@ -23,6 +26,7 @@ __all__ = [
     "JobRecord",
     "JobState",
     "JobTimeout",
+    "KVTypeError",
     "PayloadTooLarge",
     "TitanClient",
     "UnknownJob",

@@ -23,6 +23,7 @@ import zmq
 
 from titan_zmq import protocol as P
 from titan_zmq.client.dag import Dag, DagRun
+from titan_zmq.client.kv import KV
 from titan_zmq.config import parse_address, resolve_broker, tcp_endpoint
 from titan_zmq.errors import (
     BrokerError,
@@ -31,6 +32,7 @@ from titan_zmq.errors import (
     JobError,
     JobFailed,
     JobTimeout,
+    KVTypeError,
     PayloadTooLarge,
     ProtocolError,
     TitanError,
@@ -46,6 +48,7 @@ _ERRORS: dict[str, type[BrokerError] | type[Exception]] = {
     P.E_BAD_JOB: JobError,
     P.E_TOO_LARGE: PayloadTooLarge,
     P.E_PROTOCOL: ProtocolError,
+    P.E_KV_TYPE: KVTypeError,
 }
 
 _REWATCH = 3.0  # seconds between re-sent WATCHes while waiting (survives a broker restart)
@@ -123,6 +126,8 @@ class TitanClient:
         self._sock: zmq.Socket[bytes] | None = None
         self._closed = False
         self._blobs: dict[str, bytes] = {}
+        self._epoch = ""  # the broker run that answered last
+        self._restarts = 0  # broker restarts seen: watches must be sent again
         self._open()
 
     # ---- plumbing -----------------------------------------------------------------------
@@ -202,6 +207,11 @@ class TitanClient:
                     self._done.popitem(last=False)
             elif isinstance(msg, (P.Reply, P.Error)):
                 self._replies[msg.rid] = msg
+                if isinstance(msg, P.Reply) and msg.epoch and msg.epoch != self._epoch:
+                    if self._epoch:  # the broker restarted: it no longer knows what we watch
+                        self._watched.clear()
+                        self._restarts += 1
+                    self._epoch = msg.epoch
 
     def request(self, msg_type: type[P.Message], **fields: Any) -> Any:
         """Send a request and return the reply's data, or raise what the broker's error means."""
@@ -387,6 +397,12 @@ class TitanClient:
         """The connected workers: name, host, tags, slots, used, running, done, last_heartbeat_age."""
         return list(self.request(P.Workers))
 
+    @property
+    def kv(self) -> KV:
+        """The broker's KV store: ``get``, ``set``, ``delete``, ``incr``, ``cas``, ``sadd``, ``srem``,
+        ``smembers``, ``keys(prefix)``, ``expire``, ``ttl``."""
+        return KV(self)
+
     def hello(self) -> dict[str, Any]:
         """The broker's version and ports."""
         return dict(self.request(P.Hello))
@@ -398,8 +414,11 @@ class TitanClient:
         out: dict[str, JobRecord] = {}
         # Jobs this client submitted with watch on need no WATCH round trip before the first wait.
         next_watch = time.monotonic() + _REWATCH if self._watched.issuperset(want) else 0.0
+        restarts = self._restarts
         while True:
             with self._lock:
+                if restarts != self._restarts:
+                    restarts, next_watch = self._restarts, 0.0
                 for jid in want:
                     rec = self._done.pop(jid, None)
                     if rec is not None:
@@ -444,7 +463,10 @@ class TitanClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         exhausted = False
         next_watch = time.monotonic() + _REWATCH
+        restarts = self._restarts
         while not exhausted or pending:
+            if restarts != self._restarts:
+                restarts, next_watch = self._restarts, 0.0
             while not exhausted and len(pending) < window:
                 batch = []
                 for item in itertools.islice(items, min(chunk, window - len(pending))):
@@ -469,7 +491,7 @@ class TitanClient:
                 with self._lock:
                     got = self._pump(0.5 if left is None else min(0.5, left))
                 now = time.monotonic()
-                if not got and now >= next_watch:  # quiet: make sure the broker still knows we wait
+                if (not got or not next_watch) and now >= next_watch:  # quiet: make sure the broker still knows
                     next_watch = now + _REWATCH
                     with self._lock:
                         for rec in self.request(P.Watch, ids=list(pending))["done"]:

@@ -192,7 +192,7 @@ class Worker:
                 break
             log.warning("broker at %s:%d not answering; retrying in %.1fs", self.host, self.front_port, delay)
             self._wait(None, delay)
-            delay = min(delay * 2, 5.0) * random.uniform(0.8, 1.2)
+            delay = min(delay * 2, 2.0) * random.uniform(0.8, 1.2)  # a restarted broker waits for us (orphan_wait)
         else:
             return False
         # Heartbeat at the broker's pace, and allow it the larger of its window and ours.

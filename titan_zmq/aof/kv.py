@@ -1,0 +1,292 @@
+"""The KV store ("TitanStore"): keys holding msgpack values or sets, with expiry.
+
+It lives in the broker and is journaled with the rest of its state: every write
+returns the op that replays it (``["K", verb, key, ...]``), and :meth:`KVStore.apply`
+replays those ops. Reads never touch the journal. ``incr`` and ``cas`` journal as a
+plain ``set`` of the value they produced, so replay needs no arithmetic and no clock.
+"""
+
+from __future__ import annotations
+
+import builtins
+import heapq
+import time
+from collections.abc import Callable
+from typing import Any
+
+from titan_zmq.errors import BrokerError, KVTypeError
+from titan_zmq.protocol import E_KV_TYPE
+
+MAX_KEY = 1024  # bytes of a key, UTF-8
+OPS = ("get", "set", "delete", "incr", "cas", "sadd", "srem", "smembers", "keys", "expire", "ttl", "exists")
+
+Journal = Callable[[list[Any]], None]
+
+
+def _bad(message: str) -> BrokerError:
+    return BrokerError(message, "bad_request")
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str) or not key:
+        raise _bad(f"a KV key must be a non-empty string, got {key!r}")
+    if len(key.encode()) > MAX_KEY:
+        raise _bad(f"KV key of {len(key.encode())} bytes is longer than {MAX_KEY}; use a shorter key")
+    return key
+
+
+def _member(m: Any) -> Any:
+    if isinstance(m, (str, bytes, int, float, bool)) or m is None:
+        return m
+    raise _bad(f"set members must be strings, numbers, bytes, booleans or nil, not {type(m).__name__}")
+
+
+def _kind(value: Any) -> str:
+    return "a set" if isinstance(value, set) else f"a {type(value).__name__}"
+
+
+def _sort_key(m: Any) -> tuple[str, Any]:
+    return (type(m).__name__, m if m is not None else 0)
+
+
+class KVStore:
+    """Keys to values (any msgpack value) or sets; ``journal`` receives every write's op."""
+
+    def __init__(self, journal: Journal | None = None, wall: Callable[[], float] = time.time) -> None:
+        self.data: dict[str, Any] = {}
+        self.expires: dict[str, float] = {}  # key -> wall-clock deadline
+        self._heap: list[tuple[float, str]] = []
+        self.journal = journal
+        self.wall = wall
+
+    def _log(self, op: list[Any]) -> None:
+        if self.journal is not None:
+            self.journal(op)
+
+    # ---- the request entry point ----------------------------------------------------
+
+    def request(self, op: str, key: str, args: list[Any]) -> Any:
+        """Run one client operation; raises BrokerError with a clear message on bad input."""
+        if op not in OPS:
+            raise _bad(f"unknown KV operation {op!r}; one of {', '.join(OPS)}")
+        if op == "keys":
+            return self.keys(key)
+        fn = getattr(self, op)
+        try:
+            return fn(_check_key(key), *args)
+        except TypeError as exc:
+            raise _bad(f"KV {op}: wrong arguments ({exc})") from None
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def _live(self, key: str) -> Any:
+        """The value of ``key``, or None if missing or expired (an expired key is removed)."""
+        deadline = self.expires.get(key)
+        if deadline is not None and deadline <= self.wall():
+            self._remove(key)
+            return None
+        return self.data.get(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._live(key)
+        if isinstance(value, set):
+            raise KVTypeError(f"key {key!r} holds a set; read it with smembers", E_KV_TYPE)
+        return default if value is None and key not in self.data else value
+
+    def exists(self, key: str) -> bool:
+        self._live(key)
+        return key in self.data
+
+    def smembers(self, key: str) -> list[Any]:
+        value = self._live(key)
+        if value is None and key not in self.data:
+            return []
+        if not isinstance(value, set):
+            raise KVTypeError(f"key {key!r} holds {_kind(value)}, not a set; read it with get", E_KV_TYPE)
+        return sorted(value, key=_sort_key)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        if not isinstance(prefix, str):
+            raise _bad(f"a key prefix must be a string, got {prefix!r}")
+        now = self.wall()
+        return sorted(k for k in self.data if k.startswith(prefix) and self.expires.get(k, now + 1) > now)
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds left before ``key`` expires; None if it never does (or does not exist)."""
+        if self._live(key) is None and key not in self.data:
+            return None
+        deadline = self.expires.get(key)
+        return None if deadline is None else max(0.0, deadline - self.wall())
+
+    # ---- writes --------------------------------------------------------------------------
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
+            raise _bad(f"ttl must be a positive number of seconds, got {ttl!r}")
+        deadline = None if ttl is None else self.wall() + ttl
+        self._set(key, value, deadline)
+        self._log(["K", "set", key, value, deadline])
+        return True
+
+    def _set(self, key: str, value: Any, deadline: float | None) -> None:
+        self.data[key] = value
+        if deadline is None:
+            self.expires.pop(key, None)
+        else:
+            self.expires[key] = deadline
+            heapq.heappush(self._heap, (deadline, key))
+
+    def delete(self, key: str) -> bool:
+        existed = self._live(key) is not None or key in self.data
+        if existed:
+            self._remove(key)
+        return existed
+
+    def _remove(self, key: str) -> None:
+        self.data.pop(key, None)
+        self.expires.pop(key, None)
+        self._log(["K", "del", key])
+
+    def incr(self, key: str, by: int = 1) -> int:
+        if not isinstance(by, int) or isinstance(by, bool):
+            raise _bad(f"incr by must be an integer, got {by!r}")
+        value = self._live(key)
+        if value is None and key not in self.data:
+            value = 0
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise KVTypeError(
+                f"key {key!r} holds {_kind(value)}, not an integer; incr works on integers and missing keys",
+                E_KV_TYPE,
+            )
+        value += by
+        deadline = self.expires.get(key)
+        self.data[key] = value
+        self._log(["K", "set", key, value, deadline])
+        return value
+
+    def cas(self, key: str, expected: Any, new: Any) -> bool:
+        """Set ``key`` to ``new`` only if it holds ``expected`` now (None: only if it is missing)."""
+        value = self._live(key)
+        present = key in self.data
+        if isinstance(value, set):
+            raise KVTypeError(f"key {key!r} holds a set; cas works on plain values", E_KV_TYPE)
+        if (expected is None and present) or (expected is not None and (not present or value != expected)):
+            return False
+        deadline = self.expires.get(key)
+        self.data[key] = new
+        self._log(["K", "set", key, new, deadline])
+        return True
+
+    def _set_of(self, key: str) -> builtins.set[Any] | None:
+        value = self._live(key)
+        if value is None and key not in self.data:
+            return None
+        if not isinstance(value, set):
+            raise KVTypeError(f"key {key!r} holds {_kind(value)}, not a set", E_KV_TYPE)
+        return value
+
+    def sadd(self, key: str, *members: Any) -> int:
+        """Add members; returns how many were new."""
+        ms = [_member(m) for m in members]
+        current = self._set_of(key)
+        if current is None:
+            current = self.data[key] = set()
+        new = [m for m in dict.fromkeys(ms) if m not in current]
+        current.update(new)
+        if new:
+            self._log(["K", "sadd", key, new])
+        return len(new)
+
+    def srem(self, key: str, *members: Any) -> int:
+        """Remove members; returns how many were there. An emptied set is deleted."""
+        ms = [_member(m) for m in members]
+        current = self._set_of(key)
+        if current is None:
+            return 0
+        gone = [m for m in dict.fromkeys(ms) if m in current]
+        current.difference_update(gone)
+        if gone:
+            self._log(["K", "srem", key, gone])
+        if not current:
+            self._remove(key)
+        return len(gone)
+
+    def expire(self, key: str, seconds: float | None) -> bool:
+        """Expire ``key`` in ``seconds`` (None: never). Returns False if the key does not exist."""
+        if self._live(key) is None and key not in self.data:
+            return False
+        if seconds is None:
+            self.expires.pop(key, None)
+            self._log(["K", "exp", key, None])
+            return True
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+            raise _bad(f"expire takes a number of seconds, got {seconds!r}")
+        if seconds <= 0:
+            self._remove(key)
+            return True
+        deadline = self.wall() + seconds
+        self.expires[key] = deadline
+        heapq.heappush(self._heap, (deadline, key))
+        self._log(["K", "exp", key, deadline])
+        return True
+
+    def sweep(self, limit: int = 1000) -> int:
+        """Remove up to ``limit`` expired keys (the broker calls this each turn). Returns how many."""
+        now = self.wall()
+        heap = self._heap
+        n = 0
+        while heap and heap[0][0] <= now and n < limit:
+            deadline, key = heapq.heappop(heap)
+            if self.expires.get(key) == deadline:
+                self._remove(key)
+                n += 1
+        return n
+
+    # ---- replay and snapshot ----------------------------------------------------------
+
+    def apply(self, op: list[Any]) -> None:
+        """Replay one journaled op (``["K", verb, key, ...]``) without journaling it again."""
+        verb, key = op[1], op[2]
+        if verb == "set":
+            self.data[key] = op[3]
+            if op[4] is None:
+                self.expires.pop(key, None)
+            else:
+                self.expires[key] = op[4]
+                heapq.heappush(self._heap, (op[4], key))
+        elif verb == "del":
+            self.data.pop(key, None)
+            self.expires.pop(key, None)
+        elif verb == "sadd":
+            current = self.data.get(key)
+            if not isinstance(current, set):
+                current = self.data[key] = set()
+            current.update(op[3])
+        elif verb == "srem":
+            current = self.data.get(key)
+            if isinstance(current, set):
+                current.difference_update(op[3])
+        elif verb == "exp":
+            if op[3] is None:
+                self.expires.pop(key, None)
+            else:
+                self.expires[key] = op[3]
+                heapq.heappush(self._heap, (op[3], key))
+        else:
+            raise ValueError(f"unknown KV op {verb!r} in the journal")
+
+    def capture(self) -> list[list[Any]]:
+        """Ops that rebuild the store as it is now (for a snapshot)."""
+        ops: list[list[Any]] = []
+        for key, value in self.data.items():
+            deadline = self.expires.get(key)
+            if isinstance(value, set):
+                ops.append(["K", "sadd", key, list(value)])
+                if deadline is not None:
+                    ops.append(["K", "exp", key, deadline])
+            else:
+                ops.append(["K", "set", key, value, deadline])
+        return ops
+
+    def __len__(self) -> int:
+        return len(self.data)

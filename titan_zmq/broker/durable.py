@@ -1,0 +1,157 @@
+"""What of the broker's state the journal keeps, and how it comes back after a restart.
+
+Journal ops (msgpack arrays, see ``titan_zmq.aof.log``):
+
+``["A", spec, submitted_at]``   a job accepted (its wire spec)
+``["B", sha, content]``         a script or project blob, before the first job that needs it
+``["S", id, state, ...]``       a job's progress after a turn that changed it (``scheduler.state_op``)
+``["K", verb, key, ...]``       a KV write (``titan_zmq.aof.kv``)
+
+Workers are not journaled: they announce themselves again. Jobs that were running come
+back as *orphans*: still running, on no connected worker, until their worker reconnects
+and reports them (it may even have finished them meanwhile), or the heartbeat window
+passes and they are queued again with the attempt counted.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from typing import Any
+
+from titan_zmq.aof.kv import KVStore
+from titan_zmq.broker.scheduler import Entry, Scheduler, state_op
+from titan_zmq.errors import AOFCorrupt, JobError
+from titan_zmq.job import FINAL_STATES, Job, JobState
+
+log = logging.getLogger(__name__)
+
+_STATES = {s.value: s for s in JobState}
+
+
+class Restorer:
+    """Feeds journal ops into an empty scheduler and KV store, then makes the result runnable."""
+
+    def __init__(self, sched: Scheduler, kv: KVStore, orphan_wait: float) -> None:
+        self.sched = sched
+        self.kv = kv
+        self.orphan_wait = orphan_wait
+        self.max_lease = 0
+        self.seq = 0
+        self.skipped = 0
+        self._handlers = {"A": self._accept, "B": self._blob, "S": self._state, "K": kv.apply}
+
+    def apply(self, op: list[Any]) -> None:
+        handler = self._handlers.get(op[0])
+        if handler is None:
+            raise AOFCorrupt(f"unknown journal operation {op[0]!r}; was this journal written by a newer titan_zmq?")
+        handler(op)
+
+    def _accept(self, op: list[Any]) -> None:
+        try:
+            job = Job.from_wire(op[1])
+        except JobError as exc:
+            raise AOFCorrupt(f"a journaled job does not validate: {exc}") from None
+        sched = self.sched
+        entry = Entry(job, self.seq, op[2])
+        self.seq += 1
+        entry.state = JobState.PENDING
+        sched.jobs[job.id] = entry
+        if job.idempotency_key is not None:
+            sched.idempotency[job.idempotency_key] = job.id
+        if job.dag is not None:
+            sched.dags.setdefault(job.dag, {})[job.id] = None
+        sched.counters["submitted"] += 1
+
+    def _blob(self, op: list[Any]) -> None:
+        self.sched.blobs[op[1]] = [op[2], 0]
+
+    def _state(self, op: list[Any]) -> None:
+        sched = self.sched
+        e = sched.jobs.get(op[1])
+        if e is None:  # a job forgotten since (max_finished_jobs)
+            self.skipped += 1
+            return
+        was_final = e.state in FINAL_STATES
+        (_, _, state, e.attempts, e.lease, e.worker_name, e.lost, e.misses, e.queued_at, e.started_at,
+         e.finished_at, e.not_before, e.pin, e.pin_soft, e.result, e.error, e.error_type, e.traceback,
+         e.exit_code, e.stdout, e.stderr) = op  # fmt: skip
+        e.state = _STATES[state]
+        if e.lease > self.max_lease:
+            self.max_lease = e.lease
+        if e.state in FINAL_STATES and not was_final:
+            if e.state is JobState.SUCCEEDED:
+                sched.counters["succeeded"] += 1
+            elif e.state is not JobState.CANCELLED:
+                sched.counters["failed"] += 1
+            sched._finished.append(e.job.id)
+            if len(sched._finished) > sched.max_finished:
+                sched.forget(sched._finished.popleft())
+
+    def finish(self) -> dict[str, int]:
+        """Queue what was queued, hold what was held, wait for the workers of what was running."""
+        sched = self.sched
+        now, wall = sched.clock(), sched.wall()
+        counts = {"queued": 0, "held": 0, "pending": 0, "orphaned": 0}
+        for slot in sched.blobs.values():
+            slot[1] = 0
+        for e in list(sched.jobs.values()):
+            st = e.state
+            if st in FINAL_STATES:
+                e.not_before = 0.0
+                continue
+            if e.job.blob is not None:
+                held = sched.blobs.get(e.job.blob)
+                if held is None:
+                    raise AOFCorrupt(f"job {e.job.id} needs blob {e.job.blob[:12]}..., which the journal lacks")
+                held[1] += 1
+            nb_wall, e.not_before = e.not_before, 0.0
+            if st is JobState.PENDING:
+                sched._wire_parents(e)
+                counts["pending"] += 1
+                continue
+            if e.job.depends_on:
+                e.inputs = _inputs(sched, e)
+            if st is JobState.RUNNING:
+                e.worker = None
+                sched.orphans[e.job.id] = now + self.orphan_wait
+                counts["orphaned"] += 1
+            elif nb_wall > wall:
+                e.not_before = now + (nb_wall - wall)
+                heapq.heappush(sched._held, (e.not_before, e.seq, e.job.id))
+                counts["held"] += 1
+            else:
+                if e.pin is not None and e.pin_soft:
+                    e.pin = None  # its parent's worker is not known to be back: any eligible one will do
+                sched._enqueue(e)
+                counts["queued"] += 1
+        for sha in [s for s, slot in sched.blobs.items() if slot[1] <= 0]:
+            del sched.blobs[sha]
+        sched._seq = itertools.count(self.seq)
+        sched._leases = itertools.count(self.max_lease + 1)
+        return counts
+
+
+def _inputs(sched: Scheduler, e: Entry) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in e.job.depends_on:
+        parent = sched.jobs.get(p)
+        out[p] = parent.result if parent is not None and parent.state is JobState.SUCCEEDED else None
+    return out
+
+
+def capture(sched: Scheduler, kv: KVStore) -> list[list[Any]]:
+    """Ops that rebuild the live state as it is now: the snapshot of a compaction."""
+    now, wall = sched.clock(), sched.wall()
+    ops: list[list[Any]] = []
+    blobs_done: set[str] = set()
+    for e in sched.jobs.values():
+        sha = e.job.blob
+        if sha is not None and sha not in blobs_done and e.state not in FINAL_STATES and sha in sched.blobs:
+            ops.append(["B", sha, sched.blobs[sha][0]])
+            blobs_done.add(sha)
+        ops.append(["A", e.job.to_wire(), e.submitted_at])
+        ops.append(state_op(e, now, wall))
+    ops.extend(kv.capture())
+    return ops
