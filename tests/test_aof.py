@@ -310,3 +310,15 @@ def test_kv_wrong_types_get_clear_errors() -> None:
         kv.request("set", "k", [])
     with pytest.raises(BrokerError, match="ttl"):
         kv.set("k", 1, ttl=-1)
+
+
+def test_two_journals_without_a_snapshot_are_both_kept(tmp_path: Path) -> None:
+    """The first compaction was cut short: journals 1 and 2, no snapshot. Both must survive a start."""
+    _write(journal_path(tmp_path, 1), [[["K", "set", "one", 1, None]]])
+    _write(journal_path(tmp_path, 2), [[["K", "set", "two", 2, None]]])
+    for _ in range(2):  # a second start must still see journal 1
+        got: list[list[Any]] = []
+        d = DataDir(tmp_path)
+        d.load(got.append)
+        d.close()
+        assert got == [["K", "set", "one", 1, None], ["K", "set", "two", 2, None]]

@@ -163,7 +163,8 @@ class DataDir:
                 truncate(path, res.damage.offset)
                 report.cut = res.damage
         self.gen = logs[-1] if logs else (base or 1)
-        self._cleanup(self.gen if base is None else base)
+        if base is not None:  # without a snapshot every journal is still needed
+            self._cleanup(base)
         self.writer = AppendLog(journal_path(self.root, self.gen), self.fsync)
         fsync_dir(self.root)
         report.seconds = time.perf_counter() - t0
