@@ -322,3 +322,19 @@ def test_two_journals_without_a_snapshot_are_both_kept(tmp_path: Path) -> None:
         d.load(got.append)
         d.close()
         assert got == [["K", "set", "one", 1, None], ["K", "set", "two", 2, None]]
+
+
+def test_a_failed_write_raises_and_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from titan_zmq.aof.log import JournalWriteError
+
+    w = AppendLog(tmp_path / "j.aof", "always")
+
+    def full(data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(w._fh, "write", full)
+    w.add(["K", "set", "a", 1, None])
+    with pytest.raises(JournalWriteError, match=r"No space left on device.*free space"):
+        w.commit()

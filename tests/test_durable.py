@@ -163,3 +163,17 @@ def test_not_journaled_means_no_ops(clock: FakeClock) -> None:
     s = make_sched(clock)
     submit(s, spec("a"))
     assert s.take_ops() == [] and s.ops is None
+
+
+def test_journaled_jobs_rebuild_equal_to_validated_ones() -> None:
+    from titan_zmq.job import Job
+
+    specs = [
+        spec("a", args=[1, "x"], kwargs={"k": 2}, requires=["gpu", "big"], priority=3, delay=1.5, timeout=9,
+             retries=2, backoff=0.5, idempotency_key="once", labels={"l": "v"}, env={"E": "1"}),
+        spec("b", depends_on=["a"], dag="d", on_failure="continue", affinity="parent", affinity_wait=2.0),
+        {"id": "c", "kind": "shell", "target": "echo hi", "node": "w1"},
+    ]
+    for d in specs:
+        job = Job.from_wire(d)
+        assert Job.from_journal(job.to_wire()) == job

@@ -146,6 +146,16 @@ class Job:
         return d
 
     @classmethod
+    def from_journal(cls, d: dict[str, Any]) -> Job:
+        """Rebuild a job from ``to_wire()`` output the broker journaled after validating it (fast: replay)."""
+        kw = dict(d)
+        if "requires" in kw:
+            kw["requires"] = frozenset(kw["requires"])
+        if "depends_on" in kw:
+            kw["depends_on"] = tuple(kw["depends_on"])
+        return cls(**kw)
+
+    @classmethod
     def from_wire(cls, d: Any) -> Job:
         """Validate a job map from the wire; raise JobError naming the field at fault."""
         if not isinstance(d, dict):

@@ -16,6 +16,7 @@ or not (replay snapshot g, journal g and journal g+1): the swap is atomic.
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 import re
@@ -138,11 +139,31 @@ class DataDir:
         Raises AOFCorrupt for damage a crash does not explain.
         """
         t0 = time.perf_counter()
+        if self._lock_fd is None:
+            self.lock()
         for tmp in self.root.glob("*.tmp"):
             log.info("removing %s, left by a compaction that did not finish", tmp)
             tmp.unlink()
         base, logs = plan(self.root)
         report = LoadReport()
+        # Replay allocates millions of containers that all live on: the cyclic GC would rescan
+        # them again and again (replay time grew with the square of the state). Pause it.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._replay(base, logs, apply, report)
+        finally:
+            if was_enabled:
+                gc.enable()
+        self.gen = logs[-1] if logs else (base or 1)
+        if base is not None:  # without a snapshot every journal is still needed
+            self._cleanup(base)
+        self.writer = AppendLog(journal_path(self.root, self.gen), self.fsync)
+        fsync_dir(self.root)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _replay(self, base: int | None, logs: list[int], apply: Apply, report: LoadReport) -> None:
         if base is not None:
             path = snapshot_path(self.root, base)
             report.snapshot = path
@@ -162,13 +183,6 @@ class DataDir:
                 log.warning("cut off the torn tail of %s at offset %d (a crash left it)", path, res.damage.offset)
                 truncate(path, res.damage.offset)
                 report.cut = res.damage
-        self.gen = logs[-1] if logs else (base or 1)
-        if base is not None:  # without a snapshot every journal is still needed
-            self._cleanup(base)
-        self.writer = AppendLog(journal_path(self.root, self.gen), self.fsync)
-        fsync_dir(self.root)
-        report.seconds = time.perf_counter() - t0
-        return report
 
     def _cleanup(self, keep_from: int) -> None:
         """Delete generations older than ``keep_from`` (left by a compaction cut short)."""

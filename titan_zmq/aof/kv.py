@@ -250,7 +250,8 @@ class KVStore:
         if verb == "set":
             self.data[key] = op[3]
             if op[4] is None:
-                self.expires.pop(key, None)
+                if key in self.expires:
+                    del self.expires[key]
             else:
                 self.expires[key] = op[4]
                 heapq.heappush(self._heap, (op[4], key))

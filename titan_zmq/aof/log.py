@@ -89,9 +89,12 @@ def scan(path: Path, apply: Callable[[list[Any]], None] | None) -> ScanResult:
     view = memoryview(data)
     size = len(data)
     out = ScanResult()
-    unpack_from = HEADER.unpack_from
+    unpack_header = HEADER.unpack
     crc32 = zlib.crc32
-    unpackb = msgpack.unpackb
+    # One streaming unpacker over the whole file: read_bytes() takes each header, unpack() each body.
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(size, 1))
+    unpacker.feed(data)
+    read_bytes, unpack, tell = unpacker.read_bytes, unpacker.unpack, unpacker.tell
     batch: list[list[Any]] = []
     off = 0
     reason = ""
@@ -100,7 +103,7 @@ def scan(path: Path, apply: Callable[[list[Any]], None] | None) -> ScanResult:
         if off + 8 > size:
             reason, torn = f"the file ends {size - off} byte(s) into a record header", True
             break
-        length, crc = unpack_from(data, off)
+        length, crc = unpack_header(read_bytes(8))
         end = off + 8 + length
         if length == 0 or length > MAX_RECORD:
             reason = f"impossible record length {length}"
@@ -108,17 +111,16 @@ def scan(path: Path, apply: Callable[[list[Any]], None] | None) -> ScanResult:
         if end > size:
             reason, torn = f"a record of {length} bytes but only {size - off - 8} left", True
             break
-        body = view[off + 8 : end]
-        if crc32(body) != crc:
+        if crc32(view[off + 8 : end]) != crc:
             reason, torn = "checksum mismatch", end == size  # a torn write of the last record
             break
         try:
-            op = unpackb(body, raw=False, strict_map_key=False, use_list=True)
+            op = unpack()
         except Exception as exc:  # msgpack raises several unrelated types
             reason = f"undecodable body ({type(exc).__name__})"
             break
-        if not isinstance(op, list) or not op or not isinstance(op[0], str):
-            reason = "a record that is not an operation"
+        if tell() != end or op.__class__ is not list or not op or op[0].__class__ is not str:
+            reason = "a record that is not one operation"
             break
         off = end
         if op[0] == COMMIT:

@@ -22,7 +22,7 @@ from typing import Any
 
 from titan_zmq.aof.kv import KVStore
 from titan_zmq.broker.scheduler import Entry, Scheduler, state_op
-from titan_zmq.errors import AOFCorrupt, JobError
+from titan_zmq.errors import AOFCorrupt
 from titan_zmq.job import FINAL_STATES, Job, JobState
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,9 @@ class Restorer:
 
     def _accept(self, op: list[Any]) -> None:
         try:
-            job = Job.from_wire(op[1])
-        except JobError as exc:
-            raise AOFCorrupt(f"a journaled job does not validate: {exc}") from None
+            job = Job.from_journal(op[1])
+        except (TypeError, AttributeError) as exc:
+            raise AOFCorrupt(f"a journaled job does not fit this version's job fields: {exc}") from None
         sched = self.sched
         entry = Entry(job, self.seq, op[2])
         self.seq += 1

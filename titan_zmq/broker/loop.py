@@ -194,8 +194,10 @@ class Broker:
         if self.data is not None:
             try:
                 self._commit()
-            finally:
                 self.data.close()
+            except TitanError as exc:  # the journal cannot be written: nothing more was acknowledged
+                log.error("%s", exc)
+                self.data.unlock()
 
     def _timeout_ms(self) -> int:
         now = self.clock()
