@@ -120,3 +120,11 @@ def kv_from_inside(key: str) -> Any:
         n = client.kv.incr(key)
         client.kv.sadd(key + ":workers", os.environ.get("TITAN_WORKER", "?"))
         return n
+
+
+def chatty(n: int, tag: str = "x") -> int:
+    """Print ``n`` lines to stdout and one to stderr."""
+    for i in range(n):
+        print(f"{tag} {i}")
+    print(f"{tag} done", file=sys.stderr)
+    return n

@@ -51,7 +51,9 @@ _SAMPLES = [
     _sample("Error", rid=9, code=P.E_BAD_JOB, message="job #0 of the batch: bad"),
     _sample("Done", records=[{"id": "a", "state": "succeeded"}]),
     _sample("Ready", name="w1", host="h", tags=["cpu", "gpu"], slots=4, pid=123, running=["a"], cached=[SHA]),
-    _sample("Heartbeat"),
+    _sample("Heartbeat", load={"cpu": 12.5, "mem": 40.0}),
+    _sample("Log", lines=[["j1", 1700000000.5, "out", "hello"]]),
+    _sample("Logs", rid=11, id="j1", after=3, limit=10),
     _sample("Result", results=[{"id": "a", "outcome": "succeeded", "result": 5}]),
     _sample("Bye", running=["a", "b"]),
     _sample(

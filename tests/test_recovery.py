@@ -150,7 +150,7 @@ def test_kv_and_aof_commands(durable: LocalCluster, tmp_path: Path) -> None:
     durable.kill_broker(signal.SIGTERM)
     done = _titan("aof", "compact", str(data))
     assert done.returncode == 0 and "compacted to generation 2" in done.stdout, done.stderr
-    assert sorted(p.name for p in data.iterdir()) == ["LOCK", "journal-00000002.aof", "snapshot-00000002.tzs"]
+    assert sorted(p.name for p in data.iterdir()) == ["LOCK", "journal-00000002.aof", "logs", "snapshot-00000002.tzs"]
     durable.start_broker()
     assert _titan("kv", "get", "n", *b).stdout.strip() == "5"
 

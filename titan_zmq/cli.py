@@ -18,6 +18,7 @@ from typing import Any
 
 from titan_zmq import __version__
 from titan_zmq.aof import cli as aof_cli
+from titan_zmq.client import commands as client_cli
 from titan_zmq.errors import ConfigError, JobFailed, TitanError
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("workers", parents=[common], help="list workers", description="List the connected workers.")
     _add_broker_addr(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    aof_cli.add_parsers(sub, common, _add_broker_addr)
+    aof_cli.add_parsers(sub, common)
+    client_cli.add_parsers(sub, common, _add_broker_addr)
     return parser
 
 
@@ -564,7 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_submit(args, rest)
         handler = {
             "broker": cmd_broker, "worker": cmd_worker, "up": cmd_up, "status": cmd_status, "run": cmd_run,
-            "cancel": cmd_cancel, "workers": cmd_workers, "aof": aof_cli.cmd_aof, "kv": aof_cli.cmd_kv,
+            "cancel": cmd_cancel, "workers": cmd_workers, "aof": aof_cli.cmd_aof, "kv": client_cli.cmd_kv,
+            "logs": client_cli.cmd_logs,
         }[args.command]  # fmt: skip
         return handler(args)
     except ConfigError as exc:

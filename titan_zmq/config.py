@@ -174,6 +174,8 @@ class BrokerConfig:
     fsync: str = "everysec"  # always | everysec | no
     compact_ratio: float = 4.0  # compact when the journal is this many times the last snapshot...
     compact_min_mb: float = 64.0  # ...and larger than this
+    log_tail_lines: int = 1000  # output lines kept in memory per job
+    log_memory_lines: int = 1_000_000  # output lines kept in memory in all (oldest jobs' go first)
     orphan_wait: float = 0.0  # after a restart, how long running jobs wait for their worker (0: 2 heartbeat windows)
 
     @property

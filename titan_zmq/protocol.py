@@ -35,12 +35,14 @@ WORKERS = b"\x05"
 WATCH = b"\x06"
 LIST = b"\x07"
 KV = b"\x08"
+LOGS = b"\x09"
 
 # Worker <-> broker, on the back socket.
 READY = b"\x10"
 HEARTBEAT = b"\x11"
 RESULT = b"\x13"
 BYE = b"\x14"
+LOG = b"\x15"
 ASSIGN = b"\x20"
 KILL = b"\x21"
 REREGISTER = b"\x23"
@@ -243,6 +245,17 @@ class Kv(Message):
 
 
 @dataclass(frozen=True)
+class Logs(Message):
+    """Read a job's log lines numbered after ``after`` (at most ``limit``)."""
+
+    CODE = LOGS
+    rid: int
+    id: str
+    after: int = 0
+    limit: int = 1000
+
+
+@dataclass(frozen=True)
 class Reply(Message):
     """A successful answer to the request ``rid``."""
 
@@ -292,9 +305,11 @@ class Ready(Message):
 
 @dataclass(frozen=True)
 class Heartbeat(Message):
-    """Liveness, both ways; any message counts as one too."""
+    """Liveness, both ways; any message counts as one too. A worker's carries its ``load``
+    (cpu percent, memory percent, load average) about once a second."""
 
     CODE = HEARTBEAT
+    load: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -311,6 +326,14 @@ class Bye(Message):
 
     CODE = BYE
     running: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Log(Message):
+    """Jobs' output lines, batched: each ``[job_id, unix time, "out" or "err", text]``."""
+
+    CODE = LOG
+    lines: list[list[Any]]
 
 
 @dataclass(frozen=True)
@@ -345,14 +368,14 @@ class Reregister(Message):
 
 MESSAGES: dict[bytes, type[Message]] = {}
 for _cls in (
-    Hello, Submit, Status, Cancel, Workers, Watch, List, Kv, Reply, Error, Done,
-    Ready, Heartbeat, Result, Bye, Assign, Kill, Reregister,
+    Hello, Submit, Status, Cancel, Workers, Watch, List, Kv, Logs, Reply, Error, Done,
+    Ready, Heartbeat, Result, Bye, Log, Assign, Kill, Reregister,
 ):  # fmt: skip
     _cls._build_spec()
     MESSAGES[_cls.CODE] = _cls
 
-FRONT_COMMANDS = frozenset({HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST, KV})
-BACK_COMMANDS = frozenset({READY, HEARTBEAT, RESULT, BYE})
+FRONT_COMMANDS = frozenset({HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST, KV, LOGS})
+BACK_COMMANDS = frozenset({READY, HEARTBEAT, RESULT, BYE, LOG})
 
 
 def decode(frames: list[bytes], allowed: frozenset[bytes] | None = None, max_size: int = 0) -> Message:

@@ -1,21 +1,18 @@
-"""``titan aof check|repair|compact DIR`` and ``titan kv get|set|del|ls``."""
+"""``titan aof check|repair|compact DIR``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAIL = 0, 1
 
 
-def add_parsers(
-    sub: Any, common: argparse.ArgumentParser, add_broker_addr: Callable[[argparse.ArgumentParser], None]
-) -> None:
-    """Register the ``aof`` and ``kv`` command groups on the main parser."""
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register the ``aof`` command group on the main parser."""
     p = sub.add_parser(
         "aof", parents=[common], help="check, repair or compact a broker's data directory",
         description="Tools for a broker's --data-dir (snapshot + journal). repair and compact need the "
@@ -30,33 +27,6 @@ def add_parsers(
         q = aof.add_parser(name, parents=[common], help=text, description=text[0].upper() + text[1:] + ".")
         q.add_argument("dir", metavar="DIR", help="the broker's data directory")
         q.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    p = sub.add_parser(
-        "kv", parents=[common], help="read and write the broker's KV store",
-        description="The broker's KV store (durable with --data-dir).",
-    )  # fmt: skip
-    kv = p.add_subparsers(dest="kv_command", metavar="ACTION")
-    q = kv.add_parser("get", parents=[common], help="print a key's value (exit 1 if missing)")
-    q.add_argument("key")
-    q.add_argument("--json", action="store_true", help="print the value as JSON")
-    add_broker_addr(q)
-    q = kv.add_parser(
-        "set", parents=[common], help="set a key",
-        description="Set KEY to VALUE. VALUE is read as JSON when it is valid JSON (5, true, [1,2], "
-        '{"a":1}, "quoted"), else taken as a string; --string always takes it as a string.',
-    )  # fmt: skip
-    q.add_argument("key")
-    q.add_argument("value")
-    q.add_argument("--string", action="store_true", help="store VALUE as a string, even if it looks like JSON")
-    q.add_argument("--ttl", type=float, default=None, metavar="S", help="expire the key after S seconds")
-    add_broker_addr(q)
-    q = kv.add_parser("del", parents=[common], help="delete a key (exit 1 if it did not exist)")
-    q.add_argument("key")
-    add_broker_addr(q)
-    q = kv.add_parser("ls", parents=[common], help="list keys, optionally only those with a prefix")
-    q.add_argument("prefix", nargs="?", default="")
-    q.add_argument("--json", action="store_true", help="print the keys as a JSON list")
-    add_broker_addr(q)
 
 
 def _human(n: float) -> str:
@@ -107,46 +77,4 @@ def cmd_aof(args: argparse.Namespace) -> int:
         print(f"{root}: compacted to generation {report['generation']}: {report['records_read']:,} records "
               f"read, {report['ops_written']:,} written; {_human(report['bytes_before'])} -> "
               f"{_human(report['bytes_after'])} in {report['seconds']:.2f}s")  # fmt: skip
-    return EXIT_OK
-
-
-def _print_value(value: Any, as_json: bool) -> None:
-    if isinstance(value, str) and not as_json:
-        print(value)
-    else:
-        print(json.dumps(value, default=lambda b: b.hex() if isinstance(b, bytes) else str(b)))
-
-
-def cmd_kv(args: argparse.Namespace) -> int:
-    from titan_zmq.client import TitanClient
-
-    if args.kv_command is None:
-        print("titan kv: give an action: get, set, del or ls (see titan kv --help)", file=sys.stderr)
-        return 2
-    with TitanClient(args.broker) as client:
-        kv = client.kv
-        if args.kv_command == "get":
-            if not kv.exists(args.key):
-                print(f"titan: no key {args.key!r}", file=sys.stderr)
-                return EXIT_FAIL
-            _print_value(kv.get(args.key), args.json)
-        elif args.kv_command == "set":
-            value: Any = args.value
-            if not args.string:
-                try:
-                    value = json.loads(args.value)
-                except ValueError:
-                    value = args.value
-            kv.set(args.key, value, ttl=args.ttl)
-        elif args.kv_command == "del":
-            if not kv.delete(args.key):
-                print(f"titan: no key {args.key!r}", file=sys.stderr)
-                return EXIT_FAIL
-        else:
-            keys = kv.keys(args.prefix)
-            if args.json:
-                print(json.dumps(keys))
-            else:
-                for k in keys:
-                    print(k)
     return EXIT_OK

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -28,9 +29,12 @@ from titan_zmq import protocol as P
 from titan_zmq.aof.journal import DataDir, LoadReport
 from titan_zmq.aof.kv import KVStore
 from titan_zmq.broker.durable import Restorer, capture
-from titan_zmq.broker.scheduler import Scheduler, WorkerInfo
+from titan_zmq.broker.logs import LogStore
+from titan_zmq.broker.scheduler import Entry, Scheduler, WorkerInfo
+from titan_zmq.broker.stats import StatsFeed
 from titan_zmq.config import BrokerConfig, tcp_endpoint
 from titan_zmq.errors import BrokerError, JobError, PayloadTooLarge, ProtocolError, TitanError, UnknownJob
+from titan_zmq.job import FINAL_STATES
 from titan_zmq.process import Waker
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,9 @@ class Broker:
         self.loaded: LoadReport | None = None
         if cfg.data_dir:
             self._open_data()
+        log_root = Path(cfg.data_dir) / "logs" if cfg.data_dir else None
+        self.logs = LogStore(cfg.log_tail_lines, cfg.log_memory_lines, log_root)
+        self.feed = StatsFeed(self.sched)
         self.ctx = zmq.Context()
         self.front = self._router()
         self.back = self._router()
@@ -105,11 +112,15 @@ class Broker:
             ops.append(op)
 
     def _commit(self) -> None:
-        """Make this turn's changes durable (per the fsync policy) before anything is sent."""
+        """Make this turn's changes durable (per the fsync policy) before anything is sent,
+        then publish them (``event.job``; ``log.<id>`` ends for jobs with output)."""
+        changed = self.sched.take_changes()
+        if changed:
+            self._publish_changes(changed)
         data = self.data
         if data is None:
             return
-        ops = self.sched.take_ops()
+        ops = self.sched.take_ops(changed)
         if not ops:
             return
         for op in ops:
@@ -117,6 +128,18 @@ class Broker:
         data.commit()
         if data.needs_compaction():
             data.compact(capture(self.sched, self.kv))
+
+    def _publish_changes(self, changed: list[Entry]) -> None:
+        # Published before the journal commit of the same turn: subscribers may see a change that a
+        # crash in the next microseconds takes back. Replies and acks, which promise, wait for it.
+        self._publish(b"event.job", {"changes": [
+            {"id": e.job.id, "state": e.state.value, "worker": e.worker_name, "attempts": e.attempts,
+             "dag": e.job.dag} for e in changed
+        ]})  # fmt: skip
+        tails = self.logs.tails
+        for e in changed:
+            if e.state in FINAL_STATES and e.job.id in tails:
+                self._publish(b"log." + e.job.id.encode(), {"id": e.job.id, "end": e.state.value})
 
     def _router(self) -> zmq.Socket[bytes]:
         s = self.ctx.socket(zmq.ROUTER)
@@ -252,8 +275,10 @@ class Broker:
                 self._to_worker(w.ident, frames)
 
     def stats(self) -> dict[str, Any]:
-        s = self.sched.stats()
+        cfg = self.config
+        s = self.feed.build(self.clock(), cfg.heartbeat_interval, cfg.heartbeat_liveness)
         s["uptime"] = time.time() - self.started
+        s["log_lines"] = self.logs.lines_in
         s["kv_keys"] = len(self.kv)
         if self.data is not None and self.data.writer is not None:
             s["journal"] = {
@@ -373,6 +398,8 @@ class Broker:
             return sched.list_jobs(msg.state, max(1, min(msg.limit, 10_000)))
         if isinstance(msg, P.Kv):
             return self.kv.request(msg.op, msg.key, msg.args)
+        if isinstance(msg, P.Logs):
+            return self._read_logs(msg)
         if isinstance(msg, P.Hello):
             return {
                 "version": P.VERSION.decode(),
@@ -385,6 +412,17 @@ class Broker:
                 **self.ports,
             }
         raise ProtocolError(f"{type(msg).__name__} is not a client request")
+
+    def _read_logs(self, msg: P.Logs) -> dict[str, Any]:
+        entry = self.sched.jobs.get(msg.id)
+        if entry is None and not self.logs.has(msg.id):
+            raise UnknownJob(f"unknown job id {msg.id!r}: no such job, and no log kept for it", P.E_UNKNOWN_JOB)
+        lines, more = self.logs.read(msg.id, max(0, msg.after), max(1, min(msg.limit, 10_000)))
+        return {
+            "lines": [list(line) for line in lines], "more": more,
+            "state": entry.state.value if entry is not None else None,
+            "ended": entry is None or entry.state in FINAL_STATES,
+        }  # fmt: skip
 
     # ---- worker handlers ---------------------------------------------------------------
 
@@ -410,6 +448,12 @@ class Broker:
         sched.seen(w)
         if isinstance(msg, P.Result):
             self._results(w, msg.results)
+        elif isinstance(msg, P.Log):
+            for jid, lines in self.logs.add(msg.lines, sched.jobs).items():
+                self._publish(b"log." + jid.encode(), {"id": jid, "lines": [list(line) for line in lines]})
+        elif isinstance(msg, P.Heartbeat):
+            if msg.load:
+                w.load = msg.load
         elif isinstance(msg, P.Bye):
             sched.worker_gone(ident, "it left", stopped=msg.running)
 

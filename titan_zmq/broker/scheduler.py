@@ -130,6 +130,7 @@ class WorkerInfo:
     prefetch: int = 0  # extra jobs it will hold beyond its slots
     ewma: float | None = None  # average runtime of its recent jobs, seconds
     short: bool = False  # its recent jobs are short: its prefetch window is open
+    load: dict[str, Any] = field(default_factory=dict)  # its machine's cpu/mem, from heartbeats
 
     @property
     def free(self) -> int:
@@ -150,6 +151,9 @@ class WorkerInfo:
             "failed": self.failed,
             "last_heartbeat_age": max(0.0, interval * liveness - (self.deadline - now)),
             "uptime": max(0.0, now - self.joined_at),
+            "cpu": self.load.get("cpu"),
+            "mem": self.load.get("mem"),
+            "load1": self.load.get("load1"),
         }
 
 
@@ -218,9 +222,10 @@ class Scheduler:
         self._leases = itertools.count(1)
         self.fx = Effects()
         self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "dispatched": 0}
-        # Journaling (a data directory is set): ops in order, and jobs whose state changed this turn.
+        # Jobs whose state changed this turn (journaled and published), and, when journaling (a data
+        # directory is set), the turn's other journal ops in order.
+        self._dirty: dict[str, Entry] = {}
         self.ops: list[list[Any]] | None = None
-        self._dirty: dict[str, Entry] | None = None
         # After a restart: jobs that were running, by when their worker must have come back.
         self.orphans: dict[str, float] = {}
 
@@ -229,21 +234,28 @@ class Scheduler:
     def journaled(self) -> None:
         """Record every state change from now on; the broker takes them with ``take_ops()``."""
         self.ops = []
-        self._dirty = {}
 
     def _touch(self, entry: Entry) -> None:
-        if self._dirty is not None:
-            self._dirty[entry.job.id] = entry
+        self._dirty[entry.job.id] = entry
 
-    def take_ops(self) -> list[list[Any]]:
-        """This turn's journal ops: accepted jobs and blobs in order, then each changed job's state."""
-        ops, dirty = self.ops, self._dirty
-        if ops is None or dirty is None:
+    def take_changes(self) -> list[Entry]:
+        """The jobs whose state changed since the last call."""
+        if not self._dirty:
             return []
-        if dirty:
+        out = list(self._dirty.values())
+        self._dirty.clear()
+        return out
+
+    def take_ops(self, changed: list[Entry] | None = None) -> list[list[Any]]:
+        """This turn's journal ops: accepted jobs and blobs in order, then each changed job's state."""
+        if changed is None:
+            changed = self.take_changes()
+        ops = self.ops
+        if ops is None:
+            return []
+        if changed:
             now, wall = self.clock(), self.wall()
-            ops.extend(state_op(e, now, wall) for e in dirty.values())
-            dirty.clear()
+            ops.extend(state_op(e, now, wall) for e in changed)
         self.ops = []
         return ops
 

@@ -2,6 +2,7 @@
 
 from titan_zmq.client.client import JobHandle, TitanClient, raise_for
 from titan_zmq.client.dag import Dag, DagRun
+from titan_zmq.client.feed import LogLine, Subscription
 from titan_zmq.client.kv import KV
 from titan_zmq.errors import (
     BrokerUnavailable,
@@ -27,7 +28,9 @@ __all__ = [
     "JobState",
     "JobTimeout",
     "KVTypeError",
+    "LogLine",
     "PayloadTooLarge",
+    "Subscription",
     "TitanClient",
     "UnknownJob",
     "WaitTimeout",

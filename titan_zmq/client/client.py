@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import zmq
 
 from titan_zmq import protocol as P
 from titan_zmq.client.dag import Dag, DagRun
+from titan_zmq.client.feed import LogLine, Subscription, read_logs
 from titan_zmq.client.kv import KV
 from titan_zmq.config import parse_address, resolve_broker, tcp_endpoint
 from titan_zmq.errors import (
@@ -402,6 +403,15 @@ class TitanClient:
         """The broker's KV store: ``get``, ``set``, ``delete``, ``incr``, ``cas``, ``sadd``, ``srem``,
         ``smembers``, ``keys(prefix)``, ``expire``, ``ttl``."""
         return KV(self)
+
+    def logs(self, job_id: str, *, follow: bool = False, after: int = 0) -> Iterator[LogLine]:
+        """The job's output lines (``seq``, ``time``, ``stream``, ``text``). With ``follow``, keep
+        yielding new lines as the job writes them, until it ends."""
+        return read_logs(self, job_id, follow=follow, after=after)
+
+    def subscribe(self, *topics: str, hwm: int = 10_000) -> Subscription:
+        """The broker's live feed, for topic prefixes such as ``stats``, ``event.`` or ``log.<job id>``."""
+        return Subscription(self, topics, hwm)
 
     def hello(self) -> dict[str, Any]:
         """The broker's version and ports."""

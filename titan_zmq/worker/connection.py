@@ -32,6 +32,20 @@ from titan_zmq.worker.gpu import gpu_tags
 log = logging.getLogger(__name__)
 
 _RESULT_LINGER = 0.002  # seconds a finished result may wait for others to share its message
+_LOG_LINGER = 0.05  # seconds output lines may wait for more to share their message
+_LOAD_EVERY = 1.0  # seconds between load reports (cpu, memory) in heartbeats
+
+
+def host_load() -> dict[str, Any]:
+    """CPU and memory use of this machine, for the broker's stats."""
+    import psutil
+
+    return {
+        "cpu": psutil.cpu_percent(interval=None),
+        "mem": psutil.virtual_memory().percent,
+        "load1": os.getloadavg()[0],
+        "ncpu": os.cpu_count() or 1,
+    }
 
 
 class Worker:
@@ -60,6 +74,7 @@ class Worker:
         self._waker = Waker()
         self._last_heard = 0.0
         self._last_sent = 0.0
+        self._last_load = 0.0
         self._outgoing: list[dict[str, Any]] = []  # results not sent yet (grouped, see _serve)
         self._outgoing_since = 0.0
         self.jobs_done = 0
@@ -265,12 +280,18 @@ class Worker:
                 wait = min(wait, nxt)
             if self._outgoing:
                 wait = min(wait, self._outgoing_since + _RESULT_LINGER - now)
+            logs = ex.logs
+            if logs.lines:
+                wait = min(wait, logs.since + _LOG_LINGER - now)
             _, finished = self._turn(poller, watched, sock, wait, self._drain)
             now = time.monotonic()
             if finished:
                 if not self._outgoing:
                     self._outgoing_since = now
                 self._outgoing.extend(finished)
+            # Output lines go before the results of their jobs (one socket keeps the order).
+            if logs.lines and (finished or len(logs.lines) >= 500 or now - logs.since >= _LOG_LINGER):
+                self._send(P.Log(lines=logs.take()))
             # Group results: while other jobs still run, wait up to _RESULT_LINGER for their results
             # to share one message; with nothing else running, send at once (no added latency).
             if self._outgoing and (
@@ -283,7 +304,10 @@ class Worker:
                 sock.close()
                 self.sock = None
                 return
-            if now - self._last_sent >= beat:
+            if now - self._last_load >= _LOAD_EVERY:  # also under load, when heartbeats are not needed
+                self._last_load = now
+                self._send(P.Heartbeat(load=host_load()))
+            elif now - self._last_sent >= beat:
                 self._send(P.Heartbeat())
 
     def _drain(self) -> None:

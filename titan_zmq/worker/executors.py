@@ -44,15 +44,23 @@ def _limit_memory(mb: int | None) -> Callable[[], None]:
     return setup
 
 
+MAX_LINE = 8192  # characters of one log line; longer ones are cut into pieces
+MAX_PENDING_LINES = 100_000  # log lines kept for the broker while it is away; more are counted, not kept
+
+
 class Tail:
-    """The last ``limit`` bytes written to a stream."""
+    """The last ``limit`` bytes written to a stream; complete lines also go to ``sink`` (the live log)."""
 
-    __slots__ = ("buf", "dropped", "limit")
+    __slots__ = ("buf", "dropped", "job_id", "limit", "partial", "sink", "stream")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, sink: LogSink | None = None, job_id: str = "", stream: str = "out") -> None:
         self.buf = bytearray()
         self.limit = limit
         self.dropped = 0
+        self.sink = sink
+        self.job_id = job_id
+        self.stream = stream
+        self.partial = bytearray()
 
     def add(self, data: bytes) -> None:
         self.buf += data
@@ -60,12 +68,55 @@ class Tail:
         if over > 0:
             del self.buf[:over]
             self.dropped += over
+        if self.sink is None:
+            return
+        self.partial += data
+        if b"\n" not in data and len(self.partial) < MAX_LINE:
+            return
+        *done, rest = self.partial.split(b"\n")
+        self.partial = bytearray(rest)
+        now = time.time()
+        for line in done:
+            self.sink.add(self.job_id, now, self.stream, line)
+        while len(self.partial) >= MAX_LINE:
+            self.sink.add(self.job_id, now, self.stream, bytes(self.partial[:MAX_LINE]))
+            del self.partial[:MAX_LINE]
+
+    def flush(self) -> None:
+        """Send a last line that has no newline."""
+        if self.sink is not None and self.partial:
+            self.sink.add(self.job_id, time.time(), self.stream, bytes(self.partial))
+            self.partial.clear()
 
     def text(self) -> str:
         s = self.buf.decode("utf-8", "replace")
         if self.dropped:
             return f"[... {self.dropped} earlier bytes dropped]\n" + s
         return s
+
+
+class LogSink:
+    """Log lines of every job, waiting to be sent to the broker: ``[job_id, time, stream, text]``."""
+
+    def __init__(self) -> None:
+        self.lines: list[list[Any]] = []
+        self.since = 0.0  # when the oldest waiting line arrived
+        self.dropped = 0
+
+    def add(self, job_id: str, ts: float, stream: str, line: bytes | bytearray) -> None:
+        if len(self.lines) >= MAX_PENDING_LINES:
+            self.dropped += 1
+            return
+        if not self.lines:
+            self.since = time.monotonic()
+        self.lines.append([job_id, ts, stream, line[:MAX_LINE].decode("utf-8", "replace")])
+
+    def take(self) -> list[list[Any]]:
+        out, self.lines = self.lines, []
+        if self.dropped:
+            log.warning("%d log line(s) dropped while the broker could not take them", self.dropped)
+            self.dropped = 0
+        return out
 
 
 def _read_available(fd: int, sink: Tail | None) -> bool:
@@ -91,15 +142,15 @@ class Task:
         "popen", "started",
     )  # fmt: skip
 
-    def __init__(self, job: dict[str, Any], tail: int) -> None:
+    def __init__(self, job: dict[str, Any], tail: int, logs: LogSink | None = None) -> None:
         self.job = job
         self.id: str = job["id"]
         self.attempt: int = job.get("attempt", 1)
         self.started = time.monotonic()
         timeout = job.get("timeout")
         self.deadline: float | None = self.started + timeout if timeout else None
-        self.out = Tail(tail)
-        self.err = Tail(tail)
+        self.out = Tail(tail, logs, self.id, "out")
+        self.err = Tail(tail, logs, self.id, "err")
         self.popen: subprocess.Popen[bytes] | None = None
         self.child: ChildProc | None = None
         self.out_fd: int | None = None
@@ -213,6 +264,7 @@ class Executor:
         self.children: list[ChildProc] = []
         self.finished: list[dict[str, Any]] = []
         self._readers: dict[int, Callable[[], object]] = {}
+        self.logs = LogSink()
 
     # ---- starting -------------------------------------------------------------------
 
@@ -256,7 +308,7 @@ class Executor:
 
     def start(self, job: dict[str, Any]) -> None:
         """Start one attempt now. Failures to start become the attempt's outcome."""
-        task = Task(job, self.tail)
+        task = Task(job, self.tail, self.logs)
         self.tasks[task.id] = task
         try:
             if job["kind"] == "call":
@@ -514,6 +566,8 @@ class Executor:
             return
         if "inputs" in task.job and task.job["kind"] != "call":
             (self.cache.root.parent / "inputs" / f"{task.id}.json").unlink(missing_ok=True)
+        task.out.flush()
+        task.err.flush()
         res = {
             "id": task.id,
             "attempt": task.attempt,

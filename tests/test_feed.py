@@ -1,0 +1,170 @@
+"""Live logs, the stats feed and events over PUB/SUB; slow subscribers never slow the broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from titan_zmq.client import Dag, JobState, UnknownJob
+from titan_zmq.local import LocalCluster, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _titan(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "titan_zmq", *args], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ))  # fmt: skip
+
+
+def test_a_jobs_output_lines_in_order_with_their_streams(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    h = client.submit(shell="for i in 1 2 3; do echo out $i; echo err $i >&2; done; printf 'last'")
+    h.wait(20)
+    lines = list(client.logs(h.id))
+    # Each stream keeps its order; between the two pipes, order is as the worker read them.
+    assert [ln.text for ln in lines if ln.stream == "out"] == ["out 1", "out 2", "out 3", "last"]
+    assert [ln.text for ln in lines if ln.stream == "err"] == ["err 1", "err 2", "err 3"]
+    assert [ln.seq for ln in lines] == list(range(1, 8))
+    assert all(abs(ln.time - time.time()) < 60 for ln in lines)
+    assert [ln.seq for ln in client.logs(h.id, after=5)] == [6, 7]
+    c = client.submit("tests.jobs:chatty", args=[3, "call"])
+    c.wait(20)
+    assert [ln.text for ln in client.logs(c.id)] == ["call 0", "call 1", "call 2", "call done"]
+
+
+def test_follow_streams_lines_while_the_job_runs_and_stops_at_its_end(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    h = client.submit(shell="for i in 1 2 3 4; do echo tick $i; sleep 0.4; done")
+    got: list[tuple[str, float]] = []
+    for line in client.logs(h.id, follow=True):
+        got.append((line.text, time.monotonic()))
+    assert [t for t, _ in got] == ["tick 1", "tick 2", "tick 3", "tick 4"]
+    assert got[-1][1] - got[0][1] > 0.8  # they came while it ran, not all at the end
+    assert client.status(h.id).state is JobState.SUCCEEDED
+
+
+def test_titan_logs_command(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    ok = client.submit(shell="echo hello; echo oops >&2")
+    bad = client.submit(shell="echo about to fail; sleep 0.3; exit 3")
+    b = ["--broker", shared_cluster.address]
+    follow = _titan("logs", "-f", bad.id, *b)
+    assert follow.returncode == 1 and follow.stdout == "about to fail\n"
+    ok.wait(20)
+    plain = _titan("logs", ok.id, *b)
+    assert (plain.returncode, plain.stdout, plain.stderr) == (0, "hello\n", "oops\n")
+    rows = [json.loads(x) for x in _titan("logs", ok.id, "--json", *b).stdout.splitlines()]
+    assert [(r["seq"], r["stream"], r["text"]) for r in rows] == [(1, "out", "hello"), (2, "err", "oops")]
+    stamped = _titan("logs", ok.id, "-t", *b).stdout.splitlines()
+    assert stamped[0].endswith(" out | hello") and stamped[1].endswith(" err | oops")
+    unknown = _titan("logs", "no-such-job", *b)
+    assert unknown.returncode == 1 and "unknown job id 'no-such-job'" in unknown.stderr
+    with pytest.raises(UnknownJob):
+        list(client.logs("no-such-job"))
+
+
+def test_the_tail_in_memory_and_the_whole_log_on_disk(tmp_path: Path) -> None:
+    env = {"TITAN_LOG_TAIL_LINES": "5"}
+    with LocalCluster(workers=1, env=env) as mem:
+        client = mem.client()
+        h = client.submit("tests.jobs:chatty", args=[20])
+        h.wait(20)
+        assert [ln.seq for ln in client.logs(h.id)] == [17, 18, 19, 20, 21]  # the last 5 of 21
+    data = tmp_path / "data"
+    with LocalCluster(workers=1, env=env, broker_args=["--data-dir", str(data)]) as disk:
+        client = disk.client()
+        h = client.submit("tests.jobs:chatty", args=[20])
+        h.wait(20)
+        assert [ln.seq for ln in client.logs(h.id)] == list(range(1, 22))
+        assert (data / "logs" / f"{h.id}.log").read_text().count("\n") == 21
+        disk.kill_broker()
+        disk.start_broker()
+        again = disk.client()
+        assert [ln.text for ln in again.logs(h.id)][:2] == ["x 0", "x 1"]  # after a restart, from disk
+
+
+def _next(sub: Any, want: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = sub.next(0.5)
+        if msg is not None and msg[0] == want:
+            return msg[1]
+    raise TimeoutError(f"no {want!r} message within {timeout}s")
+
+
+def test_stats_feed_and_job_events(cluster: LocalCluster) -> None:
+    cluster.add_worker(name="s1", slots=2)
+    cluster.wait_workers(1)
+    client = cluster.client()
+    with client.subscribe("stats", "event.") as sub:
+        wait_for(lambda: _next(sub, "stats")["worker_list"][0]["cpu"] is not None, 20, "a worker's load in stats")
+        client.submit("tests.jobs:noop", requires=["gpu"])  # waits: no gpu worker
+        dag = Dag("progress")
+        a = dag.add("tests.jobs:noop", args=[1])
+        dag.add("tests.jobs:sleep", args=[30], after=[a])
+        client.submit_dag(dag)
+        events: list[dict[str, Any]] = []
+
+        def saw_a_succeed() -> bool:
+            body = _next(sub, "event.job")
+            events.extend(body["changes"])
+            return any(c["id"] == a and c["state"] == "succeeded" for c in events)
+
+        wait_for(saw_a_succeed, 20, "the event of a job succeeding")
+        assert {"id", "state", "worker", "attempts", "dag"} <= events[0].keys()
+
+        def progress() -> dict[str, Any] | None:
+            s = _next(sub, "stats")
+            d = [x for x in s["dags"] if x["id"] == "progress"]
+            return s if d and d[0].get("running") == 1 else None
+
+        stats = wait_for(progress, 20, "DAG progress in stats")
+        w = stats["worker_list"][0]
+        assert (w["name"], w["slots"], w["used"]) == ("s1", 2, 1)
+        assert 0 <= w["mem"] <= 100 and w["last_heartbeat_age"] < 2
+        assert stats["queues"] == {"gpu": 1}
+        d = next(x for x in stats["dags"] if x["id"] == "progress")
+        assert (d["total"], d["done"], d["succeeded"]) == (2, 1, 1)
+        assert stats["rate_in"] >= 0 and stats["services"] == []
+
+
+def test_a_stalled_subscriber_does_not_slow_the_broker(cluster: LocalCluster) -> None:
+    cluster.add_worker(slots=2)
+    cluster.add_worker(slots=2)
+    cluster.wait_workers(2)
+    client = cluster.client()
+    client.map("tests.jobs:chatty", [5] * 100)  # warm up
+
+    def rate() -> float:
+        t0 = time.perf_counter()
+        client.map("tests.jobs:chatty", [20] * 600)
+        return 600 / (time.perf_counter() - t0)
+
+    base = rate()
+    ctx = zmq.Context.instance()
+    stalled = ctx.socket(zmq.SUB)  # subscribed to everything, never reads, tiny queue
+    stalled.setsockopt(zmq.RCVHWM, 10)
+    stalled.setsockopt(zmq.RCVBUF, 4096)
+    stalled.setsockopt(zmq.SUBSCRIBE, b"")
+    stalled.setsockopt(zmq.LINGER, 0)
+    stalled.connect(f"tcp://127.0.0.1:{cluster.ports['events']}")
+    try:
+        with client.subscribe("stats") as live:
+            _next(live, "stats")
+            stalled_rate = rate()
+            assert _next(live, "stats", 5)  # another subscriber still gets its feed
+        t0 = time.perf_counter()
+        client.hello()
+        assert time.perf_counter() - t0 < 1.0
+    finally:
+        stalled.close()
+    print(f"no-op chatty jobs/s: {base:.0f} alone, {stalled_rate:.0f} with a stalled subscriber")
+    assert stalled_rate > 0.5 * base

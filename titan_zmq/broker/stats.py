@@ -1,0 +1,69 @@
+"""The ``stats`` feed: one picture of the cluster, published every second on the events socket."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from titan_zmq.broker.scheduler import Scheduler
+from titan_zmq.job import FINAL_STATES, JobState
+
+MAX_DAGS = 50  # DAGs in one stats message: the unfinished ones first, newest first
+
+
+class StatsFeed:
+    """Builds the stats message; remembers the last counters to give rates per second."""
+
+    def __init__(self, sched: Scheduler) -> None:
+        self.sched = sched
+        self._last: tuple[float, int, int] | None = None
+
+    def build(self, now: float, interval: float, liveness: int) -> dict[str, Any]:
+        sched = self.sched
+        states: dict[str, int] = {}
+        queues: dict[str, int] = {}
+        dags: dict[str, dict[str, int]] = {}
+        for e in sched.jobs.values():
+            st = e.state.value
+            states[st] = states.get(st, 0) + 1
+            if e.state is JobState.QUEUED or e.state is JobState.RETRYING:
+                key = ",".join(sorted(e.job.requires)) or "cpu"
+                queues[key] = queues.get(key, 0) + 1
+            if e.job.dag is not None:
+                d = dags.get(e.job.dag)
+                if d is None:
+                    d = dags[e.job.dag] = {"total": 0, "done": 0}
+                d["total"] += 1
+                d[st] = d.get(st, 0) + 1
+                if e.state in FINAL_STATES:
+                    d["done"] += 1
+        c = sched.counters
+        out_count = c["succeeded"] + c["failed"]
+        t = time.monotonic()
+        rate_in = rate_out = 0.0
+        if self._last is not None:
+            dt = max(1e-6, t - self._last[0])
+            rate_in = (c["submitted"] - self._last[1]) / dt
+            rate_out = (out_count - self._last[2]) / dt
+        self._last = (t, c["submitted"], out_count)
+        newest_first: list[dict[str, Any]] = [{"id": k, **v} for k, v in reversed(dags.items())]
+        unfinished = [d for d in newest_first if d["done"] < d["total"]]
+        finished = [d for d in newest_first if d["done"] >= d["total"]]
+        shown = (unfinished + finished)[:MAX_DAGS]
+        workers = [w.describe(now, interval, liveness) for w in sched.workers.values()]
+        return {
+            "time": time.time(),
+            "workers": len(workers),
+            "slots": sum(w.slots for w in sched.workers.values()),
+            "busy": sum(min(len(w.running), w.slots) for w in sched.workers.values()),
+            "jobs": states,
+            "queued": states.get("queued", 0) + states.get("retrying", 0),
+            "running": states.get("running", 0),
+            "queues": queues,
+            "rate_in": rate_in,
+            "rate_out": rate_out,
+            "worker_list": workers,
+            "dags": shown,
+            "services": [],  # long-running services arrive with issue 6
+            **c,
+        }
