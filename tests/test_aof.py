@@ -338,3 +338,28 @@ def test_a_failed_write_raises_and_names_the_fix(tmp_path: Path, monkeypatch: py
     w.add(["K", "set", "a", 1, None])
     with pytest.raises(JournalWriteError, match=r"No space left on device.*free space"):
         w.commit()
+
+
+def test_garbage_in_the_last_uncommitted_batch_is_a_torn_tail(tmp_path: Path) -> None:
+    """A power cut can leave zeros then stale bytes inside the batch being written: nothing
+    committed follows, so it is cut like any torn tail, not refused as corruption."""
+    p, first = _two_batches(tmp_path)
+    size = p.stat().st_size
+    data = bytearray(p.read_bytes())
+    data[first + 8 : first + 20] = b"\x00" * 12  # the second batch's first record, zeroed in part
+    data[size - 3 :] = b"\x7f\x7f\x7f"  # and its end is stale, not zeros
+    p.write_bytes(bytes(data))
+    res = scan(p, None)
+    assert res.damage is not None and res.damage.torn and res.damage.offset == first
+
+
+def test_kv_edge_cases() -> None:
+    kv = KVStore()
+    kv.set("n", 2**63 - 1)
+    with pytest.raises(BrokerError, match="64-bit range; nothing was changed"):
+        kv.incr("n", 2**64)
+    assert kv.get("n") == 2**63 - 1
+    with pytest.raises(BrokerError, match="at least one member"):
+        kv.sadd("s")
+    kv.set("one", 1)
+    assert not kv.cas("one", True, 2) and not kv.cas("one", 1.0, 2) and kv.cas("one", 1, 2)

@@ -173,7 +173,68 @@ def test_journaled_jobs_rebuild_equal_to_validated_ones() -> None:
              retries=2, backoff=0.5, idempotency_key="once", labels={"l": "v"}, env={"E": "1"}),
         spec("b", depends_on=["a"], dag="d", on_failure="continue", affinity="parent", affinity_wait=2.0),
         {"id": "c", "kind": "shell", "target": "echo hi", "node": "w1"},
+        spec("d", affinity_wait=9.0),  # kept even without affinity: a resubmission must compare equal
     ]
     for d in specs:
         job = Job.from_wire(d)
         assert Job.from_journal(job.to_wire()) == job
+
+
+def test_forgetting_is_journaled_so_a_restart_keeps_the_same_jobs(clock: FakeClock) -> None:
+    s = make_sched(clock, max_finished=1)
+    s.journaled()
+    ops: list[list[Any]] = []
+    submit(s, spec("j"))
+    ops += s.take_ops()
+    submit(s, spec("n"))  # one turn: n accepted, j and n cancelled: j is forgotten (ended first)
+    s.cancel("j")
+    s.cancel("n")
+    ops += s.take_ops()
+    submit(s, spec("j", target="tests.jobs:add"))  # the id is free again: a new job takes it
+    ops += s.take_ops()
+    submit(s, spec("z"))
+    s.cancel("z")  # n is forgotten now, not the new j
+    ops += s.take_ops()
+    live = {k: v.state for k, v in s.jobs.items()}
+    assert live == {"j": JobState.QUEUED, "z": JobState.CANCELLED}
+    s2, _ = restart(ops, clock, max_finished=1)
+    assert {k: v.state for k, v in s2.jobs.items()} == live
+    assert s2.jobs["j"].job.target == "tests.jobs:add"
+
+
+def test_a_dag_child_keeps_its_inputs_when_the_parent_is_forgotten(clock: FakeClock) -> None:
+    s = make_sched(clock, max_finished=1)
+    s.journaled()
+    w = add_worker(s, "w", slots=2)
+    submit(s, spec("a"), spec("b", retries=3), spec("c", depends_on=["a", "b"]), spec("d"))
+    dispatch(s)
+    report(s, w, "a", result={"v": 42})
+    s.cancel("d")  # d ends after a: a is forgotten, but c already holds a's result
+    ops = s.take_ops()
+    assert "a" not in s.jobs and s.jobs["c"].inputs == {"a": {"v": 42}}
+    s2, _ = restart(ops, clock, max_finished=1)
+    c = s2.jobs["c"]
+    assert c.state is JobState.PENDING and c.inputs == {"a": {"v": 42}} and c.waiting_on == 1
+    w2 = s2.worker_ready(b"w", {"name": "w", "host": "h", "tags": [], "slots": 2, "pid": 1,
+                                "running": ["b"], "leases": [s.jobs["b"].lease], "seen_lease": 99})  # fmt: skip
+    s2.on_result(w2, {"id": "b", "outcome": "succeeded", "lease": s.jobs["b"].lease, "result": "B"})
+    dispatch(s2)
+    assert s2.jobs["c"].state is JobState.RUNNING and s2.jobs["c"].inputs == {"a": {"v": 42}, "b": "B"}
+
+
+def test_lease_ids_never_repeat_after_a_compaction(clock: FakeClock) -> None:
+    s = make_sched(clock, max_finished=1)
+    s.journaled()
+    w = add_worker(s, "w", slots=3)
+    submit(s, spec("a"), spec("b"), spec("c"))
+    dispatch(s)
+    for jid in ("a", "b", "c"):
+        report(s, w, jid)
+    issued = s.last_lease
+    s.take_ops()
+    s3 = make_sched(clock)
+    r = Restorer(s3, KVStore(), WINDOW)
+    for op in capture(s, KVStore()):
+        r.apply(op)
+    r.finish()
+    assert next(s3._leases) == issued + 1

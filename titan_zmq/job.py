@@ -142,6 +142,7 @@ class Job:
             d["node"] = self.node
         if self.affinity is not None:
             d["affinity"] = self.affinity
+        if self.affinity is not None or self.affinity_wait != 5.0:
             d["affinity_wait"] = self.affinity_wait
         return d
 

@@ -200,6 +200,10 @@ class DataDir:
         assert self.writer is not None, "load() first"
         self.writer.add(op)
 
+    def append_batch(self, ops: list[list[Any]]) -> None:
+        assert self.writer is not None, "load() first"
+        self.writer.add_batch(ops)
+
     def commit(self) -> int:
         assert self.writer is not None, "load() first"
         return self.writer.commit()

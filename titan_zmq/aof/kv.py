@@ -18,6 +18,7 @@ from titan_zmq.errors import BrokerError, KVTypeError
 from titan_zmq.protocol import E_KV_TYPE
 
 MAX_KEY = 1024  # bytes of a key, UTF-8
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what msgpack can carry
 OPS = ("get", "set", "delete", "incr", "cas", "sadd", "srem", "smembers", "keys", "expire", "ttl", "exists")
 
 Journal = Callable[[list[Any]], None]
@@ -43,6 +44,11 @@ def _member(m: Any) -> Any:
 
 def _kind(value: Any) -> str:
     return "a set" if isinstance(value, set) else f"a {type(value).__name__}"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same type (so 1, 1.0 and True are three different values, as on the wire)."""
+    return type(a) is type(b) and a == b
 
 
 def _sort_key(m: Any) -> tuple[str, Any]:
@@ -159,6 +165,8 @@ class KVStore:
                 E_KV_TYPE,
             )
         value += by
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise _bad(f"incr of {key!r} by {by} leaves the 64-bit range; nothing was changed")
         deadline = self.expires.get(key)
         self.data[key] = value
         self._log(["K", "set", key, value, deadline])
@@ -170,7 +178,7 @@ class KVStore:
         present = key in self.data
         if isinstance(value, set):
             raise KVTypeError(f"key {key!r} holds a set; cas works on plain values", E_KV_TYPE)
-        if (expected is None and present) or (expected is not None and (not present or value != expected)):
+        if (expected is None and present) or (expected is not None and (not present or not _same(value, expected))):
             return False
         deadline = self.expires.get(key)
         self.data[key] = new
@@ -187,6 +195,8 @@ class KVStore:
 
     def sadd(self, key: str, *members: Any) -> int:
         """Add members; returns how many were new."""
+        if not members:
+            raise _bad("sadd needs at least one member")
         ms = [_member(m) for m in members]
         current = self._set_of(key)
         if current is None:

@@ -140,10 +140,32 @@ def scan(path: Path, apply: Callable[[list[Any]], None] | None) -> ScanResult:
         if not batch:
             return out
         reason, torn = f"{len(batch)} record(s) of a batch that was never committed", True
-    if not torn and not data[off:].strip(b"\x00"):
-        torn = True  # zero fill after a crash
+    if not torn and not _commit_follows(data, off + 1):
+        # Nothing committed follows the damage: it lies in the batch being written when the
+        # machine stopped (a power cut can leave zeros or stale blocks there). That is a torn tail.
+        torn = True
     out.damage = Damage(path, out.good_end, size, torn, reason, off)
     return out
+
+
+def _commit_follows(data: bytes, start: int) -> bool:
+    """Whether a well-formed commit record starts anywhere at or after ``start``."""
+    size = len(data)
+    pos = data.find(b"\xa1C", start)  # a commit body starts with a fixarray, then the 1-char string "C"
+    while pos != -1:
+        hdr = pos - 9  # [u32 length][u32 crc][0x92 array of 2] precede the "C"
+        if hdr >= start:
+            length, crc = HEADER.unpack_from(data, hdr)
+            end = hdr + 8 + length
+            if 0 < length < 16 and end <= size and zlib.crc32(data[hdr + 8 : end]) == crc:
+                try:
+                    op = msgpack.unpackb(data[hdr + 8 : end])
+                except Exception:
+                    op = None
+                if isinstance(op, list) and op and op[0] == COMMIT:
+                    return True
+        pos = data.find(b"\xa1C", pos + 1)
+    return False
 
 
 def truncate(path: Path, offset: int) -> None:
@@ -200,8 +222,9 @@ class AppendLog:
         """Queue one op for the next commit."""
         self._pending.append(frame(op))
 
-    def add_framed(self, record: bytes) -> None:
-        self._pending.append(record)
+    def add_batch(self, ops: list[list[Any]]) -> None:
+        """Queue a turn's ops all or nothing: if one cannot be encoded, none is queued."""
+        self._pending.extend([frame(op) for op in ops])
 
     @property
     def pending(self) -> int:

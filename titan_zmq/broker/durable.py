@@ -6,6 +6,9 @@ Journal ops (msgpack arrays, see ``titan_zmq.aof.log``):
 ``["B", sha, content]``         a script or project blob, before the first job that needs it
 ``["S", id, state, ...]``       a job's progress after a turn that changed it (``scheduler.state_op``)
 ``["K", verb, key, ...]``       a KV write (``titan_zmq.aof.kv``)
+``["F", id]``                   an ended job forgotten (``max_finished_jobs``)
+``["L", lease]``                the last lease id issued (snapshots: leases never repeat)
+``["O", [id, ...]]``            ended jobs in the order they ended (snapshots: who is forgotten next)
 
 Workers are not journaled: they announce themselves again. Jobs that were running come
 back as *orphans*: still running, on no connected worker, until their worker reconnects
@@ -18,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+from collections import deque
 from typing import Any
 
 from titan_zmq.aof.kv import KVStore
@@ -40,7 +44,11 @@ class Restorer:
         self.max_lease = 0
         self.seq = 0
         self.skipped = 0
-        self._handlers = {"A": self._accept, "B": self._blob, "S": self._state, "K": kv.apply}
+        self.inputs: dict[str, dict[str, Any]] = {}  # journaled parents' results, by child
+        self._handlers = {
+            "A": self._accept, "B": self._blob, "S": self._state, "K": kv.apply, "F": self._forget,
+            "L": self._lease, "O": self._order,
+        }  # fmt: skip
 
     def apply(self, op: list[Any]) -> None:
         handler = self._handlers.get(op[0])
@@ -67,27 +75,45 @@ class Restorer:
     def _blob(self, op: list[Any]) -> None:
         self.sched.blobs[op[1]] = [op[2], 0]
 
+    def _forget(self, op: list[Any]) -> None:
+        jid = op[1]
+        finished = self.sched._finished
+        if finished and finished[0] == jid:  # the usual case: the oldest ended job goes
+            finished.popleft()
+        elif jid in finished:
+            finished.remove(jid)
+        self.sched.forget(jid)
+        self.inputs.pop(jid, None)
+
+    def _lease(self, op: list[Any]) -> None:
+        self.max_lease = max(self.max_lease, int(op[1]))
+
+    def _order(self, op: list[Any]) -> None:
+        jobs = self.sched.jobs
+        self.sched._finished = deque(j for j in op[1] if j in jobs)
+
     def _state(self, op: list[Any]) -> None:
         sched = self.sched
+        if op[4] > self.max_lease:
+            self.max_lease = op[4]
         e = sched.jobs.get(op[1])
-        if e is None:  # a job forgotten since (max_finished_jobs)
+        if e is None:  # forgotten in the same turn (its F op came first)
             self.skipped += 1
             return
         was_final = e.state in FINAL_STATES
         (_, _, state, e.attempts, e.lease, e.worker_name, e.lost, e.misses, e.queued_at, e.started_at,
          e.finished_at, e.not_before, e.pin, e.pin_soft, e.result, e.error, e.error_type, e.traceback,
-         e.exit_code, e.stdout, e.stderr) = op  # fmt: skip
+         e.exit_code, e.stdout, e.stderr) = op[:21]  # fmt: skip
         e.state = _STATES[state]
-        if e.lease > self.max_lease:
-            self.max_lease = e.lease
+        inputs = op[21] if len(op) > 21 else None
+        if inputs:
+            self.inputs[e.job.id] = inputs
         if e.state in FINAL_STATES and not was_final:
             if e.state is JobState.SUCCEEDED:
                 sched.counters["succeeded"] += 1
             elif e.state is not JobState.CANCELLED:
                 sched.counters["failed"] += 1
-            sched._finished.append(e.job.id)
-            if len(sched._finished) > sched.max_finished:
-                sched.forget(sched._finished.popleft())
+            sched._finished.append(e.job.id)  # forgetting is journaled (F), never re-decided here
 
     def finish(self) -> dict[str, int]:
         """Queue what was queued, hold what was held, wait for the workers of what was running."""
@@ -107,12 +133,13 @@ class Restorer:
                     raise AOFCorrupt(f"job {e.job.id} needs blob {e.job.blob[:12]}..., which the journal lacks")
                 held[1] += 1
             nb_wall, e.not_before = e.not_before, 0.0
+            known = self.inputs.get(e.job.id)
             if st is JobState.PENDING:
-                sched._wire_parents(e)
+                sched._wire_parents(e, known)
                 counts["pending"] += 1
                 continue
             if e.job.depends_on:
-                e.inputs = _inputs(sched, e)
+                e.inputs = {**_inputs(sched, e), **(known or {})}
             if st is JobState.RUNNING:
                 e.worker = None
                 sched.orphans[e.job.id] = now + self.orphan_wait
@@ -124,12 +151,15 @@ class Restorer:
             else:
                 if e.pin is not None and e.pin_soft:
                     e.pin = None  # its parent's worker is not known to be back: any eligible one will do
+                queued_at = e.queued_at
                 sched._enqueue(e)
+                e.queued_at = queued_at or e.queued_at
                 counts["queued"] += 1
         for sha in [s for s, slot in sched.blobs.items() if slot[1] <= 0]:
             del sched.blobs[sha]
         sched._seq = itertools.count(self.seq)
         sched._leases = itertools.count(self.max_lease + 1)
+        sched.last_lease = self.max_lease
         return counts
 
 
@@ -153,5 +183,7 @@ def capture(sched: Scheduler, kv: KVStore) -> list[list[Any]]:
             blobs_done.add(sha)
         ops.append(["A", e.job.to_wire(), e.submitted_at])
         ops.append(state_op(e, now, wall))
+    ops.append(["O", list(sched._finished)])
+    ops.append(["L", sched.last_lease])
     ops.extend(kv.capture())
     return ops

@@ -123,8 +123,7 @@ class Broker:
         ops = self.sched.take_ops(changed)
         if not ops:
             return
-        for op in ops:
-            data.append(op)
+        data.append_batch(ops)
         data.commit()
         if data.needs_compaction():
             data.compact(capture(self.sched, self.kv))

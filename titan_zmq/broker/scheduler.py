@@ -106,7 +106,7 @@ def state_op(e: Entry, now: float, wall: float) -> list[Any]:
     return [
         "S", e.job.id, e.state.value, e.attempts, e.lease, e.worker_name, e.lost, e.misses,
         e.queued_at, e.started_at, e.finished_at, nb, e.pin, e.pin_soft,
-        e.result, e.error, e.error_type, e.traceback, e.exit_code, e.stdout, e.stderr,
+        e.result, e.error, e.error_type, e.traceback, e.exit_code, e.stdout, e.stderr, e.inputs,
     ]  # fmt: skip
 
 
@@ -220,6 +220,7 @@ class Scheduler:
         self._finished: deque[str] = deque()
         self._seq = itertools.count()
         self._leases = itertools.count(1)
+        self.last_lease = 0
         self.fx = Effects()
         self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "dispatched": 0}
         # Jobs whose state changed this turn (journaled and published), and, when journaling (a data
@@ -373,14 +374,23 @@ class Scheduler:
         else:
             self._enqueue(entry)
 
-    def _wire_parents(self, entry: Entry) -> None:
-        """Level-triggered: parents that already ended count now; the others will tell it when they end."""
+    def _wire_parents(self, entry: Entry, known: dict[str, Any] | None = None) -> None:
+        """Level-triggered: parents that already ended count now; the others will tell it when they end.
+
+        ``known``: parents' results already taken (after a restart, from the journal: such a parent
+        may have been forgotten since)."""
         entry.state = JobState.PENDING
-        entry.inputs = {}
+        entry.inputs = dict(known) if known else {}
         waiting = 0
         doomed = None
         for p in entry.job.depends_on:
-            parent = self.jobs[p]
+            if p in entry.inputs:
+                continue
+            parent = self.jobs.get(p)
+            if parent is None:
+                entry.error = f"upstream job {p} is no longer known to the broker (max_finished_jobs)"
+                self._finish(entry, JobState.CANCELLED)
+                return
             if parent.state is JobState.SUCCEEDED:
                 entry.inputs[p] = parent.result
             elif parent.state in FINAL_STATES:
@@ -416,6 +426,7 @@ class Scheduler:
                 if ok:
                     if child.inputs is not None:
                         child.inputs[done.job.id] = done.result if done.state is JobState.SUCCEEDED else None
+                    self._touch(child)  # its inputs changed: journal them (the parent may be forgotten)
                     child.waiting_on -= 1
                     if child.waiting_on <= 0:
                         self._start_waiting(child)
@@ -535,7 +546,7 @@ class Scheduler:
         entry.worker_name = w.name
         entry.started_at = now_wall
         w.running.add(entry.job.id)
-        entry.lease = next(self._leases)
+        entry.lease = self.last_lease = next(self._leases)
         wire = entry.job.to_wire()
         wire["attempt"] = entry.attempts
         wire["lease"] = entry.lease
@@ -680,8 +691,11 @@ class Scheduler:
         old = self.jobs.pop(jid, None)
         if old is None:
             return
-        if old.job.idempotency_key is not None:
-            self.idempotency.pop(old.job.idempotency_key, None)
+        if self.ops is not None:
+            self.ops.append(["F", jid])
+        key = old.job.idempotency_key
+        if key is not None and self.idempotency.get(key) == jid:
+            del self.idempotency[key]
         if old.job.dag is not None:
             members = self.dags.get(old.job.dag)
             if members is not None:
