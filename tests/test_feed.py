@@ -62,9 +62,11 @@ def test_titan_logs_command(shared_cluster: LocalCluster) -> None:
     plain = _titan("logs", ok.id, *b)
     assert (plain.returncode, plain.stdout, plain.stderr) == (0, "hello\n", "oops\n")
     rows = [json.loads(x) for x in _titan("logs", ok.id, "--json", *b).stdout.splitlines()]
-    assert [(r["seq"], r["stream"], r["text"]) for r in rows] == [(1, "out", "hello"), (2, "err", "oops")]
-    stamped = _titan("logs", ok.id, "-t", *b).stdout.splitlines()
-    assert stamped[0].endswith(" out | hello") and stamped[1].endswith(" err | oops")
+    # Two pipes: which of the two lines the worker read first is not fixed.
+    assert sorted((r["stream"], r["text"]) for r in rows) == [("err", "oops"), ("out", "hello")]
+    assert sorted(r["seq"] for r in rows) == [1, 2]
+    stamped = sorted(_titan("logs", ok.id, "-t", *b).stdout.splitlines(), key=lambda x: x.split()[1])
+    assert stamped[0].endswith(" err | oops") and stamped[1].endswith(" out | hello")
     unknown = _titan("logs", "no-such-job", *b)
     assert unknown.returncode == 1 and "unknown job id 'no-such-job'" in unknown.stderr
     with pytest.raises(UnknownJob):

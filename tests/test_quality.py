@@ -16,12 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_ruff_clean() -> None:
     if shutil.which("ruff") is None:
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
-    out = subprocess.run(["ruff", "check", "titan_zmq", "tests"], cwd=ROOT, capture_output=True, text=True)
+    paths = ["titan_zmq", "tui", "benchmarks", "tests"]
+    out = subprocess.run(["ruff", "check", *paths], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.timeout(300)
 def test_mypy_clean() -> None:
     pytest.importorskip("mypy")
-    out = subprocess.run([sys.executable, "-m", "mypy", "titan_zmq"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "mypy", "titan_zmq", "tui"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

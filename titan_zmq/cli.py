@@ -588,15 +588,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
 
 
-def tui_main(argv: Sequence[str] | None = None) -> int:
-    """``titan-tui``: the terminal dashboard is not built yet; say so plainly."""
-    print(
-        "titan-tui: the Textual dashboard is not available in this version yet. "
-        "Meanwhile use `titan workers` and `titan status`.",
-        file=sys.stderr,
-    )
-    return EXIT_FAIL
-
-
 if __name__ == "__main__":
     sys.exit(main())
