@@ -238,3 +238,20 @@ def test_lease_ids_never_repeat_after_a_compaction(clock: FakeClock) -> None:
         r.apply(op)
     r.finish()
     assert next(s3._leases) == issued + 1
+
+
+def test_a_broker_closed_before_its_first_turn_keeps_the_replayed_state(tmp_path: Any) -> None:
+    from titan_zmq.broker.loop import Broker
+    from titan_zmq.config import BrokerConfig
+
+    cfg = BrokerConfig(data_dir=str(tmp_path), front=0, back=0, events=0)
+    b = Broker(cfg)
+    b.sched.submit([spec("a"), spec("b", depends_on=["a"])], {})
+    b.kv.set("k", 1)
+    b.close()  # no loop turn ran: close() commits and publishes without error
+    b2 = Broker(cfg)
+    try:
+        assert {j: e.state for j, e in b2.sched.jobs.items()} == {"a": JobState.QUEUED, "b": JobState.PENDING}
+        assert b2.kv.get("k") == 1
+    finally:
+        b2.close()

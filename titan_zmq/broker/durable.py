@@ -18,6 +18,7 @@ passes and they are queued again with the attempt counted.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import logging
@@ -172,7 +173,20 @@ def _inputs(sched: Scheduler, e: Entry) -> dict[str, Any]:
 
 
 def capture(sched: Scheduler, kv: KVStore) -> list[list[Any]]:
-    """Ops that rebuild the live state as it is now: the snapshot of a compaction."""
+    """Ops that rebuild the live state as it is now: the snapshot of a compaction.
+
+    It runs inside a broker turn, so it must be quick: the cyclic GC is paused while it
+    allocates (it would rescan the whole job table again and again)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _capture(sched, kv)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _capture(sched: Scheduler, kv: KVStore) -> list[list[Any]]:
     now, wall = sched.clock(), sched.wall()
     ops: list[list[Any]] = []
     blobs_done: set[str] = set()

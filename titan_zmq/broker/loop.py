@@ -15,6 +15,7 @@ journal (when enabled) can make the whole turn durable with one fsync first.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import threading
@@ -98,6 +99,7 @@ class Broker:
             raise
         self.data, self.loaded = data, report
         self.sched.journaled()
+        gc.freeze()  # the replayed state lives on: keep the cyclic GC from rescanning it
         self.kv.journal = self._journal_op
         log.info(
             "data directory %s (fsync %s): replayed %d records in %.2fs: %d jobs (%d queued, %d held, "
@@ -208,18 +210,20 @@ class Broker:
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        for s in (self.front, self.back, self.events):
-            s.close(0)
-        self.ctx.term()
-        self._waker.close()
-        if self.data is not None:
-            try:
-                self._commit()
-                self.data.close()
-            except TitanError as exc:  # the journal cannot be written: nothing more was acknowledged
-                log.error("%s", exc)
-                self.data.unlock()
+        try:
+            if self.data is not None:
+                try:
+                    self._commit()  # changes of a turn cut short (or of the replay itself)
+                    self.data.close()
+                except TitanError as exc:  # the journal cannot be written: nothing more was acknowledged
+                    log.error("%s", exc)
+                    self.data.unlock()
+        finally:
+            self._closed = True
+            for s in (self.front, self.back, self.events):
+                s.close(0)
+            self.ctx.term()
+            self._waker.close()
 
     def _timeout_ms(self) -> int:
         now = self.clock()
