@@ -59,6 +59,11 @@ def _add_worker_opts(p: argparse.ArgumentParser, single: bool = True) -> None:
     if single:
         p.add_argument("--name", default=None, help="worker name (default HOST-PID)")
         p.add_argument("--config", default=None, help="YAML file of worker settings")
+        p.add_argument("--autoscale", default=None, metavar="MIN:MAX",
+                       help="run a node agent: MIN to MAX worker processes here, scaled with the load")  # fmt: skip
+        p.add_argument("--idle", type=float, default=30.0, metavar="S", help="autoscale: drain after S s idle (30)")
+        p.add_argument("--scale-webhook", default=None, metavar="URL",
+                       help="autoscale: POST a scale request here when saturated at MAX")  # fmt: skip
     p.add_argument("--cache-dir", default=None, help="where shipped scripts are cached")
     p.add_argument("--job-memory", type=int, default=None, metavar="MB", help="address-space limit per job")
     p.add_argument("--no-gpu-probe", action="store_true", help="do not run nvidia-smi to detect GPUs")
@@ -262,9 +267,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from titan_zmq.worker import Worker
 
     args.broker = resolve_broker(args.broker)
+    if args.autoscale:
+        return _run_agent(args)
     worker = Worker(_worker_config(args))
     _on_signals(worker.stop)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: worker.drain())  # finish what it holds, then leave
     worker.run()
+    return EXIT_OK
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    from titan_zmq.worker.agent import agent_from_args
+
+    agent = agent_from_args(args, _worker_config(args))
+    _on_signals(agent.stop)
+    agent.run()
     return EXIT_OK
 
 
@@ -557,17 +574,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    if rest and args.command != "submit":
+    if rest and args.command not in ("submit", "deploy"):
         parser.error(f"'titan {args.command}' takes nothing after --")
     serving = args.command in ("broker", "worker", "up")
     _setup_logging(args.log_level or ("INFO" if serving else "WARNING"))
     try:
         if args.command == "submit":
             return cmd_submit(args, rest)
+        if args.command == "deploy":
+            return client_cli.cmd_deploy(args, rest)
         handler = {
             "broker": cmd_broker, "worker": cmd_worker, "up": cmd_up, "status": cmd_status, "run": cmd_run,
             "cancel": cmd_cancel, "workers": cmd_workers, "aof": aof_cli.cmd_aof, "kv": client_cli.cmd_kv,
-            "logs": client_cli.cmd_logs,
+            "logs": client_cli.cmd_logs, "services": client_cli.cmd_services, "stop": client_cli.cmd_stop,
         }[args.command]  # fmt: skip
         return handler(args)
     except ConfigError as exc:

@@ -226,6 +226,7 @@ class WorkerConfig:
     max_message_size: int = 64 * 1024 * 1024
     prefetch: int = 4  # extra jobs per slot it may hold while its jobs are short; 0: strict credit
     prefetch_wait: float = 1.0  # a held job not started after this many seconds goes back
+    advertise: str = ""  # address its services are reached at (default: its IP facing the broker)
 
     def validate(self) -> None:
         parse_address(self.broker)

@@ -76,3 +76,7 @@ class DataDirLocked(TitanError):
 
 class KVTypeError(BrokerError):
     """A KV operation met a value of the wrong type (``incr`` on a set, ``smembers`` on a string)."""
+
+
+class ServiceFailed(TitanError):
+    """A service could not be kept running (a crash loop, a port in use, a start that failed)."""

@@ -36,6 +36,12 @@ WATCH = b"\x06"
 LIST = b"\x07"
 KV = b"\x08"
 LOGS = b"\x09"
+DEPLOY = b"\x0a"
+SERVICES = b"\x0b"
+STOP = b"\x0c"
+PRESSURE = b"\x0d"
+NOTIFY = b"\x0e"
+DRAIN = b"\x0f"
 
 # Worker <-> broker, on the back socket.
 READY = b"\x10"
@@ -43,9 +49,12 @@ HEARTBEAT = b"\x11"
 RESULT = b"\x13"
 BYE = b"\x14"
 LOG = b"\x15"
+SVC_STATE = b"\x16"
 ASSIGN = b"\x20"
 KILL = b"\x21"
 REREGISTER = b"\x23"
+SVC_START = b"\x24"
+SVC_STOP = b"\x25"
 
 # Broker -> client (and error replies to anyone).
 REPLY = b"\x40"
@@ -256,6 +265,60 @@ class Logs(Message):
 
 
 @dataclass(frozen=True)
+class Deploy(Message):
+    """Deploy (or replace) a long-running service; ``blobs`` carries its script or project."""
+
+    CODE = DEPLOY
+    rid: int
+    spec: dict[str, Any]
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Services(Message):
+    """List services (or one, by ``name``)."""
+
+    CODE = SERVICES
+    rid: int
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Stop(Message):
+    """Stop a service: SIGTERM, then SIGKILL after its grace period."""
+
+    CODE = STOP
+    rid: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Pressure(Message):
+    """How loaded the pool of workers with ``tags`` is (for a node agent's autoscaling)."""
+
+    CODE = PRESSURE
+    rid: int
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Notify(Message):
+    """Ask the broker to publish ``event.<kind>`` (a node agent's scaling decisions)."""
+
+    CODE = NOTIFY
+    rid: int
+    kind: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Drain(Message):
+    """A worker stops taking jobs; it leaves once those it holds are done."""
+
+    CODE = DRAIN
+
+
+@dataclass(frozen=True)
 class Reply(Message):
     """A successful answer to the request ``rid``."""
 
@@ -301,6 +364,9 @@ class Ready(Message):
     cached: list[str] = field(default_factory=list)
     prefetch: int = 0  # jobs it will hold beyond its slots while its jobs are short
     seen_lease: int = 0  # the highest lease it had received when it sent this
+    services: list[str] = field(default_factory=list)  # service replicas it runs
+    draining: bool = False  # it takes no new jobs
+    address: str = ""  # the IP others reach its services on (the one facing the broker)
 
 
 @dataclass(frozen=True)
@@ -337,6 +403,32 @@ class Log(Message):
 
 
 @dataclass(frozen=True)
+class SvcState(Message):
+    """Changes of state of service replicas on a worker (starting, running, exited, ...)."""
+
+    CODE = SVC_STATE
+    states: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SvcStart(Message):
+    """Run a service replica (its spec carries id, name, kind, target, port, health)."""
+
+    CODE = SVC_START
+    spec: dict[str, Any]
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SvcStop(Message):
+    """Stop service replicas: SIGTERM, then SIGKILL after ``grace`` seconds."""
+
+    CODE = SVC_STOP
+    ids: list[str]
+    grace: float = 10.0
+
+
+@dataclass(frozen=True)
 class Assign(Message):
     """Jobs for a worker (at most its free slots), the scripts it lacks (``blobs``), and the ids of
     results the broker now holds (``acks``: the worker may forget them). Acks ride along with new
@@ -368,14 +460,17 @@ class Reregister(Message):
 
 MESSAGES: dict[bytes, type[Message]] = {}
 for _cls in (
-    Hello, Submit, Status, Cancel, Workers, Watch, List, Kv, Logs, Reply, Error, Done,
-    Ready, Heartbeat, Result, Bye, Log, Assign, Kill, Reregister,
+    Hello, Submit, Status, Cancel, Workers, Watch, List, Kv, Logs, Deploy, Services, Stop, Pressure, Notify,
+    Reply, Error, Done, Ready, Heartbeat, Result, Bye, Log, SvcState, Drain, Assign, Kill, Reregister, SvcStart,
+    SvcStop,
 ):  # fmt: skip
     _cls._build_spec()
     MESSAGES[_cls.CODE] = _cls
 
-FRONT_COMMANDS = frozenset({HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST, KV, LOGS})
-BACK_COMMANDS = frozenset({READY, HEARTBEAT, RESULT, BYE, LOG})
+FRONT_COMMANDS = frozenset(
+    {HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST, KV, LOGS, DEPLOY, SERVICES, STOP, PRESSURE, NOTIFY}
+)
+BACK_COMMANDS = frozenset({READY, HEARTBEAT, RESULT, BYE, LOG, SVC_STATE, DRAIN})
 
 
 def decode(frames: list[bytes], allowed: frozenset[bytes] | None = None, max_size: int = 0) -> Message:

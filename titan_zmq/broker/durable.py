@@ -38,7 +38,7 @@ _STATES = {s.value: s for s in JobState}
 class Restorer:
     """Feeds journal ops into an empty scheduler and KV store, then makes the result runnable."""
 
-    def __init__(self, sched: Scheduler, kv: KVStore, orphan_wait: float) -> None:
+    def __init__(self, sched: Scheduler, kv: KVStore, orphan_wait: float, services: Any = None) -> None:
         self.sched = sched
         self.kv = kv
         self.orphan_wait = orphan_wait
@@ -50,6 +50,8 @@ class Restorer:
             "A": self._accept, "B": self._blob, "S": self._state, "K": kv.apply, "F": self._forget,
             "L": self._lease, "O": self._order,
         }  # fmt: skip
+        if services is not None:
+            self._handlers["V"] = self._handlers["v"] = services.apply
 
     def apply(self, op: list[Any]) -> None:
         handler = self._handlers.get(op[0])
@@ -172,7 +174,7 @@ def _inputs(sched: Scheduler, e: Entry) -> dict[str, Any]:
     return out
 
 
-def capture(sched: Scheduler, kv: KVStore) -> list[list[Any]]:
+def capture(sched: Scheduler, kv: KVStore, services: Any = None) -> list[list[Any]]:
     """Ops that rebuild the live state as it is now: the snapshot of a compaction.
 
     It runs inside a broker turn, so it must be quick: the cyclic GC is paused while it
@@ -180,7 +182,10 @@ def capture(sched: Scheduler, kv: KVStore) -> list[list[Any]]:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _capture(sched, kv)
+        ops = _capture(sched, kv)
+        if services is not None:
+            ops.extend(services.capture())
+        return ops
     finally:
         if was_enabled:
             gc.enable()

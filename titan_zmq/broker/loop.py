@@ -32,6 +32,7 @@ from titan_zmq.aof.kv import KVStore
 from titan_zmq.broker.durable import Restorer, capture
 from titan_zmq.broker.logs import LogStore
 from titan_zmq.broker.scheduler import Entry, Scheduler, WorkerInfo
+from titan_zmq.broker.services import ServiceManager
 from titan_zmq.broker.stats import StatsFeed
 from titan_zmq.config import BrokerConfig, tcp_endpoint
 from titan_zmq.errors import BrokerError, JobError, PayloadTooLarge, ProtocolError, TitanError, UnknownJob
@@ -41,6 +42,16 @@ from titan_zmq.process import Waker
 log = logging.getLogger(__name__)
 
 _HARD_SLACK = 64 * 1024  # frames this far above the limit still get a clear error, larger ones a disconnect
+
+
+class _Known:
+    """Ids whose output lines the broker keeps: jobs and service replicas."""
+
+    def __init__(self, jobs: dict[str, Any], services: ServiceManager) -> None:
+        self.jobs, self.services = jobs, services
+
+    def __contains__(self, jid: object) -> bool:
+        return jid in self.jobs or (isinstance(jid, str) and self.services.replica(jid) is not None)
 
 
 class Broker:
@@ -59,6 +70,8 @@ class Broker:
             prefetch_below=cfg.prefetch_below,
         )
         self.kv = KVStore()
+        self.services = ServiceManager(self.sched)
+        self.sched.gone_hooks.append(self.services.worker_gone)
         self.data: DataDir | None = None
         self.loaded: LoadReport | None = None
         if cfg.data_dir:
@@ -91,7 +104,7 @@ class Broker:
                        compact_min_bytes=int(cfg.compact_min_mb * (1 << 20)))  # fmt: skip
         data.lock()
         try:
-            restorer = Restorer(self.sched, self.kv, cfg.orphan_window)
+            restorer = Restorer(self.sched, self.kv, cfg.orphan_window, self.services)
             report = data.load(restorer.apply)
             counts = restorer.finish()
         except BaseException:
@@ -101,6 +114,7 @@ class Broker:
         self.sched.journaled()
         gc.freeze()  # the replayed state lives on: keep the cyclic GC from rescanning it
         self.kv.journal = self._journal_op
+        self.services.journal = self._journal_op
         log.info(
             "data directory %s (fsync %s): replayed %d records in %.2fs: %d jobs (%d queued, %d held, "
             "%d waiting on parents, %d running before the restart), %d KV keys",
@@ -128,7 +142,7 @@ class Broker:
         data.append_batch(ops)
         data.commit()
         if data.needs_compaction():
-            data.compact(capture(self.sched, self.kv))
+            data.compact(capture(self.sched, self.kv, self.services))
 
     def _publish_changes(self, changed: list[Entry]) -> None:
         # Published before the journal commit of the same turn: subscribers may see a change that a
@@ -263,6 +277,8 @@ class Broker:
             if self.kv.expires:
                 self.kv.sweep()
         sched.dispatch()
+        if self.services.services:
+            self.services.tick()
         if now >= self._next_beat:
             self._heartbeat(now)
             self._next_beat = now + self.config.heartbeat_interval
@@ -282,6 +298,12 @@ class Broker:
         s = self.feed.build(self.clock(), cfg.heartbeat_interval, cfg.heartbeat_liveness)
         s["uptime"] = time.time() - self.started
         s["log_lines"] = self.logs.lines_in
+        s["services"] = [
+            {"name": r["name"], "state": r["state"], "restarts": r["restarts"],
+             "port": ",".join(str(x["port"]) for x in r["replicas"] if x["port"]) or None,
+             "addresses": [x["address"] for x in r["replicas"] if x["state"] == "running"]}
+            for r in self.services.records()
+        ]  # fmt: skip
         s["kv_keys"] = len(self.kv)
         if self.data is not None and self.data.writer is not None:
             s["journal"] = {
@@ -329,6 +351,15 @@ class Broker:
         for kind, body in fx.events:
             self._publish(b"event." + kind.encode(), body)
         fx.clear()
+        svc = self.services
+        for ident, starts in svc.start.items():
+            for wire, blobs in starts:
+                self._to_worker(ident, P.SvcStart(spec=wire, blobs=blobs).encode())
+        for ident, stops in svc.stop_ids.items():
+            self._to_worker(ident, P.SvcStop(ids=[s[0] for s in stops], grace=max(s[1] for s in stops)).encode())
+        for body in svc.events:
+            self._publish(b"event.service", body)
+        svc.start, svc.stop_ids, svc.events = {}, {}, []
         if not self._outbox:
             return
         outbox, self._outbox = self._outbox, []
@@ -403,6 +434,20 @@ class Broker:
             return self.kv.request(msg.op, msg.key, msg.args)
         if isinstance(msg, P.Logs):
             return self._read_logs(msg)
+        if isinstance(msg, P.Deploy):
+            return self.services.deploy(msg.spec, msg.blobs)
+        if isinstance(msg, P.Services):
+            return self.services.records(msg.name)
+        if isinstance(msg, P.Stop):
+            return self.services.stop(msg.name)
+        if isinstance(msg, P.Pressure):
+            return sched.pressure(msg.tags)
+        if isinstance(msg, P.Notify):
+            if msg.kind not in ("autoscale",):
+                raise BrokerError(f"cannot publish event.{msg.kind}: only event.autoscale comes from clients",
+                                  "bad_request")  # fmt: skip
+            self._publish(b"event." + msg.kind.encode(), msg.body)
+            return None
         if isinstance(msg, P.Hello):
             return {
                 "version": P.VERSION.decode(),
@@ -418,14 +463,18 @@ class Broker:
 
     def _read_logs(self, msg: P.Logs) -> dict[str, Any]:
         entry = self.sched.jobs.get(msg.id)
-        if entry is None and not self.logs.has(msg.id):
-            raise UnknownJob(f"unknown job id {msg.id!r}: no such job, and no log kept for it", P.E_UNKNOWN_JOB)
+        replica = self.services.replica(msg.id) if entry is None else None
+        if entry is None and replica is None and not self.logs.has(msg.id):
+            raise UnknownJob(f"unknown job id {msg.id!r}: no such job or service replica, and no log kept for it",
+                             P.E_UNKNOWN_JOB)  # fmt: skip
         lines, more = self.logs.read(msg.id, max(0, msg.after), max(1, min(msg.limit, 10_000)))
-        return {
-            "lines": [list(line) for line in lines], "more": more,
-            "state": entry.state.value if entry is not None else None,
-            "ended": entry is None or entry.state in FINAL_STATES,
-        }  # fmt: skip
+        if entry is not None:
+            state, ended = entry.state.value, entry.state in FINAL_STATES
+        elif replica is not None:
+            state, ended = replica.state, replica.state in ("stopped", "failed")
+        else:
+            state, ended = None, True
+        return {"lines": [list(line) for line in lines], "more": more, "state": state, "ended": ended}
 
     # ---- worker handlers ---------------------------------------------------------------
 
@@ -440,7 +489,9 @@ class Broker:
             return
         sched = self.sched
         if isinstance(msg, P.Ready):
-            sched.seen(sched.worker_ready(ident, msg.__dict__))
+            joined = sched.worker_ready(ident, msg.__dict__)
+            sched.seen(joined)
+            self.services.worker_ready(joined, msg.services)
             self._to_worker(ident, P.Heartbeat().encode())
             return
         w = sched.workers.get(ident)
@@ -452,11 +503,18 @@ class Broker:
         if isinstance(msg, P.Result):
             self._results(w, msg.results)
         elif isinstance(msg, P.Log):
-            for jid, lines in self.logs.add(msg.lines, sched.jobs).items():
+            for jid, lines in self.logs.add(msg.lines, _Known(sched.jobs, self.services)).items():
                 self._publish(b"log." + jid.encode(), {"id": jid, "lines": [list(line) for line in lines]})
         elif isinstance(msg, P.Heartbeat):
             if msg.load:
                 w.load = msg.load
+        elif isinstance(msg, P.SvcState):
+            for st in msg.states:
+                if isinstance(st, dict):
+                    self.services.on_state(w, st)
+        elif isinstance(msg, P.Drain):
+            w.draining = True
+            log.info("worker %s drains: no new jobs for it", w.name)
         elif isinstance(msg, P.Bye):
             sched.worker_gone(ident, "it left", stopped=msg.running)
 

@@ -131,10 +131,14 @@ class WorkerInfo:
     ewma: float | None = None  # average runtime of its recent jobs, seconds
     short: bool = False  # its recent jobs are short: its prefetch window is open
     load: dict[str, Any] = field(default_factory=dict)  # its machine's cpu/mem, from heartbeats
+    draining: bool = False  # takes no new jobs (a node agent is scaling it down)
+    address: str = ""  # where its services are reached (its IP facing the broker)
 
     @property
     def free(self) -> int:
         """Credit: free slots, plus the prefetch window while its jobs are short."""
+        if self.draining:
+            return 0
         return self.slots + (self.prefetch if self.short else 0) - len(self.running)
 
     def describe(self, now: float, interval: float, liveness: int) -> dict[str, Any]:
@@ -154,6 +158,7 @@ class WorkerInfo:
             "cpu": self.load.get("cpu"),
             "mem": self.load.get("mem"),
             "load1": self.load.get("load1"),
+            "draining": self.draining,
         }
 
 
@@ -229,6 +234,7 @@ class Scheduler:
         self.ops: list[list[Any]] | None = None
         # After a restart: jobs that were running, by when their worker must have come back.
         self.orphans: dict[str, float] = {}
+        self.gone_hooks: list[Callable[[bytes], None]] = []  # told when a worker is removed
 
     # ---- journaling -----------------------------------------------------------------
 
@@ -849,6 +855,8 @@ class Scheduler:
                 info["pid"],
             )
         w.cached = set(info.get("cached") or ())
+        w.draining = bool(info.get("draining"))
+        w.address = str(info.get("address") or w.host)
         w.prefetch = max(0, int(info.get("prefetch") or 0))
         running = list(info.get("running") or ())
         leases = list(info.get("leases") or ())
@@ -928,6 +936,8 @@ class Scheduler:
         w = self.workers.pop(ident, None)
         if w is None:
             return
+        for hook in self.gone_hooks:
+            hook(ident)
         log.warning("worker %s removed: %s; %d job(s) go back to the queue", w.name, reason, len(w.running))
         clean = set(stopped)
         for jid in sorted(w.running):
@@ -963,6 +973,28 @@ class Scheduler:
             else:
                 nxt = min(nxt, w.deadline)
         return nxt
+
+    def pressure(self, tags: Iterable[str]) -> dict[str, int]:
+        """Load of the pool of workers that have ``tags``: the jobs only it (or it best) serves that wait,
+        and its free slots. A pool with extra tags (gpu) counts only jobs that need one of them, so it
+        scales apart from the plain cpu pool."""
+        pool = frozenset(tags) | {"cpu"}
+        extra = pool - {"cpu"}
+        now = self.clock()
+        queued = 0
+        for e in self.jobs.values():
+            if (e.state is JobState.QUEUED or e.state is JobState.RETRYING) and e.not_before <= now:
+                req = e.job.requires
+                if req <= pool and (not extra or req & extra):
+                    queued += 1
+        members = [w for w in self.workers.values() if pool <= w.tags and not w.draining]
+        return {
+            "queued": queued,
+            "free": sum(max(0, w.slots - len(w.running)) for w in members),
+            "running": sum(len(w.running) for w in members),
+            "slots": sum(w.slots for w in members),
+            "workers": len(members),
+        }
 
     def stats(self) -> dict[str, Any]:
         states: dict[str, int] = {}

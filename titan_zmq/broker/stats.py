@@ -64,6 +64,6 @@ class StatsFeed:
             "rate_out": rate_out,
             "worker_list": workers,
             "dags": shown,
-            "services": [],  # long-running services arrive with issue 6
+            "services": [],  # filled by the broker (services live beside the scheduler)
             **c,
         }

@@ -36,6 +36,7 @@ from titan_zmq.errors import (
     KVTypeError,
     PayloadTooLarge,
     ProtocolError,
+    ServiceFailed,
     TitanError,
     UnknownJob,
     WaitTimeout,
@@ -397,6 +398,72 @@ class TitanClient:
     def workers(self) -> list[dict[str, Any]]:
         """The connected workers: name, host, tags, slots, used, running, done, last_heartbeat_age."""
         return list(self.request(P.Workers))
+
+    # ---- services -------------------------------------------------------------------------
+
+    def deploy(
+        self,
+        name: str,
+        *,
+        shell: str | None = None,
+        script: str | Path | None = None,
+        project: str | Path | None = None,
+        args: Iterable[Any] | None = None,
+        wait: float | None = 30.0,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Deploy a long-running service: a command (``shell``), a Python file (``script``), or a
+        ``project`` folder's ``script``. Options: ``replicas``, ``port`` (else the broker picks a free
+        one; the process gets it as ``$PORT``), ``health`` ("tcp" or "http:/path"), ``requires``,
+        ``env``, ``max_crashes``/``crash_window`` (crash loop), ``backoff``, ``grace`` (stop).
+        With ``wait``, blocks until every replica passed its health check (ServiceFailed if one
+        failed, WaitTimeout after ``wait`` seconds). Returns the service's record."""
+        job = self.build(shell=shell, script=script, project=project, args=args)
+        spec: dict[str, Any] = {"name": name, "kind": job["kind"], "target": job["target"]}
+        for key in ("args", "blob"):
+            if key in job:
+                spec[key] = job[key]
+        for key, value in options.items():
+            if value is not None:
+                spec[key] = sorted(value) if key == "requires" and not isinstance(value, str) else value
+        if isinstance(spec.get("requires"), str):
+            spec["requires"] = [t.strip() for t in spec["requires"].split(",") if t.strip()]
+        blobs = {spec["blob"]: self._blobs[spec["blob"]]} if "blob" in spec else {}
+        rec: dict[str, Any] = self.request(P.Deploy, spec=spec, blobs=blobs)
+        if wait is None:
+            return rec
+        deadline = time.monotonic() + wait
+        while rec["state"] != "running":
+            if rec["state"] == "failed":
+                errors = "; ".join(r["error"] or r["state"] for r in rec["replicas"] if r["state"] == "failed")
+                raise ServiceFailed(f"service {name} failed: {errors}")
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"service {name} not running after {wait:g}s: " + ", ".join(
+                    f"{r['id']} {r['state']}" + (f" ({r['error']})" if r["error"] else "") for r in rec["replicas"]))
+            time.sleep(0.1)
+            rec = self.services(name)[0]
+        return rec
+
+    def services(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every service (or the one named): state, replicas with host, port, pid, restarts, uptime."""
+        return list(self.request(P.Services, name=name))
+
+    def stop_service(self, name: str) -> dict[str, Any]:
+        """Stop a service: SIGTERM to each replica, SIGKILL after its grace period."""
+        return dict(self.request(P.Stop, name=name))
+
+    def service_address(self, name: str) -> str:
+        """``host:port`` of a running replica of the service (BrokerError if none is running)."""
+        rec = self.services(name)[0]
+        running = [r["address"] for r in rec["replicas"] if r["state"] == "running"]
+        if not running:
+            states = ", ".join(f"{r['id']} {r['state']}" for r in rec["replicas"])
+            raise BrokerError(f"service {name!r} has no running replica ({states})", "not_running")
+        return str(running[0])
+
+    def pressure(self, tags: Iterable[str] = ()) -> dict[str, int]:
+        """Queued jobs and free slots of the pool of workers with ``tags`` (the node agent's signal)."""
+        return dict(self.request(P.Pressure, tags=sorted(tags)))
 
     @property
     def kv(self) -> KV:

@@ -1,4 +1,4 @@
-"""Client commands beyond jobs: ``titan logs JOB [-f]`` and ``titan kv get|set|del|ls``."""
+"""Client commands beyond jobs: ``titan logs``, ``titan deploy|services|stop`` and ``titan kv``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,39 @@ EXIT_OK, EXIT_FAIL = 0, 1
 def add_parsers(
     sub: Any, common: argparse.ArgumentParser, add_broker_addr: Callable[[argparse.ArgumentParser], None]
 ) -> None:
-    """Register ``logs`` and the ``kv`` command group on the main parser."""
+    """Register ``logs``, the service commands and the ``kv`` command group on the main parser."""
+    p = sub.add_parser(
+        "deploy", parents=[common], help="deploy a long-running service (restarted on crash)",
+        description="Deploy a service: a Python file (--script), a project folder (--project DIR --script "
+        "ENTRY) or a command (-- COMMAND...). It gets its port as $PORT and counts as running once its "
+        "health check passes.",
+        epilog="Example: titan deploy web --replicas 2 --health http:/ -- python -m http.server $PORT",
+    )  # fmt: skip
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--script", metavar="FILE", help="run a Python file (its content travels with it)")
+    p.add_argument("--project", metavar="DIR", help="ship this folder; --script names the entry point in it")
+    p.add_argument("--arg", action="append", default=[], help="an argument for --script (repeatable)")
+    p.add_argument("--requires", default=None, metavar="TAG,...", help="capability tags the worker must have")
+    p.add_argument("--replicas", type=int, default=None, help="instances, spread over hosts (default 1)")
+    p.add_argument("--port", type=int, default=None, help="this port (default: a free one the broker picks)")
+    p.add_argument("--health", default=None, help="tcp (default) or http:/path (2xx/3xx means healthy)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="an environment variable")
+    p.add_argument("--max-crashes", type=int, default=None, help="crashes within --crash-window that fail it (5)")
+    p.add_argument("--crash-window", type=float, default=None, metavar="S", help="seconds (default 60)")
+    p.add_argument("--grace", type=float, default=None, metavar="S", help="SIGTERM to SIGKILL on stop (10)")
+    p.add_argument("--no-wait", action="store_true", help="return at once, before it is healthy")
+    p.add_argument("--json", action="store_true", help="print the service's record as JSON")
+    add_broker_addr(p)
+    p = sub.add_parser("services", parents=[common], help="list services: address, state, restarts, uptime",
+                       description="List the services and where their replicas run.")  # fmt: skip
+    p.add_argument("name", nargs="?", default=None, metavar="NAME")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_broker_addr(p)
+    p = sub.add_parser("stop", parents=[common], help="stop a service (SIGTERM, then SIGKILL after its grace)",
+                       description="Stop a service: SIGTERM to each replica, SIGKILL after its grace.")  # fmt: skip
+    p.add_argument("name", metavar="NAME")
+    add_broker_addr(p)
+
     p = sub.add_parser(
         "logs", parents=[common], help="print a job's output (also after it ended); -f follows it live",
         description="Print a job's output lines: stdout lines to stdout, stderr lines to stderr. With -f, "
@@ -52,6 +84,78 @@ def add_parsers(
     q.add_argument("prefix", nargs="?", default="")
     q.add_argument("--json", action="store_true", help="print the keys as a JSON list")
     add_broker_addr(q)
+
+
+def cmd_deploy(args: argparse.Namespace, rest: list[str]) -> int:
+    from titan_zmq.client import TitanClient
+    from titan_zmq.errors import ConfigError
+
+    if bool(rest) == bool(args.script):
+        raise ConfigError("give the service as --script FILE (optionally with --project DIR) or as -- COMMAND...")
+    env = {}
+    for item in args.env:
+        if "=" not in item:
+            raise ConfigError(f"--env {item!r}: use NAME=VALUE")
+        k, v = item.split("=", 1)
+        env[k] = v
+    options: dict[str, Any] = {
+        "requires": args.requires, "replicas": args.replicas, "port": args.port, "health": args.health,
+        "env": env or None, "max_crashes": args.max_crashes, "crash_window": args.crash_window, "grace": args.grace,
+    }  # fmt: skip
+    with TitanClient(args.broker) as client:
+        if rest:
+            # Each word in double quotes: spaces stay inside words, while $PORT (quoted against your own
+            # shell's expansion) expands on the worker.
+            command = rest[0] if len(rest) == 1 else " ".join(_dquote(w) for w in rest)
+            rec = client.deploy(args.name, shell=command,
+                                wait=None if args.no_wait else 60.0, **options)  # fmt: skip
+        else:
+            rec = client.deploy(args.name, script=args.script, project=args.project, args=args.arg or None,
+                                wait=None if args.no_wait else 60.0, **options)  # fmt: skip
+    if args.json:
+        print(json.dumps(rec, indent=2))
+    else:
+        addrs = ", ".join(r["address"] or "-" for r in rec["replicas"])
+        print(f"service {rec['name']}: {rec['state']} at {addrs}")
+    return EXIT_OK
+
+
+def _dquote(word: str) -> str:
+    if word and all(c.isalnum() or c in "-_./:=,+@%" for c in word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from titan_zmq.client import TitanClient
+
+    with TitanClient(args.broker) as client:
+        recs = client.services(args.name)
+    if args.json:
+        print(json.dumps(recs, indent=2))
+        return EXIT_OK
+    if not recs:
+        print("no services")
+        return EXIT_OK
+    rows = [("NAME", "REPLICA", "ADDRESS", "STATE", "RESTARTS", "UPTIME", "NOTE")]
+    for rec in recs:
+        for r in rec["replicas"]:
+            up = f"{r['uptime']:.0f}s" if r["uptime"] is not None else "-"
+            rows.append((rec["name"], r["id"], r["address"] or "-", r["state"], str(r["restarts"]), up,
+                         (r["error"] or "")[:60]))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from titan_zmq.client import TitanClient
+
+    with TitanClient(args.broker) as client:
+        rec = client.stop_service(args.name)
+    print(f"service {rec['name']}: {rec['state']}")
+    return EXIT_OK
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

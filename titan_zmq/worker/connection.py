@@ -28,12 +28,24 @@ from titan_zmq.process import Waker
 from titan_zmq.worker.cache import BlobCache
 from titan_zmq.worker.executors import Executor
 from titan_zmq.worker.gpu import gpu_tags
+from titan_zmq.worker.services import ServiceRunner
 
 log = logging.getLogger(__name__)
 
 _RESULT_LINGER = 0.002  # seconds a finished result may wait for others to share its message
 _LOG_LINGER = 0.05  # seconds output lines may wait for more to share their message
 _LOAD_EVERY = 1.0  # seconds between load reports (cpu, memory) in heartbeats
+
+
+def facing_ip(host: str, port: int) -> str:
+    """The local IP address this machine uses to reach ``host`` (where its services are reachable)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((host, port))  # UDP: picks a route, sends nothing
+            return str(s.getsockname()[0])
+    except OSError:
+        return socket.gethostname()
 
 
 def host_load() -> dict[str, Any]:
@@ -67,6 +79,10 @@ class Worker:
             self.cache, env, slots=cfg.slots, output_tail=cfg.output_tail, memory_mb=cfg.job_memory_mb,
             prefetch_wait=cfg.prefetch_wait,
         )  # fmt: skip
+        self.services = ServiceRunner(self.cache, env, self.executor.logs, cfg.output_tail)
+        self.address = cfg.advertise or facing_ip(self.host, self.front_port)
+        self.draining = False  # takes no new jobs; leaves when those it holds are done
+        self._drain_sent = False
         self.ctx = zmq.Context()
         self.sock: zmq.Socket[bytes] | None = None
         self.unacked: dict[str, dict[str, Any]] = {}
@@ -89,6 +105,11 @@ class Worker:
         self._stopping.set()
         self._waker.wake()
 
+    def drain(self) -> None:
+        """Take no new jobs, finish those held, then leave (a node agent scaling down). Signal-safe."""
+        self.draining = True
+        self._waker.wake()
+
     def run(self) -> None:
         log.info(
             "worker %s starting with tags %s and %d slots", self.config.name, ",".join(self.tags), self.config.slots
@@ -102,6 +123,7 @@ class Worker:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        self.services.shutdown()
         stopped = self.executor.shutdown()
         finished = self.executor.take_finished()
         stopped_ids = [r["id"] for r in finished if r["outcome"] == "interrupted"]
@@ -111,6 +133,9 @@ class Worker:
                 self.unacked[r["id"]] = r
             if self.unacked:
                 self._send(P.Result(results=list(self.unacked.values())))
+            states = self.services.take_states()
+            if states:
+                self._send(P.SvcState(states=states))
             self._send(P.Bye(running=stopped_ids or stopped))
             self.sock.setsockopt(zmq.LINGER, 1000)
             self.sock.close()
@@ -147,6 +172,8 @@ class Worker:
             else:
                 ex.on_readable(int(item))
         ex.poll()
+        if self.services.replicas:
+            self.services.poll()
         finished = ex.take_finished()
         for r in finished:
             self.unacked[r["id"]] = r
@@ -246,8 +273,12 @@ class Worker:
                 seen_lease=self.seen_lease,
                 cached=self.cache.shas(),
                 prefetch=self.config.prefetch * self.config.slots,
+                services=self.services.running(),
+                draining=self.draining,
+                address=self.address,
             )
         )
+        self._drain_sent = self.draining
         self._outgoing = []  # every unacknowledged result goes now
         if self.unacked:
             self._send(P.Result(results=list(self.unacked.values())))
@@ -283,6 +314,8 @@ class Worker:
             logs = ex.logs
             if logs.lines:
                 wait = min(wait, logs.since + _LOG_LINGER - now)
+            if self.services.replicas:
+                wait = min(wait, 0.2)  # health probes and exits of services are polled
             _, finished = self._turn(poller, watched, sock, wait, self._drain)
             now = time.monotonic()
             if finished:
@@ -292,6 +325,18 @@ class Worker:
             # Output lines go before the results of their jobs (one socket keeps the order).
             if logs.lines and (finished or len(logs.lines) >= 500 or now - logs.since >= _LOG_LINGER):
                 self._send(P.Log(lines=logs.take()))
+            if self.services.states:
+                self._send(P.SvcState(states=self.services.take_states()))
+            if self.draining:
+                if not self._drain_sent:
+                    self._send(P.Drain())
+                    self._drain_sent = True
+                    for res in ex.take_waiting():
+                        self.unacked[res["id"]] = res
+                        self._outgoing.append(res)
+                if not ex.tasks and not ex.waiting and not self._outgoing and not self.unacked:
+                    log.info("worker %s drained: no job left; leaving", self.config.name)
+                    self._stopping.set()
             # Group results: while other jobs still run, wait up to _RESULT_LINGER for their results
             # to share one message; with nothing else running, send at once (no added latency).
             if self._outgoing and (
@@ -325,14 +370,17 @@ class Worker:
                 continue
             self.handle(msg)
 
+    def _cache_blobs(self, blobs: dict[str, bytes]) -> None:
+        for sha, content in blobs.items():
+            try:
+                self.cache.put(sha, content)
+            except Exception as exc:  # a job that needs it reports a cache miss and runs elsewhere
+                log.error("could not cache blob %s: %s", sha[:12], exc)
+
     def handle(self, msg: P.Message) -> None:
         """One message from the broker."""
         if isinstance(msg, P.Assign):
-            for sha, content in msg.blobs.items():
-                try:
-                    self.cache.put(sha, content)
-                except Exception as exc:
-                    log.error("could not cache blob %s: %s", sha[:12], exc)
+            self._cache_blobs(msg.blobs)
             leases = msg.ack_leases + [0] * (len(msg.acks) - len(msg.ack_leases))
             for jid, lease in zip(msg.acks, leases, strict=False):
                 held = self.unacked.get(jid)
@@ -355,6 +403,12 @@ class Worker:
                     continue  # it holds another lease of that job (or none): not the one meant
                 if self.executor.kill(jid, reason):
                     log.info("job %s killed: %s", jid, msg.reason)
+        elif isinstance(msg, P.SvcStart):
+            self._cache_blobs(msg.blobs)
+            self.services.start(msg.spec)
+        elif isinstance(msg, P.SvcStop):
+            for rid in msg.ids:
+                self.services.stop(rid, msg.grace)
         elif isinstance(msg, P.Reregister):
             log.info("broker asked us to register again (it restarted)")
             self._register()

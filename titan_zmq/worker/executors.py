@@ -293,6 +293,13 @@ class Executor:
             _, (job, _) = self.waiting.popitem(last=False)
             self.start(job)
 
+    def take_waiting(self) -> list[dict[str, Any]]:
+        """Hand back every prefetched job not started yet (outcome ``returned``): the worker drains."""
+        out = [{"id": jid, "attempt": job.get("attempt", 1), "lease": job.get("lease", 0), "outcome": "returned"}
+               for jid, (job, _) in self.waiting.items()]  # fmt: skip
+        self.waiting.clear()
+        return out
+
     def return_stale(self) -> None:
         """Hand back prefetched jobs that waited too long for a slot (a long job is in the way)."""
         if not self.waiting:

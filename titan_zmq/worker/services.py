@@ -1,0 +1,203 @@
+"""Long-running services on a worker: started with ``$PORT``, health-checked, stopped gently.
+
+The broker decides where each replica runs and on which port; the worker starts the process
+in its own session, checks that the port is free first, probes its health (``tcp``: the
+port accepts a connection; ``http:/path``: a GET answers 2xx or 3xx) in a small thread, and
+reports every change of state (``SVC_STATE``): ``starting``, ``running``, ``exited`` (with
+the exit code), ``port_conflict``, ``start_failed``, ``stopped``. Restarts are the broker's
+decision, so a crash on any node is handled the same way.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from titan_zmq.process import die_with_parent, kill_tree
+from titan_zmq.worker.cache import BlobCache
+from titan_zmq.worker.executors import LogSink, Tail, _read_available
+
+log = logging.getLogger(__name__)
+
+HEALTH_EVERY = 0.2  # seconds between health probes while a service starts
+
+
+def port_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` here (a bind on all addresses succeeds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def probe(health: str | None, port: int, timeout: float = 1.0) -> bool:
+    """One health check: ``tcp`` (or none) connects; ``http:/path`` needs a 2xx/3xx answer."""
+    if health and health.startswith("http:"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.request("GET", health[5:] or "/")
+            return 200 <= conn.getresponse().status < 400
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class Replica:
+    """One service process on this worker."""
+
+    def __init__(self, spec: dict[str, Any], popen: subprocess.Popen[bytes], logs: LogSink, tail: int) -> None:
+        self.spec = spec
+        self.id: str = spec["id"]
+        self.port: int = spec["port"]
+        self.popen = popen
+        self.out = Tail(tail, logs, self.id, "out")
+        self.err = Tail(tail, logs, self.id, "err")
+        self.healthy = threading.Event()
+        self.reported = "starting"
+        self.stop_deadline: float | None = None
+        self.started = time.monotonic()
+        self._probe_stop = threading.Event()
+        threading.Thread(target=self._probe, name=f"health-{self.id}", daemon=True).start()
+
+    def _probe(self) -> None:
+        health = self.spec.get("health")
+        while not self._probe_stop.is_set() and self.popen.poll() is None:
+            if probe(health, self.port):
+                self.healthy.set()
+                return
+            self._probe_stop.wait(HEALTH_EVERY)
+
+    def close(self) -> None:
+        self._probe_stop.set()
+
+
+class ServiceRunner:
+    """The services this worker runs, by replica id."""
+
+    def __init__(self, cache: BlobCache, env: dict[str, str], logs: LogSink, tail: int = 64 * 1024) -> None:
+        self.cache = cache
+        self.env = env
+        self.logs = logs
+        self.tail = tail
+        self.replicas: dict[str, Replica] = {}
+        self.states: list[dict[str, Any]] = []  # changes not yet sent to the broker
+
+    def _report(self, spec: dict[str, Any], state: str, **fields: Any) -> None:
+        self.states.append({"id": spec["id"], "name": spec["name"], "state": state, "port": spec.get("port"),
+                            "host": socket.gethostname(), **fields})  # fmt: skip
+
+    def start(self, spec: dict[str, Any]) -> None:
+        """Start a replica (again, if the broker says so; one already running is kept)."""
+        if spec["id"] in self.replicas:
+            r = self.replicas[spec["id"]]
+            self._report(spec, r.reported, pid=r.popen.pid)
+            return
+        port = int(spec["port"])
+        if not port_free(port):
+            self._report(spec, "port_conflict", error=f"port {port} is in use on {socket.gethostname()}")
+            return
+        try:
+            argv, cwd = self._argv(spec)
+            env = {**self.env, **(spec.get("env") or {}), "PORT": str(port), "TITAN_SERVICE": spec["name"],
+                   "TITAN_JOB_ID": spec["id"]}  # fmt: skip
+            popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
+                start_new_session=True, preexec_fn=die_with_parent,
+            )  # fmt: skip
+        except (OSError, KeyError, ValueError) as exc:
+            self._report(spec, "start_failed", error=f"could not start: {exc}")
+            return
+        assert popen.stdout is not None and popen.stderr is not None
+        for stream in (popen.stdout, popen.stderr):
+            os.set_blocking(stream.fileno(), False)
+        replica = Replica(spec, popen, self.logs, self.tail)
+        self.replicas[spec["id"]] = replica
+        self._report(spec, "starting", pid=popen.pid)
+        log.info("service %s started (pid %d, port %d)", spec["id"], popen.pid, port)
+
+    def _argv(self, spec: dict[str, Any]) -> tuple[list[str], str | None]:
+        kind = spec["kind"]
+        args = [str(a) for a in spec.get("args", [])]
+        if kind == "shell":
+            return ["/bin/sh", "-c", spec["target"], "titan-service", *args], None
+        sha = spec["blob"]
+        if not self.cache.has(sha):
+            raise ValueError("its script is not in the cache")
+        if kind == "archive":
+            cwd = str(self.cache.extract(sha))
+            return [sys.executable, os.path.join(cwd, spec["target"]), *args], cwd
+        return [sys.executable, str(self.cache.path(sha)), *args], None
+
+    def stop(self, replica_id: str, grace: float) -> None:
+        """SIGTERM now, SIGKILL after ``grace`` seconds if it is still there."""
+        r = self.replicas.get(replica_id)
+        if r is None:
+            return
+        if r.stop_deadline is None:
+            r.stop_deadline = time.monotonic() + grace
+            try:
+                os.killpg(r.popen.pid, signal.SIGTERM)
+            except OSError:
+                pass
+
+    def poll(self) -> None:
+        """Read output, notice health and exits, enforce stop grace periods."""
+        now = time.monotonic()
+        for rid, r in list(self.replicas.items()):
+            assert r.popen.stdout is not None and r.popen.stderr is not None
+            _read_available(r.popen.stdout.fileno(), r.out)
+            _read_available(r.popen.stderr.fileno(), r.err)
+            code = r.popen.poll()
+            if code is not None:
+                r.close()
+                r.out.flush()
+                r.err.flush()
+                del self.replicas[rid]
+                kill_tree(r.popen.pid)  # what it left behind in its session
+                for stream in (r.popen.stdout, r.popen.stderr):
+                    stream.close()
+                state = "stopped" if r.stop_deadline is not None else "exited"
+                self._report(r.spec, state, exit_code=code, pid=r.popen.pid,
+                             error=None if state == "stopped" else f"exited with code {code}",
+                             stderr=r.err.text()[-2000:])  # fmt: skip
+                continue
+            if r.stop_deadline is not None and now >= r.stop_deadline:
+                kill_tree(r.popen.pid)
+            elif r.reported == "starting" and r.healthy.is_set():
+                r.reported = "running"
+                self._report(r.spec, "running", pid=r.popen.pid)
+
+    def take_states(self) -> list[dict[str, Any]]:
+        out, self.states = self.states, []
+        return out
+
+    def running(self) -> list[str]:
+        return list(self.replicas)
+
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Stop every service (the worker is leaving): SIGTERM, then SIGKILL after ``grace``."""
+        for rid in list(self.replicas):
+            self.stop(rid, grace)
+        deadline = time.monotonic() + grace + 1
+        while self.replicas and time.monotonic() < deadline:
+            self.poll()
+            time.sleep(0.05)
+        for r in self.replicas.values():
+            kill_tree(r.popen.pid)
