@@ -11,6 +11,7 @@ class Handler(socketserver.StreamRequestHandler):
 
 
 if __name__ == "__main__":
+    socketserver.ThreadingTCPServer.allow_reuse_address = True
     print(f"echo server on port {os.environ['PORT']}", flush=True)
     with socketserver.ThreadingTCPServer(("0.0.0.0", int(os.environ["PORT"])), Handler) as server:
         server.serve_forever()

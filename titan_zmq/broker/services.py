@@ -171,6 +171,7 @@ class ServiceManager:
         self.start: dict[bytes, list[tuple[dict[str, Any], dict[str, bytes]]]] = {}
         self.stop_ids: dict[bytes, list[tuple[str, float]]] = {}
         self.events: list[dict[str, Any]] = []
+        self.bad_ports: dict[tuple[str, int], float] = {}  # (host, port) found taken, until when (monotonic)
 
     def _log(self, op: list[Any]) -> None:
         if self.journal is not None:
@@ -273,6 +274,12 @@ class ServiceManager:
             if other is not r and other.host is not None and other.state in ("starting", "running"):
                 hosts[other.host] = hosts.get(other.host, 0) + 1
         used = self._ports_by_host()
+        now = self.clock()
+        for (host, bad), until in list(self.bad_ports.items()):
+            if until <= now:
+                del self.bad_ports[(host, bad)]
+            else:
+                used.setdefault(host, set()).add(bad)
         choices = []
         for w in eligible:
             port = spec.port if spec.port is not None else self._free_port(used.get(w.address or w.host, set()))
@@ -337,6 +344,8 @@ class ServiceManager:
             self._maybe_gone(svc)
             return
         if state == "port_conflict" and svc.spec.port is None:
+            if r.host is not None and r.port is not None:  # taken by something else there: avoid it a while
+                self.bad_ports[(r.host, r.port)] = self.clock() + 60.0
             r.state, r.worker, r.not_before = "pending", None, 0.0  # another port, at once
             r.error = st.get("error")
             return

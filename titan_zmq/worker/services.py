@@ -31,9 +31,9 @@ HEALTH_EVERY = 0.2  # seconds between health probes while a service starts
 
 
 def port_free(port: int) -> bool:
-    """Whether nothing listens on ``port`` here (a bind on all addresses succeeds)."""
+    """Whether ``port`` is free here: a plain bind on all addresses succeeds. No SO_REUSEADDR: a
+    port still in TIME_WAIT counts as taken, since a server that does not set it could not bind."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("0.0.0.0", port))
         except OSError:
