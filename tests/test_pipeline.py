@@ -124,7 +124,9 @@ def test_both_formats_give_the_same_specs(tmp_path: Path) -> None:
 
 def test_every_example_loads() -> None:
     names = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
-    assert names == ["diamond.yaml", "fanout.yaml", "gpu.yaml", "mapreduce.yaml", "titan_format.yaml"]
+    assert names == ["diamond.yaml", "fanout.yaml", "gpu.yaml", "mapreduce.yaml", "service.yaml", "titan_format.yaml"]
+    svc = load_pipeline(EXAMPLES / "service.yaml")
+    assert list(svc.services) == ["pipeline-echo"] and [n["after"] for n in svc.dag.nodes] == [[], ["ask"]]
     fan = load_pipeline(EXAMPLES / "fanout.yaml").dag
     assert len(fan.nodes) == 102 and len(fan.nodes[-1]["after"]) == 100
 
@@ -198,8 +200,14 @@ def test_missing_script(tmp_path: Path) -> None:
 def test_titan_format_errors(tmp_path: Path) -> None:
     (tmp_path / "t.py").write_text("print(1)\n")
     refused(tmp_path, "project: yes please\njobs:\n  - {id: a, file: t.py}\n", ":1:", "'project' must be true or false")
-    refused(tmp_path, "jobs:\n  - id: svc\n    type: service\n    file: t.py\n    port: 8080\n",
-            ":3: job 'svc': 'type: service'", "not supported in this version yet")  # fmt: skip
+    svc = tmp_path / "svc.yaml"
+    svc.write_text("jobs:\n  - id: svc\n    type: service\n    file: t.py\n    port: 8080\n  - id: use\n"
+                   "    file: t.py\n    depends_on: [svc]\n")  # fmt: skip
+    p = load_pipeline(svc)
+    assert p.services == {"svc": {"script": str(tmp_path / "t.py"), "port": 8080, "health": "tcp"}}
+    assert [n["id"] for n in p.dag.nodes] == ["use"] and p.dag.nodes[0]["after"] == []
+    refused(tmp_path, "jobs:\n  - {id: a, file: t.py}\n  - id: svc\n    type: service\n    file: t.py\n"
+            "    depends_on: [a]\n", ":6:", "a service starts before every job")  # fmt: skip
     refused(tmp_path, "jobs:\n  - id: a\n    type: batch\n    file: t.py\n", ":3:", "'type' must be 'run' or 'service'")
     src = tmp_path / "aff.yaml"
     src.write_text(

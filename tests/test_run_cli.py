@@ -46,3 +46,16 @@ def test_run_local_starts_its_own_cluster() -> None:
     res = titan("run", "--local", str(ROOT / "yaml_pipelines" / "diamond.yaml"))
     assert res.returncode == 0, res.stderr
     assert "diamond: succeeded" in res.stdout and "4/4" in res.stderr
+
+
+def test_run_a_pipeline_with_a_service(shared_cluster: LocalCluster) -> None:
+    res = titan("run", str(ROOT / "yaml_pipelines" / "service.yaml"), "--json", broker=shared_cluster.address)
+    assert res.returncode == 0, res.stderr
+    assert "service pipeline-echo: running at " in res.stderr
+    out = json.loads(res.stdout)
+    answers = [j["stdout"].strip() for j in out["jobs"]]
+    assert answers[0].startswith("service answered: ") and answers[0].endswith(" hello")
+    assert answers[1].endswith(" again")
+    client = shared_cluster.client()
+    assert client.services("pipeline-echo")[0]["state"] == "running"  # a service outlives the pipeline
+    client.stop_service("pipeline-echo")

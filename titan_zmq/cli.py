@@ -476,6 +476,13 @@ def _run_pipeline(client: Any, pipeline: Any, args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    err0 = sys.stderr
+    for name, kw in pipeline.services.items():  # services first: jobs after them find them up
+        print(f"deploying service {name}...", file=err0)
+        rec = client.deploy(name, wait=60.0, **kw)
+        print(f"service {name}: {rec['state']} at " + ", ".join(r["address"] for r in rec["replicas"]), file=err0)
+    if not pipeline.dag.nodes:
+        return EXIT_OK
     run = client.submit_dag(pipeline.dag.instance())  # fresh ids: every run is a new run
     total = len(run.ids)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout

@@ -26,8 +26,13 @@ Our own format::
 
 The Titan format (``version``, ``project``, per job ``type``, ``file``, ``requirement``...) loads
 into the same model: ``file`` becomes a script job, ``requirement`` a capability tag (``GENERAL``:
-any worker). ``project: true``, ``type: service`` and ``hitl_message`` are
-refused with a clear error: not supported by this version yet.
+any worker). ``hitl_message`` is refused with a clear error: not supported by this version yet.
+
+``type: service`` (both formats; with ``port``, and in our format ``health`` and ``replicas``)
+deploys a long-running service instead of running a job. ``titan run`` deploys a pipeline's
+services first and waits until they are healthy; a job ``after`` a service then simply runs
+(the service is up), and finds it with ``client.service_address(name)``. Services keep running
+after the pipeline: ``titan stop NAME`` ends them.
 
 Every error names the file, the line and the key: ``pipeline.yaml:12: job 'train': unknown key
 'retrys' (known: ...)``.
@@ -61,6 +66,7 @@ class Pipeline:
     name: str
     dag: Dag
     path: Path
+    services: dict[str, dict[str, Any]]  # name -> TitanClient.deploy() keywords, deployed before the DAG
 
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
@@ -71,13 +77,14 @@ OWN_TOP = ("name", "description", "jobs")
 OWN_JOB = (
     "id", "call", "shell", "script", "args", "kwargs", "env", "requires", "priority", "delay", "timeout",
     "retries", "backoff", "after", "depends_on", "on_failure", "labels", "node", "affinity", "affinity_wait",
+    "type", "port", "health", "replicas",
 )  # fmt: skip
 TITAN_TOP = ("name", "version", "project", "jobs")
 TITAN_JOB = (
     "id", "type", "file", "args", "depends_on", "priority", "delay", "affinity", "requirement", "port",
     "hitl_message",
 )  # fmt: skip
-_TITAN_JOB_MARKERS = ("file", "type", "requirement")
+_TITAN_JOB_MARKERS = ("file", "requirement")  # "type" is in both formats
 _TITAN_TOP_MARKERS = ("version", "project")
 
 
@@ -294,6 +301,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
     dag = Dag(name)
     seen: dict[str, _Job] = {}
     parents: dict[str, list[str]] = {}
+    services: dict[str, dict[str, Any]] = {}
+    jobs_after: list[tuple[str, dict[str, Any]]] = []
     for job in jobs:
         jid = job.string("id")
         if jid is None:
@@ -313,7 +322,16 @@ def load_pipeline(path: str | Path) -> Pipeline:
             options["script"] = Path(options["script"]).resolve().relative_to(folder).as_posix()
             options["project"] = str(folder)
         parents[jid] = options.pop("after")
-        dag.add(id=jid, after=parents[jid], **options)
+        service = options.pop("service", None)
+        if service is not None:
+            if parents[jid]:
+                key = "after" if "after" in job.fields else "depends_on"
+                raise job.fail(key, "a service starts before every job of the pipeline; it cannot wait for jobs")
+            services[jid] = {**options, **service}
+        else:
+            jobs_after.append((jid, options))
+    for jid, options in jobs_after:  # a job after a service: the service is up before the DAG starts
+        dag.add(id=jid, after=[p for p in parents[jid] if p not in services], **options)
     for jid, ps in parents.items():
         job = seen[jid]
         key = "after" if "after" in job.fields else "depends_on"
@@ -321,7 +339,9 @@ def load_pipeline(path: str | Path) -> Pipeline:
             if p not in seen:
                 raise job.fail(key, f"'{key}' names an unknown job '{p}' (not in this file)")
     _check_cycles(seen, parents)
-    return Pipeline(name=name, dag=dag, path=path)
+    if not jobs_after and not services:
+        raise doc.fail(jobs_node, "the pipeline has no jobs")
+    return Pipeline(name=name, dag=dag, path=path, services=services)
 
 
 def _jobs(doc: _Doc, node: yaml.Node) -> list[_Job]:
@@ -392,6 +412,14 @@ def _scalar_args(job: _Job, args: list[Any]) -> list[Any]:
 
 def _own_job(job: _Job) -> dict[str, Any]:
     job.check_keys(OWN_JOB, "own")
+    jtype = job.get("type")
+    if jtype not in (None, "run", "service"):
+        raise job.fail("type", f"'type' must be 'run' (a job, the default) or 'service', got {jtype!r}")
+    if jtype == "service":
+        return _own_service(job)
+    for key in ("port", "health", "replicas"):
+        if job.has(key):
+            raise job.fail(key, f"'{key}' is only for 'type: service' entries", at_key=True)
     given = [k for k in ("call", "shell", "script") if job.has(k)]
     if len(given) != 1:
         got = ", ".join(given) if given else "none"
@@ -454,16 +482,45 @@ def _own_job(job: _Job) -> dict[str, Any]:
     return options
 
 
+def _own_service(job: _Job) -> dict[str, Any]:
+    allowed = {"id", "type", "shell", "script", "args", "env", "requires", "port", "health", "replicas", "after",
+               "depends_on"}  # fmt: skip
+    for key in job.fields:
+        if key not in allowed:
+            raise job.fail(key, f"'{key}' does not apply to a service (known: {', '.join(sorted(allowed))})", True)
+    given = [k for k in ("shell", "script") if job.has(k)]
+    if len(given) != 1:
+        raise job.fail(None, "a service needs exactly one of shell: or script:")
+    options: dict[str, Any] = {}
+    if given[0] == "shell":
+        options["shell"] = job.string("shell")
+    else:
+        options["script"] = job.script_path("script")
+    args = job.get("args")
+    if args is not None:
+        if not isinstance(args, list):
+            raise job.fail("args", f"'args' must be a list, got {args!r}")
+        options["args"] = _scalar_args(job, args)
+    env = job.str_map("env")
+    health = job.string("health")
+    if health is not None and health != "tcp" and not health.startswith("http:/"):
+        raise job.fail("health", f"'health' must be 'tcp' or 'http:/path', got {health!r}")
+    options["service"] = {"port": job.integer("port", 1, 65535), "health": health,
+                          "replicas": job.integer("replicas", 1, 1000), "env": env,
+                          "requires": job.tags("requires") or None}  # fmt: skip
+    options["after"] = job.id_list("after") or job.id_list("depends_on") or []
+    return options
+
+
 def _titan_job(job: _Job) -> dict[str, Any]:
     job.check_keys(TITAN_JOB, "Titan")
     jtype = job.get("type")
     if jtype is not None and jtype not in ("run", "service"):
         raise job.fail("type", f"'type' must be 'run' or 'service', got {jtype!r}")
-    if jtype == "service":
-        raise job.fail("type", "'type: service' (long-running services) is not supported in this version yet")
     if job.has("hitl_message"):
         raise job.fail("hitl_message", "'hitl_message' (human in the loop) is not supported in this version yet", True)
-    if job.has("port"):
+    port = job.integer("port", 1, 65535)
+    if port is not None and jtype != "service":
         raise job.fail("port", "'port' is only for 'type: service' jobs", at_key=True)
     if not job.has("file"):
         raise job.fail(None, "'file' is missing: a Titan 'run' job runs a Python file")
@@ -488,6 +545,10 @@ def _titan_job(job: _Job) -> dict[str, Any]:
             options["requires"] = [tag]
     _common(job, options)
     options["after"] = job.id_list("depends_on") or []
+    if jtype == "service":
+        options["service"] = {"port": port, "health": "tcp"}
+        for key in ("priority", "delay", "affinity"):
+            options.pop(key, None)
     return options
 
 
