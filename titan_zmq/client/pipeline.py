@@ -410,6 +410,19 @@ def _scalar_args(job: _Job, args: list[Any]) -> list[Any]:
     return [a if isinstance(a, str) else str(a) for a in args]
 
 
+def _command(job: _Job, kind: str, options: dict[str, Any]) -> None:
+    """``shell:`` or ``script:`` and its ``args`` (a call's args are set by the caller)."""
+    if kind == "shell":
+        options["shell"] = job.string("shell")
+    else:
+        options["script"] = job.script_path("script")
+    args = job.get("args")
+    if args is not None:
+        if not isinstance(args, list):
+            raise job.fail("args", f"'args' must be a list, got {args!r}")
+        options["args"] = _scalar_args(job, args)
+
+
 def _own_job(job: _Job) -> dict[str, Any]:
     job.check_keys(OWN_JOB, "own")
     jtype = job.get("type")
@@ -433,15 +446,13 @@ def _own_job(job: _Job) -> dict[str, Any]:
         if not _CALL_RE.fullmatch(target):
             raise job.fail("call", f"'call' {target!r} must look like 'package.module:function'")
         options["call"] = target
-    elif kind == "shell":
-        options["shell"] = job.string("shell")
+        args = job.get("args")
+        if args is not None:
+            if not isinstance(args, list):
+                raise job.fail("args", f"'args' must be a list, got {args!r}")
+            options["args"] = args  # any msgpack values
     else:
-        options["script"] = job.script_path("script")
-    args = job.get("args")
-    if args is not None:
-        if not isinstance(args, list):
-            raise job.fail("args", f"'args' must be a list, got {args!r}")
-        options["args"] = args if kind == "call" else _scalar_args(job, args)
+        _command(job, kind, options)
     kwargs = job.get("kwargs")
     if kwargs is not None:
         if kind != "call":
@@ -492,15 +503,7 @@ def _own_service(job: _Job) -> dict[str, Any]:
     if len(given) != 1:
         raise job.fail(None, "a service needs exactly one of shell: or script:")
     options: dict[str, Any] = {}
-    if given[0] == "shell":
-        options["shell"] = job.string("shell")
-    else:
-        options["script"] = job.script_path("script")
-    args = job.get("args")
-    if args is not None:
-        if not isinstance(args, list):
-            raise job.fail("args", f"'args' must be a list, got {args!r}")
-        options["args"] = _scalar_args(job, args)
+    _command(job, given[0], options)
     env = job.str_map("env")
     health = job.string("health")
     if health is not None and health != "tcp" and not health.startswith("http:/"):
