@@ -190,3 +190,15 @@ def test_a_torn_tail_is_cut_with_a_warning(tmp_path: Path) -> None:
         text = (c.log_dir / "broker.log").read_text()
     assert f"torn tail at offset {size}" in text and "cut off" in text
     assert journal.stat().st_size == size
+
+
+def test_a_service_survives_a_broker_restart_without_a_restart_of_its_own(durable: LocalCluster) -> None:
+    echo = str(Path(__file__).resolve().parent / "services" / "echo_server.py")
+    durable.add_worker(name="svc-host", slots=1)
+    durable.wait_workers(1)
+    client = durable.client()
+    before = client.deploy("kept", script=echo)["replicas"][0]
+    _restart(durable)
+    wait_for(lambda: client.services("kept")[0]["state"] == "running", 20, "the service to be adopted")
+    after = client.services("kept")[0]["replicas"][0]
+    assert (after["pid"], after["restarts"], after["address"]) == (before["pid"], 0, before["address"])

@@ -132,3 +132,22 @@ def test_deploy_services_stop_commands(shared_cluster: LocalCluster) -> None:
     assert missing.returncode == 1 and "unknown service 'web'" in missing.stderr
     usage = _titan("deploy", "nothing", *b)
     assert usage.returncode == 2 and "--script FILE" in usage.stderr
+
+
+def test_stop_escalates_to_sigkill_after_the_grace_period(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    code = ("import os, signal, socket, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); s = socket.socket(); "
+            "s.bind(('0.0.0.0', int(os.environ['PORT']))); s.listen(); time.sleep(300)")  # fmt: skip
+    rec = client.deploy("stubborn", shell=f'exec {sys.executable} -c "{code}"', grace=0.5)
+    pid = rec["replicas"][0]["pid"]
+    client.stop_service("stubborn")  # SIGTERM is ignored: SIGKILL after half a second
+    wait_for(lambda: all(s["name"] != "stubborn" for s in client.services()), 20, "SIGKILL after the grace")
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, 10, "the process to be gone")

@@ -279,6 +279,7 @@ class Worker:
             )
         )
         self._drain_sent = self.draining
+        self.services.report_all()
         self._outgoing = []  # every unacknowledged result goes now
         if self.unacked:
             self._send(P.Result(results=list(self.unacked.values())))

@@ -184,6 +184,11 @@ class ServiceRunner:
                 r.reported = "running"
                 self._report(r.spec, "running", pid=r.popen.pid)
 
+    def report_all(self) -> None:
+        """Say again how every replica is (after a reconnect: a restarted broker adopts them)."""
+        for r in self.replicas.values():
+            self._report(r.spec, r.reported, pid=r.popen.pid)
+
     def take_states(self) -> list[dict[str, Any]]:
         out, self.states = self.states, []
         return out
