@@ -128,3 +128,47 @@ def chatty(n: int, tag: str = "x") -> int:
         print(f"{tag} {i}")
     print(f"{tag} done", file=sys.stderr)
     return n
+
+
+def fan_out(n: int) -> list[str]:
+    """Spawn n squares and a sum that waits for all of them (a DAG grown at run time)."""
+    import titan_zmq
+
+    ctx = titan_zmq.current()
+    parts = [ctx.spawn("tests.jobs:square", args=[i]) for i in range(n)]
+    total = ctx.spawn("tests.jobs:sum_inputs", after=parts)
+    return [*parts, total]
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def sum_inputs(*, inputs: dict[str, int]) -> int:
+    return sum(inputs.values())
+
+
+def fragile_until(key: str, succeed_at: int, max_iterations: int) -> str:
+    """Fail-prone work in a feedback loop: count tries in the KV store; spawn a successor until one succeeds."""
+    import titan_zmq
+
+    ctx = titan_zmq.current()
+    tries = ctx.kv.incr(key)
+    if tries < succeed_at:
+        ctx.successor("tests.jobs:fragile_until", args=[key, succeed_at, max_iterations], max_iterations=max_iterations)
+        return f"try {tries} failed; successor spawned"
+    return f"succeeded on try {tries} (iteration {ctx.iteration})"
+
+
+def spawn_a_cycle() -> str:
+    import titan_zmq
+
+    ctx = titan_zmq.current()
+    a, b = f"{ctx.dag_id}.cyc-a", f"{ctx.dag_id}.cyc-b"
+    specs = [ctx.client.build("tests.jobs:noop", id=a, depends_on=[b]), ctx.client.build("tests.jobs:noop", id=b,
+             depends_on=[a])]  # fmt: skip
+    try:
+        ctx.spawn_many(specs)
+    except Exception as exc:
+        return f"refused: {exc}"
+    return "accepted"

@@ -6,11 +6,20 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["JobHandle", "LocalCluster", "TitanClient", "__version__"]
+__all__ = ["JobHandle", "LocalCluster", "TitanClient", "__version__", "current"]
 
 if TYPE_CHECKING:
     from titan_zmq.client import JobHandle, TitanClient
     from titan_zmq.local import LocalCluster
+
+
+def current() -> Any:
+    """The context of the job this code runs in: its ids, a client, the KV store, ``spawn``.
+
+    Raises TitanError outside a job (no ``TITAN_JOB_ID`` in the environment)."""
+    from titan_zmq.client.context import current as _current
+
+    return _current()
 
 
 def __getattr__(name: str) -> Any:

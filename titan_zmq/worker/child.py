@@ -167,6 +167,8 @@ def main(argv: list[str]) -> int:
         job = msgpack.unpackb(frame, raw=False)
         os.environ["TITAN_JOB_ID"] = job["id"]
         os.environ["TITAN_ATTEMPT"] = str(job.get("attempt", 1))
+        os.environ["TITAN_DAG_ID"] = job.get("dag") or ""
+        os.environ["TITAN_ITERATION"] = str((job.get("labels") or {}).get("titan.iteration", "0"))
         out = run_one(job)
         out["id"] = job["id"]
         try:

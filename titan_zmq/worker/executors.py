@@ -330,6 +330,8 @@ class Executor:
         env = dict(self.env)
         env["TITAN_JOB_ID"] = job["id"]
         env["TITAN_ATTEMPT"] = str(job.get("attempt", 1))
+        env["TITAN_DAG_ID"] = job.get("dag") or ""
+        env["TITAN_ITERATION"] = str((job.get("labels") or {}).get("titan.iteration", "0"))
         if "inputs" in job:  # parents' results, as a JSON file named by TITAN_INPUTS
             path = self.cache.root.parent / "inputs" / f"{job['id']}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -348,6 +350,10 @@ class Executor:
             "env": job.get("env") or {},
             "attempt": task.attempt,
         }
+        if job.get("dag"):
+            msg["dag"] = job["dag"]
+        if job.get("labels"):
+            msg["labels"] = job["labels"]
         if "inputs" in job:
             msg["inputs"] = job["inputs"]
         if job.get("blob"):

@@ -1,0 +1,70 @@
+"""Jobs that grow their own DAG at run time: titan_zmq.current(), spawn, fan-out/fan-in, feedback loops."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+import titan_zmq
+from titan_zmq.client import JobState
+from titan_zmq.client.context import IterationLimit, JobContext
+from titan_zmq.errors import TitanError
+from titan_zmq.local import LocalCluster, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_current_outside_a_job_says_so() -> None:
+    with pytest.raises(TitanError, match="inside a running job only"):
+        JobContext(env={})
+    ctx = JobContext(env={"TITAN_JOB_ID": "j1", "TITAN_ITERATION": "4"})
+    assert (ctx.job_id, ctx.dag_id, ctx.iteration) == ("j1", "j1:dag", 4)
+    with pytest.raises(IterationLimit, match="iteration 4 of at most 5"):
+        ctx.successor("tests.jobs:noop", max_iterations=5)
+    assert callable(titan_zmq.current)
+
+
+def test_a_job_fans_out_and_in_within_its_dag(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    h = client.submit("tests.jobs:fan_out", args=[5])
+    spawned = h.result(30)
+    assert len(spawned) == 6 and all(s.startswith(h.id + ":dag.") for s in spawned)
+    records = client.wait(spawned, timeout=30)
+    assert records[spawned[-1]].result == sum(i * i for i in range(5))
+    assert records[spawned[-1]].depends_on == spawned[:-1]
+    dag = client.dag_status(h.id + ":dag")  # a lone job's children form a DAG named after it
+    assert sorted(r.id for r in dag) == sorted(spawned)
+
+
+def test_a_spawned_cycle_is_refused_clearly(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    out = client.submit("tests.jobs:spawn_a_cycle").result(30)
+    assert out.startswith("refused: ") and "the jobs form a cycle" in out
+
+
+def test_a_feedback_loop_until_success_counted_in_kv(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    key = "tries-" + titan_zmq.__version__
+    client.kv.delete(key)
+    h = client.submit("tests.jobs:fragile_until", args=[key, 3, 10])
+    assert h.result(30) == "try 1 failed; successor spawned"
+
+    def last() -> str | None:
+        recs = client.dag_status(h.id + ":dag")
+        done = [r for r in recs if r.state is JobState.SUCCEEDED and "succeeded on try" in str(r.result)]
+        return str(done[0].result) if done else None
+
+    assert wait_for(last, 30, "the loop to succeed") == "succeeded on try 3 (iteration 2)"
+    assert client.kv.get(key) == 3
+
+
+def test_spawned_jobs_survive_a_broker_restart(tmp_path) -> None:
+    with LocalCluster(workers=1, broker_args=["--data-dir", str(tmp_path / "d"), "--fsync", "always"]) as c:
+        client = c.client()
+        h = client.submit("tests.jobs:fan_out", args=[3])
+        spawned = h.result(30)
+        c.kill_broker(signal.SIGKILL)
+        c.start_broker()
+        records = client.wait(spawned, timeout=30)
+        assert records[spawned[-1]].result == 0 + 1 + 4

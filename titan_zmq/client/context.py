@@ -1,0 +1,118 @@
+"""The in-job context: ``titan_zmq.current()`` inside a running job.
+
+::
+
+    import titan_zmq
+
+    def plan(n):
+        ctx = titan_zmq.current()                  # bound to this job and its DAG
+        parts = [ctx.spawn("mypkg:work", args=[i]) for i in range(n)]   # fan out
+        ctx.spawn("mypkg:merge", after=parts)      # fan in: runs once every part succeeded
+        ctx.kv.incr("plans")
+
+A job adds jobs to its own DAG (a job outside any DAG starts one, ``<job id>:dag``). Every
+spawn is a normal submission: checked (unknown parents, cycles) and journaled. The broker
+address, job id, DAG id, attempt and iteration come from the environment the worker sets:
+``TITAN_BROKER``, ``TITAN_JOB_ID``, ``TITAN_DAG_ID``, ``TITAN_ATTEMPT``, ``TITAN_ITERATION``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from titan_zmq.client.client import TitanClient
+from titan_zmq.client.kv import KV
+from titan_zmq.errors import JobError, TitanError
+from titan_zmq.job import new_job_id
+
+ITERATION_LABEL = "titan.iteration"
+
+
+class IterationLimit(JobError):
+    """A feedback loop reached its bound: the successor was not spawned."""
+
+
+class JobContext:
+    """What a running job knows about itself, and how it grows its DAG."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ if env is None else env)
+        job_id = env.get("TITAN_JOB_ID")
+        if not job_id:
+            raise TitanError("titan_zmq.current() works inside a running job only (TITAN_JOB_ID is not set)")
+        self.job_id: str = job_id
+        # A job outside any DAG starts one for what it spawns: "<job id>:dag".
+        self.dag_id: str = env.get("TITAN_DAG_ID") or f"{job_id}:dag"
+        self.attempt = int(env.get("TITAN_ATTEMPT") or 1)
+        self.iteration = int(env.get("TITAN_ITERATION") or 0)
+        self.worker = env.get("TITAN_WORKER")
+        self._broker = env.get("TITAN_BROKER")
+        self._client: TitanClient | None = None
+
+    @property
+    def client(self) -> TitanClient:
+        """A client to the broker that runs this job (opened on first use)."""
+        if self._client is None:
+            self._client = TitanClient(self._broker)
+        return self._client
+
+    @property
+    def kv(self) -> KV:
+        return self.client.kv
+
+    def _spec(
+        self, call: str | Callable[..., Any] | None, after: Iterable[str], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        jid = options.pop("id", None) or f"{self.dag_id}.{new_job_id()[:10]}"
+        spec = self.client.build(call, id=jid, **options)
+        spec["dag"] = self.dag_id
+        parents = list(after)
+        if parents:
+            spec["depends_on"] = parents
+        return spec
+
+    def spawn(self, call: str | Callable[..., Any] | None = None, *, after: Iterable[str] = (), **options: Any) -> str:
+        """Add a job to this DAG (options as for ``TitanClient.submit``); it runs after the jobs in
+        ``after`` succeed (their results come as ``inputs``). Returns its id."""
+        return self.spawn_many([self._spec(call, after, options)])[0]
+
+    def spawn_many(self, specs: list[dict[str, Any]]) -> list[str]:
+        """Add several jobs (built with ``TitanClient.build``) in one submission: all or none."""
+        for spec in specs:
+            spec.setdefault("dag", self.dag_id)
+        return [h.id for h in self.client.submit_specs(specs, watch=False)]
+
+    def successor(
+        self, call: str | Callable[..., Any] | None = None, *, max_iterations: int, after_me: bool = True,
+        **options: Any,
+    ) -> str:  # fmt: skip
+        """Spawn the next round of a feedback loop (``iteration`` + 1), after this job by default.
+        Raises IterationLimit once ``max_iterations`` rounds have run."""
+        nxt = self.iteration + 1
+        if nxt >= max_iterations:
+            raise IterationLimit(
+                f"job {self.job_id} is iteration {self.iteration} of at most {max_iterations}; no successor spawned"
+            )
+        labels = dict(options.pop("labels", None) or {})
+        labels[ITERATION_LABEL] = str(nxt)
+        after = [self.job_id] if after_me else []
+        return self.spawn(call, after=after, labels=labels, **options)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+_CURRENT: JobContext | None = None
+
+
+def current() -> JobContext:
+    """The context of the running job (one per process; rebuilt when the job changes)."""
+    global _CURRENT
+    job_id = os.environ.get("TITAN_JOB_ID")
+    if _CURRENT is None or _CURRENT.job_id != job_id:
+        _CURRENT = JobContext()
+    return _CURRENT
