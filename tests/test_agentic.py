@@ -68,3 +68,65 @@ def test_spawned_jobs_survive_a_broker_restart(tmp_path) -> None:
         c.start_broker()
         records = client.wait(spawned, timeout=30)
         assert records[spawned[-1]].result == 0 + 1 + 4
+
+
+def test_an_approval_gate_holds_its_children_until_a_person_decides(shared_cluster: LocalCluster) -> None:
+    from titan_zmq.client import Dag
+
+    client = shared_cluster.client()
+    dag = Dag("release")
+    build = dag.add("tests.jobs:add", args=[1, 2])
+    gate = dag.add(approval="ship build to production?", after=[build])
+    ship = dag.add("tests.jobs:noop", args=["shipped"], after=[gate])
+    client.submit_dag(dag)
+    wait_for(lambda: client.status(gate).state is JobState.AWAITING, 20, "the gate to wait")
+    rec = client.status(gate)
+    assert "awaiting approval: ship build to production? (titan approve" in (rec.waiting or "")
+    assert client.status(ship).state is JobState.PENDING
+    with pytest.raises(TitanError, match="not an approval gate"):
+        client.approve(build)
+    decided = client.approve(gate, note="looks good", by="ana@ops")
+    assert decided.state is JobState.SUCCEEDED and decided.result["by"] == "ana@ops"
+    assert client.wait([ship], timeout=20)[ship].result == "shipped"
+    with pytest.raises(TitanError, match="not awaiting a decision"):
+        client.reject(gate)
+
+
+def test_a_rejected_or_timed_out_gate_cancels_what_follows(shared_cluster: LocalCluster) -> None:
+    from titan_zmq.client import Dag
+
+    client = shared_cluster.client()
+    dag = Dag("guarded")
+    gate = dag.add(approval="run the migration?")
+    after = dag.add("tests.jobs:noop", after=[gate])
+    slow = dag.add(approval="still there?", timeout=0.5)
+    after_slow = dag.add("tests.jobs:noop", after=[slow])
+    client.submit_dag(dag)
+    wait_for(lambda: client.status(gate).state is JobState.AWAITING, 20, "the gate to wait")
+    rejected = client.reject(gate, note="not on a Friday", by="bob")
+    assert rejected.state is JobState.FAILED and rejected.error == "rejected by bob: not on a Friday"
+    recs = client.wait([after, slow, after_slow], timeout=20)
+    assert recs[after].state is JobState.CANCELLED
+    assert recs[slow].state is JobState.FAILED and recs[slow].error == "rejected by timeout: no decision within 0.5s"
+    assert recs[after_slow].state is JobState.CANCELLED
+
+
+def test_approve_and_reject_commands_and_a_gate_across_a_restart(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    with LocalCluster(workers=1, broker_args=["--data-dir", str(tmp_path / "d"), "--fsync", "always"]) as c:
+        client = c.client()
+        h = client.submit(approval="proceed?", id="gate-1")
+        wait_for(lambda: client.status(h.id).state is JobState.AWAITING, 20, "the gate")
+        c.kill_broker(signal.SIGKILL)
+        c.start_broker()
+        assert client.status(h.id).state is JobState.AWAITING  # the gate is journaled
+        out = subprocess.run([sys.executable, "-m", "titan_zmq", "approve", h.id, "--note", "ok", "--broker",
+                              c.address], capture_output=True, text=True, timeout=60, env=dict(os.environ))  # fmt: skip
+        assert out.returncode == 0 and "gate-1: succeeded (approved by " in out.stdout, out.stderr
+        c.kill_broker(signal.SIGKILL)
+        c.start_broker()
+        rec = client.status(h.id)  # who decided survives a restart too
+        assert rec.state is JobState.SUCCEEDED and rec.result["note"] == "ok" and "@" in rec.result["by"]

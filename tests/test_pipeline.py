@@ -215,8 +215,12 @@ def test_titan_format_errors(tmp_path: Path) -> None:
     )
     node = load_pipeline(src).dag.nodes[1]
     assert node["options"]["affinity"] == "parent" and node["after"] == ["a"]
-    refused(tmp_path, "jobs:\n  - id: a\n    file: t.py\n    hitl_message: approve?\n",
-            ":4: job 'a': 'hitl_message'", "not supported")  # fmt: skip
+    gated = tmp_path / "gated.yaml"
+    gated.write_text("jobs:\n  - {id: a, file: t.py}\n  - id: b\n    file: t.py\n    depends_on: [a]\n"
+                     "    hitl_message: ship it?\n")  # fmt: skip
+    nodes = load_pipeline(gated).dag.nodes
+    assert [(n["id"], n["after"]) for n in nodes] == [("a", []), ("b.approval", ["a"]), ("b", ["b.approval"])]
+    assert nodes[1]["options"] == {"approval": "ship it?"}
     refused(tmp_path, "jobs:\n  - id: a\n    file: t.py\n    port: 80\n", ":4:", "'port' is only for 'type: service'")
     refused(
         tmp_path, "jobs:\n  - id: a\n    file: t.py\n    shell: x\n", ":4:", "unknown key 'shell' in the Titan format"

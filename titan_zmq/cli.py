@@ -594,6 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "broker": cmd_broker, "worker": cmd_worker, "up": cmd_up, "status": cmd_status, "run": cmd_run,
             "cancel": cmd_cancel, "workers": cmd_workers, "aof": aof_cli.cmd_aof, "kv": client_cli.cmd_kv,
             "logs": client_cli.cmd_logs, "services": client_cli.cmd_services, "stop": client_cli.cmd_stop,
+            "approve": client_cli.cmd_decide, "reject": client_cli.cmd_decide,
         }[args.command]  # fmt: skip
         return handler(args)
     except ConfigError as exc:

@@ -20,6 +20,7 @@ class JobState(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
     RETRYING = "retrying"  # between attempts, waiting out its backoff
+    AWAITING = "awaiting_approval"  # an approval gate: a person approves or rejects it
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -35,7 +36,7 @@ class JobState(str, enum.Enum):
 
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
 
-KINDS = ("call", "shell", "script", "archive")
+KINDS = ("call", "shell", "script", "archive", "approval")  # approval: target is the question asked
 FUTURE_KINDS = ("service",)
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
@@ -178,6 +179,8 @@ class Job:
         target = d.get("target")
         if not isinstance(target, str) or not target.strip():
             raise JobError(f"job {jid}: 'target' must be a non-empty string")
+        if kind == "approval" and (d.get("args") or d.get("kwargs")):
+            raise JobError(f"job {jid}: an approval gate takes no args; its target is the question it asks")
         if kind == "call" and not _CALL_RE.fullmatch(target):
             raise JobError(f"job {jid}: call target {target!r} must look like 'package.module:function'")
         args = d.get("args") or []

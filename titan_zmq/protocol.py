@@ -42,6 +42,7 @@ STOP = b"\x0c"
 PRESSURE = b"\x0d"
 NOTIFY = b"\x0e"
 DRAIN = b"\x0f"
+APPROVE = b"\x30"
 
 # Worker <-> broker, on the back socket.
 READY = b"\x10"
@@ -312,6 +313,18 @@ class Notify(Message):
 
 
 @dataclass(frozen=True)
+class Approve(Message):
+    """A person's decision on an approval gate (``approve`` false rejects it)."""
+
+    CODE = APPROVE
+    rid: int
+    id: str
+    approve: bool
+    by: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Drain(Message):
     """A worker stops taking jobs; it leaves once those it holds are done."""
 
@@ -460,7 +473,7 @@ class Reregister(Message):
 
 MESSAGES: dict[bytes, type[Message]] = {}
 for _cls in (
-    Hello, Submit, Status, Cancel, Workers, Watch, List, Kv, Logs, Deploy, Services, Stop, Pressure, Notify,
+    Hello, Submit, Status, Cancel, Workers, Watch, List, Kv, Logs, Deploy, Services, Stop, Pressure, Notify, Approve,
     Reply, Error, Done, Ready, Heartbeat, Result, Bye, Log, SvcState, Drain, Assign, Kill, Reregister, SvcStart,
     SvcStop,
 ):  # fmt: skip
@@ -468,7 +481,7 @@ for _cls in (
     MESSAGES[_cls.CODE] = _cls
 
 FRONT_COMMANDS = frozenset(
-    {HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST, KV, LOGS, DEPLOY, SERVICES, STOP, PRESSURE, NOTIFY}
+    {HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST, KV, LOGS, DEPLOY, SERVICES, STOP, PRESSURE, NOTIFY, APPROVE}
 )
 BACK_COMMANDS = frozenset({READY, HEARTBEAT, RESULT, BYE, LOG, SVC_STATE, DRAIN})
 

@@ -27,6 +27,7 @@ from tui.feed import Feed, FeedState
 STATE_STYLE = {
     "pending": "grey62", "queued": "yellow", "running": "bold cyan", "retrying": "magenta",
     "succeeded": "green", "failed": "bold red", "dead": "red", "cancelled": "grey50",
+    "awaiting_approval": "bold yellow on dark_red",
 }  # fmt: skip
 REFRESH = 0.25  # seconds between repaints (at most)
 
@@ -262,15 +263,26 @@ class TitanApp(App[None]):
             self.call_from_thread(self.notify, f"job {job_id}: {rec.state.value}")
 
     def action_approve(self) -> None:
-        self._no_gate("approve")
+        self._gate(True)
 
     def action_reject(self) -> None:
-        self._no_gate("reject")
+        self._gate(False)
 
-    def _no_gate(self, verb: str) -> None:
-        # Human approval gates arrive with the agentic DAG work; no job can wait on one yet.
-        self.notify(f"cannot {verb}: this broker version has no approval gates yet, so no job waits on one",
-                    severity="warning")  # fmt: skip
+    def _gate(self, approve: bool) -> None:
+        if self.selected is None:
+            self.notify("select an approval gate first", severity="warning")
+            return
+        self._decide(self.selected, approve)
+
+    @work(thread=True, group="actions")
+    def _decide(self, job_id: str, approve: bool) -> None:
+        client = self.feed.client
+        try:
+            rec = (client.approve if approve else client.reject)(job_id, note="from titan-tui")
+        except TitanError as exc:
+            self.call_from_thread(self.notify, f"{job_id}: {exc}", severity="error")
+        else:
+            self.call_from_thread(self.notify, f"{job_id}: {rec.state.value}")
 
     def action_stop_service(self) -> None:
         self.notify("cannot stop a service: this broker version runs no services yet", severity="warning")

@@ -143,7 +143,10 @@ class Restorer:
                 continue
             if e.job.depends_on:
                 e.inputs = {**_inputs(sched, e), **(known or {})}
-            if st is JobState.RUNNING:
+            if st is JobState.AWAITING:  # a gate: still waiting for its person, its deadline kept
+                sched._await(e, max(0.001, nb_wall - wall) if nb_wall else None)
+                counts["queued"] += 1
+            elif st is JobState.RUNNING:
                 e.worker = None
                 sched.orphans[e.job.id] = now + self.orphan_wait
                 counts["orphaned"] += 1

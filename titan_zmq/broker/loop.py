@@ -242,7 +242,7 @@ class Broker:
     def _timeout_ms(self) -> int:
         now = self.clock()
         nxt = min(self._next_beat, self._next_expiry, self._next_stats)
-        for heap in (self.sched._held, self.sched._unpin):
+        for heap in (self.sched._held, self.sched._unpin, self.sched._gates):
             if heap:
                 nxt = min(nxt, heap[0][0])
         return max(0, min(1000, int((nxt - now) * 1000) + 1))
@@ -267,6 +267,8 @@ class Broker:
         now = self.clock()
         if sched._held or sched._unpin:
             sched.release_held()
+        if sched._gates:
+            sched.expire_gates()
         if now >= self._next_expiry:
             # Read what workers sent before judging them: a long turn (a huge submission) must not
             # expire workers whose heartbeats are waiting unread.
@@ -440,6 +442,9 @@ class Broker:
             return self.services.records(msg.name)
         if isinstance(msg, P.Stop):
             return self.services.stop(msg.name)
+        if isinstance(msg, P.Approve):
+            by = msg.by.strip() or "unknown"
+            return sched.decide(msg.id, msg.approve, by[:200], msg.note[:2000])
         if isinstance(msg, P.Pressure):
             return sched.pressure(msg.tags)
         if isinstance(msg, P.Notify):

@@ -222,6 +222,7 @@ class Scheduler:
         self._queues: dict[tuple[frozenset[str], str | None], list[tuple[int, int, str]]] = {}
         self._unpin: list[tuple[float, int, str]] = []  # soft affinity: when a pinned job may go anywhere
         self._held: list[tuple[float, int, str]] = []  # (not_before, seq, id): delayed and retrying
+        self._gates: list[tuple[float, int, str]] = []  # (deadline, seq, id): approval gates with a timeout
         self._finished: deque[str] = deque()
         self._seq = itertools.count()
         self._leases = itertools.count(1)
@@ -445,6 +446,9 @@ class Scheduler:
 
     def _enqueue(self, entry: Entry) -> None:
         self._touch(entry)
+        if entry.job.kind == "approval":  # a gate runs nowhere: it waits for a person
+            self._await(entry, entry.job.timeout)
+            return
         entry.state = JobState.QUEUED
         entry.not_before = 0.0
         entry.queued_at = self.wall()
@@ -455,6 +459,45 @@ class Scheduler:
         if q is None:
             q = self._queues[key] = []
         heapq.heappush(q, (-entry.job.priority, entry.seq, entry.job.id))
+
+    def _await(self, entry: Entry, timeout: float | None) -> None:
+        entry.state = JobState.AWAITING
+        entry.queued_at = entry.queued_at or self.wall()
+        entry.not_before = 0.0
+        if timeout:
+            entry.not_before = self.clock() + timeout  # for a gate: when it is rejected for want of an answer
+            heapq.heappush(self._gates, (entry.not_before, entry.seq, entry.job.id))
+
+    def decide(self, jid: str, approve: bool, by: str, note: str = "") -> dict[str, Any]:
+        """Approve or reject an approval gate (a person's decision, journaled with who made it)."""
+        entry = self.entry(jid)
+        if entry.job.kind != "approval":
+            raise BrokerError(f"job {jid} is not an approval gate (it is a {entry.job.kind} job)", "bad_request")
+        if entry.state is not JobState.AWAITING:
+            raise BrokerError(f"approval gate {jid} is {entry.state.value}, not awaiting a decision", "conflict")
+        self._decided(entry, approve, by, note)
+        return self.record(entry)
+
+    def _decided(self, entry: Entry, approve: bool, by: str, note: str) -> None:
+        entry.attempts = 1
+        entry.worker_name = None
+        entry.result = {"approved": approve, "by": by, "note": note, "at": self.wall()}
+        if approve:
+            self._finish(entry, JobState.SUCCEEDED)
+        else:
+            entry.error = f"rejected by {by}" + (f": {note}" if note else "")
+            entry.error_type = "Rejected"
+            self._finish(entry, JobState.FAILED)
+
+    def expire_gates(self) -> None:
+        """Reject approval gates whose time to answer is over."""
+        now = self.clock()
+        gates = self._gates
+        while gates and gates[0][0] <= now:
+            _, _, jid = heapq.heappop(gates)
+            e = self.jobs.get(jid)
+            if e is not None and e.state is JobState.AWAITING and e.not_before and e.not_before <= now:
+                self._decided(e, False, "timeout", f"no decision within {e.job.timeout:g}s")
 
     def _hold(self, entry: Entry, until: float) -> None:
         self._touch(entry)
@@ -771,6 +814,9 @@ class Scheduler:
             return f"retry {entry.attempts + 1} of {entry.job.retries + 1} in {max(0.0, entry.not_before - now):.1f}s"
         if st is JobState.PENDING:
             return f"waiting for {entry.waiting_on} parent job(s)"
+        if st is JobState.AWAITING:
+            left = f"; rejected in {max(0.0, entry.not_before - now):.0f}s" if entry.not_before else ""
+            return f"awaiting approval: {entry.job.target} (titan approve {entry.job.id}){left}"
         if st is JobState.RUNNING and entry.worker is None:
             return f"running on {entry.worker_name} before the broker restarted; waiting for it to reconnect"
         if st is not JobState.QUEUED:

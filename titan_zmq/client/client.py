@@ -273,16 +273,23 @@ class TitanClient:
         kwargs: dict[str, Any] | None = None,
         id: str | None = None,
         project: str | Path | None = None,
+        approval: str | None = None,
         **options: Any,
     ) -> dict[str, Any]:
-        """A job spec as the broker takes it (used by ``submit`` and ``map``)."""
+        """A job spec as the broker takes it (used by ``submit`` and ``map``). ``approval="question?"``
+        makes an approval gate: it runs nowhere, and holds the jobs after it until a person decides."""
         if project is not None and script is None:
             raise JobError("project= ships a folder: name its entry point with script= (a path inside the folder)")
-        given = [n for n, v in (("call", call), ("shell", shell), ("script", script)) if v is not None]
+        given = [n for n, v in (("call", call), ("shell", shell), ("script", script), ("approval", approval))
+                 if v is not None]  # fmt: skip
         if len(given) != 1:
-            raise JobError(f"give exactly one of call=, shell= or script= (got {', '.join(given) or 'none'})")
+            got = ", ".join(given) or "none"
+            raise JobError(f"give exactly one of call=, shell=, script= or approval= (got {got})")
         spec: dict[str, Any] = {"id": id or new_job_id()}
-        if call is not None:
+        if approval is not None:
+            spec["kind"] = "approval"
+            spec["target"] = approval
+        elif call is not None:
             spec["kind"] = "call"
             self._call_target(call, spec)
         elif shell is not None:
@@ -338,13 +345,14 @@ class TitanClient:
         idempotency_key: str | None = None,
         id: str | None = None,
         project: str | Path | None = None,
+        approval: str | None = None,
     ) -> JobHandle:
         """Submit one job: a function (``call``), a command line (``shell``) or a Python file (``script``),
         alone or as the entry point of a ``project`` folder that travels with it (run from inside it)."""
         spec = self.build(
             call, shell=shell, script=script, args=args, kwargs=kwargs, id=id, requires=requires,
             priority=priority, delay=delay, timeout=timeout, retries=retries, backoff=backoff, env=env,
-            labels=labels, idempotency_key=idempotency_key, project=project,
+            labels=labels, idempotency_key=idempotency_key, project=project, approval=approval,
         )  # fmt: skip
         return self.submit_specs([spec])[0]
 
@@ -460,6 +468,22 @@ class TitanClient:
             states = ", ".join(f"{r['id']} {r['state']}" for r in rec["replicas"])
             raise BrokerError(f"service {name!r} has no running replica ({states})", "not_running")
         return str(running[0])
+
+    def approve(self, job_id: str, note: str = "", by: str | None = None) -> JobRecord:
+        """Approve an approval gate: the jobs after it run. ``by`` defaults to user@host."""
+        return self._decide(job_id, True, note, by)
+
+    def reject(self, job_id: str, note: str = "", by: str | None = None) -> JobRecord:
+        """Reject an approval gate: it fails, and the jobs after it are cancelled."""
+        return self._decide(job_id, False, note, by)
+
+    def _decide(self, job_id: str, approve: bool, note: str, by: str | None) -> JobRecord:
+        if by is None:
+            import getpass
+            import socket
+
+            by = f"{getpass.getuser()}@{socket.gethostname()}"
+        return JobRecord.from_dict(self.request(P.Approve, id=job_id, approve=approve, by=by, note=note))
 
     def pressure(self, tags: Iterable[str] = ()) -> dict[str, int]:
         """Queued jobs and free slots of the pool of workers with ``tags`` (the node agent's signal)."""

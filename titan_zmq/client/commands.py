@@ -43,6 +43,13 @@ def add_parsers(
     p.add_argument("name", nargs="?", default=None, metavar="NAME")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_broker_addr(p)
+    for verb, text in (("approve", "approve an approval gate: the jobs after it run"),
+                       ("reject", "reject an approval gate: it fails and the jobs after it are cancelled")):
+        p = sub.add_parser(verb, parents=[common], help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("job", metavar="ID")
+        p.add_argument("--note", default="", help="why (journaled with who decided)")
+        p.add_argument("--json", action="store_true", help="print the gate's record as JSON")
+        add_broker_addr(p)
     p = sub.add_parser("stop", parents=[common], help="stop a service (SIGTERM, then SIGKILL after its grace)",
                        description="Stop a service: SIGTERM to each replica, SIGKILL after its grace.")  # fmt: skip
     p.add_argument("name", metavar="NAME")
@@ -146,6 +153,20 @@ def cmd_services(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from titan_zmq.client import TitanClient
+
+    with TitanClient(args.broker) as client:
+        decide = client.approve if args.command == "approve" else client.reject
+        rec = decide(args.job, note=args.note)
+    if args.json:
+        print(json.dumps(rec.__dict__ | {"state": rec.state.value}, default=str, indent=2))
+    else:
+        r = rec.result or {}
+        print(f"{rec.id}: {rec.state.value} ({'approved' if r.get('approved') else 'rejected'} by {r.get('by')})")
     return EXIT_OK
 
 

@@ -26,7 +26,7 @@ Our own format::
 
 The Titan format (``version``, ``project``, per job ``type``, ``file``, ``requirement``...) loads
 into the same model: ``file`` becomes a script job, ``requirement`` a capability tag (``GENERAL``:
-any worker). ``hitl_message`` is refused with a clear error: not supported by this version yet.
+any worker). ``hitl_message`` puts an approval gate (``<id>.approval``) before the job.
 
 ``type: service`` (both formats; with ``port``, and in our format ``health`` and ``replicas``)
 deploys a long-running service instead of running a job. ``titan run`` deploys a pipeline's
@@ -77,7 +77,7 @@ OWN_TOP = ("name", "description", "jobs")
 OWN_JOB = (
     "id", "call", "shell", "script", "args", "kwargs", "env", "requires", "priority", "delay", "timeout",
     "retries", "backoff", "after", "depends_on", "on_failure", "labels", "node", "affinity", "affinity_wait",
-    "type", "port", "health", "replicas",
+    "type", "port", "health", "replicas", "message",
 )  # fmt: skip
 TITAN_TOP = ("name", "version", "project", "jobs")
 TITAN_JOB = (
@@ -331,7 +331,13 @@ def load_pipeline(path: str | Path) -> Pipeline:
         else:
             jobs_after.append((jid, options))
     for jid, options in jobs_after:  # a job after a service: the service is up before the DAG starts
-        dag.add(id=jid, after=[p for p in parents[jid] if p not in services], **options)
+        after = [p for p in parents[jid] if p not in services]
+        gate = options.pop("gate", None)
+        if gate is not None:  # hitl_message: the job waits for a person's approval, after its parents
+            gid = f"{jid}.approval"
+            dag.add(id=gid, after=after, approval=gate)
+            after = [gid]
+        dag.add(id=jid, after=after, **options)
     for jid, ps in parents.items():
         job = seen[jid]
         key = "after" if "after" in job.fields else "depends_on"
@@ -426,10 +432,14 @@ def _command(job: _Job, kind: str, options: dict[str, Any]) -> None:
 def _own_job(job: _Job) -> dict[str, Any]:
     job.check_keys(OWN_JOB, "own")
     jtype = job.get("type")
-    if jtype not in (None, "run", "service"):
-        raise job.fail("type", f"'type' must be 'run' (a job, the default) or 'service', got {jtype!r}")
+    if jtype not in (None, "run", "service", "approval"):
+        raise job.fail("type", f"'type' must be 'run' (a job, the default), 'service' or 'approval', got {jtype!r}")
     if jtype == "service":
         return _own_service(job)
+    if jtype == "approval":
+        return _own_approval(job)
+    if job.has("message"):
+        raise job.fail("message", "'message' is only for 'type: approval' entries", at_key=True)
     for key in ("port", "health", "replicas"):
         if job.has(key):
             raise job.fail(key, f"'{key}' is only for 'type: service' entries", at_key=True)
@@ -493,6 +503,29 @@ def _own_job(job: _Job) -> dict[str, Any]:
     return options
 
 
+def _own_approval(job: _Job) -> dict[str, Any]:
+    """An approval gate: ``message`` is the question; ``timeout`` rejects it when nobody answers."""
+    allowed = {"id", "type", "message", "timeout", "after", "depends_on", "labels"}
+    for key in job.fields:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise job.fail(key, f"'{key}' does not apply to an approval gate (known: {known})", True)
+    message = job.string("message")
+    if not message:
+        raise job.fail(None, "an approval gate needs a 'message': the question the person answers")
+    options: dict[str, Any] = {"approval": message}
+    timeout = job.number("timeout", 0.001, 365 * 86400.0)
+    if timeout is not None:
+        options["timeout"] = timeout
+    labels = job.str_map("labels")
+    if labels:
+        options["labels"] = labels
+    if job.has("after") and job.has("depends_on"):
+        raise job.fail("depends_on", "give 'after' or 'depends_on', not both", at_key=True)
+    options["after"] = job.id_list("after") or job.id_list("depends_on") or []
+    return options
+
+
 def _own_service(job: _Job) -> dict[str, Any]:
     allowed = {"id", "type", "shell", "script", "args", "env", "requires", "port", "health", "replicas", "after",
                "depends_on"}  # fmt: skip
@@ -520,8 +553,9 @@ def _titan_job(job: _Job) -> dict[str, Any]:
     jtype = job.get("type")
     if jtype is not None and jtype not in ("run", "service"):
         raise job.fail("type", f"'type' must be 'run' or 'service', got {jtype!r}")
-    if job.has("hitl_message"):
-        raise job.fail("hitl_message", "'hitl_message' (human in the loop) is not supported in this version yet", True)
+    hitl = job.string("hitl_message")
+    if hitl is not None and jtype == "service":
+        raise job.fail("hitl_message", "a service cannot wait for approval", True)
     port = job.integer("port", 1, 65535)
     if port is not None and jtype != "service":
         raise job.fail("port", "'port' is only for 'type: service' jobs", at_key=True)
@@ -548,6 +582,8 @@ def _titan_job(job: _Job) -> dict[str, Any]:
             options["requires"] = [tag]
     _common(job, options)
     options["after"] = job.id_list("depends_on") or []
+    if hitl:  # Titan's human in the loop: a gate before the job, asking hitl_message
+        options["gate"] = hitl
     if jtype == "service":
         options["service"] = {"port": port, "health": "tcp"}
         for key in ("priority", "delay", "affinity"):
