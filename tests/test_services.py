@@ -80,10 +80,31 @@ def test_a_given_port_is_honoured_and_a_taken_one_is_refused(shared_cluster: Loc
         busy.bind(("0.0.0.0", 0))
         busy.listen()
         with pytest.raises(ServiceFailed, match=f"port {busy.getsockname()[1]} is in use"):
-            client.deploy("blocked", script=ECHO, port=busy.getsockname()[1])
+            client.deploy("blocked", script=ECHO, port=busy.getsockname()[1], max_crashes=2, backoff=0.1)
     for name in ("fixed", "blocked"):
         client.stop_service(name)
     wait_for(lambda: not [s for s in client.services() if s["name"] in ("fixed", "blocked")], 20, "both to stop")
+
+
+def test_a_service_that_never_gets_healthy_is_killed_and_counted(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    with pytest.raises(ServiceFailed, match=r"not healthy within 0.5s \(tcp check\); killed"):
+        client.deploy("deaf", shell="sleep 60", start_timeout=0.5, max_crashes=2, backoff=0.1)
+    client.stop_service("deaf")
+
+
+def test_a_worker_that_leaves_cleanly_hands_its_services_on(cluster: LocalCluster) -> None:
+    leaving = cluster.add_worker(name="leaving", slots=1)
+    cluster.wait_workers(1)
+    client = cluster.client()
+    assert client.deploy("handed", script=ECHO)["replicas"][0]["worker"] == "leaving"
+    cluster.add_worker(name="staying", slots=1)
+    cluster.wait_workers(2)
+    leaving.terminate()  # SIGTERM: it stops its services and says goodbye
+    leaving.wait(20)
+    wait_for(lambda: _replica(client, "handed")["state"] == "running" and _replica(client, "handed")["worker"]
+             == "staying", 30, "the service to move to the worker that stays")  # fmt: skip
+    assert _ask(client.service_address("handed"), "still here")[1] == "still here"
 
 
 def test_bad_service_specs_get_clear_errors(shared_cluster: LocalCluster) -> None:
@@ -92,6 +113,13 @@ def test_bad_service_specs_get_clear_errors(shared_cluster: LocalCluster) -> Non
         client.deploy("x", shell="true", health="udp")
     with pytest.raises(JobError, match="service name"):
         client.deploy("no spaces", shell="true")
+    with pytest.raises(JobError, match="sha256 hex digest"):
+        client.request(__import__("titan_zmq.protocol").protocol.Deploy,
+                       spec={"name": "b", "kind": "shell", "target": "x", "blob": [1]})  # fmt: skip
+    client.deploy("twice", shell="sleep 30", wait=None)
+    client.stop_service("twice")
+    with pytest.raises(BrokerError, match="still stopping"):
+        client.deploy("twice", shell="sleep 30", wait=None)
     with pytest.raises(BrokerError, match="unknown service 'ghost'"):
         client.stop_service("ghost")
 

@@ -21,6 +21,7 @@ from titan_zmq.errors import ConfigError
 
 DEFAULT_FRONT = 5555
 DEFAULT_BROKER = f"localhost:{DEFAULT_FRONT}"
+SERVICE_PORTS = (20000, 29999)  # ports given to services that do not ask for one
 
 T = TypeVar("T")
 

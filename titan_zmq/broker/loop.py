@@ -112,6 +112,8 @@ class Broker:
             raise
         self.data, self.loaded = data, report
         self.sched.journaled()
+        if self.services.services:  # let workers report the replicas they still run before placing any
+            self.services.hold_until = self.clock() + cfg.orphan_window
         gc.freeze()  # the replayed state lives on: keep the cyclic GC from rescanning it
         self.kv.journal = self._journal_op
         self.services.journal = self._journal_op
@@ -358,7 +360,8 @@ class Broker:
             for wire, blobs in starts:
                 self._to_worker(ident, P.SvcStart(spec=wire, blobs=blobs).encode())
         for ident, stops in svc.stop_ids.items():
-            self._to_worker(ident, P.SvcStop(ids=[s[0] for s in stops], grace=max(s[1] for s in stops)).encode())
+            for grace in sorted({s[1] for s in stops}):  # each service's own grace period
+                self._to_worker(ident, P.SvcStop(ids=[s[0] for s in stops if s[1] == grace], grace=grace).encode())
         for body in svc.events:
             self._publish(b"event.service", body)
         svc.start, svc.stop_ids, svc.events = {}, {}, []

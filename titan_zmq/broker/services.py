@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from titan_zmq.broker.scheduler import Scheduler, WorkerInfo
+from titan_zmq.config import SERVICE_PORTS
 from titan_zmq.errors import BrokerError, JobError
 from titan_zmq.job import check_tags
 
 log = logging.getLogger(__name__)
 
-PORT_RANGE = (20000, 29999)
+PORT_RANGE = SERVICE_PORTS
 KINDS = ("shell", "script", "archive")
 STATES = ("pending", "starting", "running", "backoff", "failed", "stopping", "stopped")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -57,6 +58,7 @@ class ServiceSpec:
     crash_window: float = 60.0
     backoff: float = 1.0
     grace: float = 10.0
+    start_timeout: float = 60.0  # not healthy within this: killed, counted as a crash
 
     @classmethod
     def from_wire(cls, d: Any) -> ServiceSpec:
@@ -75,7 +77,10 @@ class ServiceSpec:
         target = d.get("target")
         if not isinstance(target, str) or not target.strip():
             raise _bad(f"service {name}: 'target' must be a non-empty string")
-        if kind != "shell" and not isinstance(d.get("blob"), str):
+        blob = d.get("blob")
+        if blob is not None and (not isinstance(blob, str) or not re.fullmatch(r"[0-9a-f]{64}", blob)):
+            raise _bad(f"service {name}: 'blob' must be a sha256 hex digest")
+        if kind != "shell" and blob is None:
             raise _bad(f"service {name}: a {kind} service needs its content ('blob' and the bytes in 'blobs')")
         args = d.get("args") or []
         if not isinstance(args, list) or not all(isinstance(a, (str, int, float)) for a in args):
@@ -87,12 +92,15 @@ class ServiceSpec:
         if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535):
             raise _bad(f"service {name}: port must be 1-65535, got {port!r}")
         health = d.get("health")
-        if health is not None and health != "tcp" and not (isinstance(health, str) and health.startswith("http:/")):
-            raise _bad(f"service {name}: health must be 'tcp' or 'http:/path', got {health!r}")
+        if health is not None and health != "tcp" and not (
+            isinstance(health, str) and health.startswith("http:/") and not any(c.isspace() for c in health)
+        ):
+            raise _bad(f"service {name}: health must be 'tcp' or 'http:/path' (no spaces), got {health!r}")
         nums: dict[str, Any] = {}
-        for key, lo, hi, integer in (("replicas", 1, 1000, True), ("max_crashes", 1, 1000, True),
-                                     ("crash_window", 0.1, 86400.0, False), ("backoff", 0.0, 3600.0, False),
-                                     ("grace", 0.0, 3600.0, False)):  # fmt: skip
+        bounds = (("replicas", 1, 1000, True), ("max_crashes", 1, 1000, True), ("crash_window", 0.1, 86400.0, False),
+                  ("backoff", 0.0, 3600.0, False), ("grace", 0.0, 3600.0, False),
+                  ("start_timeout", 0.1, 86400.0, False))  # fmt: skip
+        for key, lo, hi, integer in bounds:
             v = d.get(key)
             if v is None:
                 continue
@@ -122,7 +130,7 @@ class ServiceSpec:
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
         for key, default in (("replicas", 1), ("max_crashes", 5), ("crash_window", 60.0), ("backoff", 1.0),
-                             ("grace", 10.0)):  # fmt: skip
+                             ("grace", 10.0), ("start_timeout", 60.0)):  # fmt: skip
             if getattr(self, key) != default:
                 d[key] = getattr(self, key)
         return d
@@ -172,6 +180,9 @@ class ServiceManager:
         self.stop_ids: dict[bytes, list[tuple[str, float]]] = {}
         self.events: list[dict[str, Any]] = []
         self.bad_ports: dict[tuple[str, int], float] = {}  # (host, port) found taken, until when (monotonic)
+        self.hold_until = 0.0  # after a restart: no placement until workers had time to report their replicas
+        self.changed = True  # something placement depends on changed since the last try
+        self._next_place = 0.0
 
     def _log(self, op: list[Any]) -> None:
         if self.journal is not None:
@@ -200,15 +211,17 @@ class ServiceManager:
                 return self.record(old)  # the same deployment again: nothing to do
             raise BrokerError(f"service {spec.name!r} is already deployed with another spec; `titan stop "
                               f"{spec.name}` first, or deploy under another name", "conflict")  # fmt: skip
+        if old is not None:
+            raise BrokerError(f"service {spec.name!r} is still stopping; deploy it again once `titan services` "
+                              "no longer lists it", "conflict")  # fmt: skip
         if spec.port is not None:
-            for other in self.services.values():
-                if other.spec.port == spec.port and other.spec.name != spec.name and not other.stopping:
+            for other in self.services.values():  # a stopping service keeps its port until it is gone
+                if other.spec.port == spec.port and other.spec.name != spec.name:
                     raise BrokerError(f"port {spec.port} is already given to service {other.spec.name!r}; "
                                       "choose another --port, or none to get a free one", "conflict")  # fmt: skip
-        if old is not None:  # stopping, but not gone yet: its replicas keep their ids until they are
-            self._forget(old)
         svc = Service(spec, blob)
         self.services[spec.name] = svc
+        self.changed = True
         self._log(["V", spec.to_wire(), blob])
         self.events.append({"service": spec.name, "state": "deployed", "replicas": spec.replicas})
         log.info("service %s deployed: %d replica(s) of %s %r", spec.name, spec.replicas, spec.kind, spec.target)
@@ -252,8 +265,14 @@ class ServiceManager:
     # ---- placement ----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Start replicas that need a worker and whose backoff is over."""
+        """Start replicas that need a worker and whose backoff is over. Placement is retried when
+        something changed (a worker came or went, a replica ended) or every half second, not on
+        every broker turn."""
         now = self.clock()
+        if now < self.hold_until or (not self.changed and now < self._next_place):
+            return
+        self.changed = False
+        self._next_place = now + 0.5
         for svc in list(self.services.values()):
             if svc.stopping:
                 if all(r.state == "stopped" for r in svc.replicas):
@@ -292,7 +311,7 @@ class ServiceManager:
         _, _, _, w, port = min(choices, key=lambda c: c[:3])
         r.worker, r.worker_name, r.host, r.port = w.ident, w.name, w.address or w.host, port
         r.state, r.error, r.pid = "starting", None, None
-        wire = {**spec.to_wire(), "id": r.id, "port": port}
+        wire = {**spec.to_wire(), "id": r.id, "port": port, "given": spec.port is not None}
         blobs = {spec.blob: svc.blob} if spec.blob is not None and svc.blob is not None else {}
         self.start.setdefault(w.ident, []).append((wire, blobs))
 
@@ -325,9 +344,12 @@ class ServiceManager:
                 self.stop_ids.setdefault(w.ident, []).append((str(rid), 5.0))
             return
         state = st.get("state")
-        if r.worker not in (None, w.ident) and state in ("starting", "running"):
-            self.stop_ids.setdefault(w.ident, []).append((r.id, svc.spec.grace))  # placed elsewhere meanwhile
+        if r.worker not in (None, w.ident) or (r.worker is None and state not in ("starting", "running")):
+            # Not the worker this replica is on (a stale copy, or a report from before a move).
+            if state in ("starting", "running"):
+                self.stop_ids.setdefault(w.ident, []).append((r.id, svc.spec.grace))
             return
+        self.changed = True
         if state in ("starting", "running"):
             r.worker, r.worker_name, r.host = w.ident, w.name, w.address or w.host
             r.port = st.get("port") or r.port
@@ -339,9 +361,13 @@ class ServiceManager:
             elif state == "starting" and svc.stopping:
                 self.stop_ids.setdefault(w.ident, []).append((r.id, svc.spec.grace))
             return
-        if state == "stopped" or svc.stopping:
+        if svc.stopping:
             r.state, r.worker = "stopped", None
             self._maybe_gone(svc)
+            return
+        if state == "stopped":  # its worker is leaving (shut down, or drained): run it elsewhere
+            r.state, r.worker, r.not_before, r.restarts = "pending", None, 0.0, r.restarts + 1
+            r.error = f"its worker {r.worker_name} left; starting again elsewhere"
             return
         if state == "port_conflict" and svc.spec.port is None:
             if r.host is not None and r.port is not None:  # taken by something else there: avoid it a while
@@ -349,17 +375,23 @@ class ServiceManager:
             r.state, r.worker, r.not_before = "pending", None, 0.0  # another port, at once
             r.error = st.get("error")
             return
-        if state in ("port_conflict", "start_failed"):
+        if state == "start_failed":
             self._failed(svc, r, str(st.get("error") or state))
             return
-        # exited: a crash. Again after a backoff, unless it crashes in a loop.
+        # exited, or its given port was taken (it may be in TIME_WAIT): a crash. Again after a
+        # backoff, unless it crashes in a loop.
         now = self.clock()
         r.exit_code = st.get("exit_code")
         r.crashes.append(now)
         while r.crashes and r.crashes[0] < now - svc.spec.crash_window:
             r.crashes.popleft()
         detail = (st.get("stderr") or "").strip().splitlines()[-1:] or [""]
-        r.error = f"exited with code {r.exit_code}" + (f": {detail[0][:200]}" if detail[0] else "")
+        if state == "port_conflict":
+            r.error = str(st.get("error"))
+        else:
+            r.error = st.get("error") or f"exited with code {r.exit_code}"
+            if detail[0]:
+                r.error += f": {detail[0][:200]}"
         if len(r.crashes) >= svc.spec.max_crashes:
             self._failed(svc, r, f"crash loop: {len(r.crashes)} crashes within {svc.spec.crash_window:g}s "
                                  f"(last: {r.error})")  # fmt: skip
@@ -377,6 +409,7 @@ class ServiceManager:
 
     def worker_ready(self, w: WorkerInfo, running: list[str]) -> None:
         """A worker (re)joined: adopt the replicas it runs; replicas it lost start again."""
+        self.changed = True
         held = set(running)
         for svc in self.services.values():
             for r in svc.replicas:
@@ -390,11 +423,14 @@ class ServiceManager:
                     held.discard(r.id)
                 elif r.worker == w.ident and r.id not in held and r.state in ("starting", "running"):
                     r.state, r.worker = "pending", None
+                elif r.worker == w.ident and r.id not in held and r.state == "stopping":
+                    r.state, r.worker = "stopped", None
         for rid in held:  # replicas this broker does not know (any more)
             if not any(r.id == rid and r.worker == w.ident for s in self.services.values() for r in s.replicas):
                 self.stop_ids.setdefault(w.ident, []).append((rid, 5.0))
 
     def worker_gone(self, ident: bytes) -> None:
+        self.changed = True
         for svc in self.services.values():
             for r in svc.replicas:
                 if r.worker == ident:

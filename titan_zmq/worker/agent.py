@@ -145,7 +145,7 @@ class NodeAgent:
         if p["queued"] > 0 and p["free"] == 0:
             self._idle_since = None
             if len(live) < self.hi:
-                if now - self._last_up >= self.up_every and len(mine) >= len(live):  # the last one has joined
+                if now - self._last_up >= self.up_every and all(n in mine for n in live):  # the last one joined
                     self._last_up = now
                     self._spawn()
                     self._decide(client, "up", f"{p['queued']} job(s) queued for this pool and no free slot",

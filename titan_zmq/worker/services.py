@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from titan_zmq.config import SERVICE_PORTS
 from titan_zmq.process import die_with_parent, kill_tree
 from titan_zmq.worker.cache import BlobCache
 from titan_zmq.worker.executors import LogSink, Tail, _read_available
@@ -30,10 +31,13 @@ log = logging.getLogger(__name__)
 HEALTH_EVERY = 0.2  # seconds between health probes while a service starts
 
 
-def port_free(port: int) -> bool:
-    """Whether ``port`` is free here: a plain bind on all addresses succeeds. No SO_REUSEADDR: a
-    port still in TIME_WAIT counts as taken, since a server that does not set it could not bind."""
+def port_free(port: int, strict: bool = True) -> bool:
+    """Whether ``port`` is free here: a bind on all addresses succeeds. ``strict`` binds without
+    SO_REUSEADDR, so a port still in TIME_WAIT counts as taken (a server that does not set it could
+    not bind); otherwise only a listener makes it taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if not strict:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("0.0.0.0", port))
         except OSError:
@@ -73,6 +77,8 @@ class Replica:
         self.reported = "starting"
         self.stop_deadline: float | None = None
         self.started = time.monotonic()
+        self.start_timeout = float(spec.get("start_timeout") or 60.0)
+        self.timed_out = False
         self._probe_stop = threading.Event()
         threading.Thread(target=self._probe, name=f"health-{self.id}", daemon=True).start()
 
@@ -110,9 +116,19 @@ class ServiceRunner:
             self._report(spec, r.reported, pid=r.popen.pid)
             return
         port = int(spec["port"])
-        if not port_free(port):
-            self._report(spec, "port_conflict", error=f"port {port} is in use on {socket.gethostname()}")
-            return
+        if spec.get("given"):  # the user's port: taken only if something listens (TIME_WAIT is fine)
+            if not port_free(port, strict=False):
+                self._report(spec, "port_conflict", error=f"port {port} is in use on {socket.gethostname()}")
+                return
+        elif not port_free(port):  # the broker's pick is busy here: take the next free one of the range
+            lo, hi = SERVICE_PORTS
+            free = next((p for p in range(port + 1, hi + 1) if port_free(p)), None) or next(
+                (p for p in range(lo, port) if port_free(p)), None)
+            if free is None:
+                self._report(spec, "port_conflict", error=f"no free port in {lo}-{hi} on {socket.gethostname()}")
+                return
+            spec = {**spec, "port": free}
+            port = free
         try:
             argv, cwd = self._argv(spec)
             env = {**self.env, **(spec.get("env") or {}), "PORT": str(port), "TITAN_SERVICE": spec["name"],
@@ -148,7 +164,8 @@ class ServiceRunner:
     def stop(self, replica_id: str, grace: float) -> None:
         """SIGTERM now, SIGKILL after ``grace`` seconds if it is still there."""
         r = self.replicas.get(replica_id)
-        if r is None:
+        if r is None:  # not here (never started, or gone already): say so, so the broker stops waiting
+            self._report({"id": replica_id, "name": replica_id.rpartition(".")[0]}, "stopped")
             return
         if r.stop_deadline is None:
             r.stop_deadline = time.monotonic() + grace
@@ -170,15 +187,23 @@ class ServiceRunner:
                 r.out.flush()
                 r.err.flush()
                 del self.replicas[rid]
-                kill_tree(r.popen.pid)  # what it left behind in its session
+                try:  # what it left behind in its session (the group outlives its reaped leader)
+                    os.killpg(r.popen.pid, signal.SIGKILL)
+                except OSError:
+                    pass
                 for stream in (r.popen.stdout, r.popen.stderr):
                     stream.close()
-                state = "stopped" if r.stop_deadline is not None else "exited"
-                self._report(r.spec, state, exit_code=code, pid=r.popen.pid,
-                             error=None if state == "stopped" else f"exited with code {code}",
+                state = "stopped" if r.stop_deadline is not None and not r.timed_out else "exited"
+                error = None if state == "stopped" else f"exited with code {code}"
+                if r.timed_out:
+                    error = f"not healthy within {r.start_timeout:g}s ({r.spec.get('health') or 'tcp'} check); killed"
+                self._report(r.spec, state, exit_code=code, pid=r.popen.pid, error=error,
                              stderr=r.err.text()[-2000:])  # fmt: skip
                 continue
             if r.stop_deadline is not None and now >= r.stop_deadline:
+                kill_tree(r.popen.pid)
+            elif r.reported == "starting" and not r.healthy.is_set() and now - r.started > r.start_timeout:
+                r.timed_out = True
                 kill_tree(r.popen.pid)
             elif r.reported == "starting" and r.healthy.is_set():
                 r.reported = "running"
