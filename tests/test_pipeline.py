@@ -162,7 +162,7 @@ def test_wrong_types(tmp_path: Path) -> None:
 
 def test_top_level_and_name(tmp_path: Path) -> None:
     refused(tmp_path, "name: p\nowner: me\njobs:\n  - {id: a, shell: x}\n",
-            ":2: unknown top-level key 'owner' (known: name, description, jobs)")  # fmt: skip
+            ":2: unknown top-level key 'owner' (known: name, description, jobs, schedule, catchup)")  # fmt: skip
     refused(
         tmp_path, "name: 'my pipeline'\njobs:\n  - {id: a, shell: x}\n", ":1:", "'name' 'my pipeline' is not a valid"
     )
@@ -228,7 +228,8 @@ def test_titan_format_errors(tmp_path: Path) -> None:
     refused(tmp_path, "version: 1\njobs:\n  - id: a\n    type: run\n", ":3:", "'file' is missing")
     refused(tmp_path, "jobs:\n  - id: a\n    file: t.py\n    requirement: [gpu]\n", ":4:", "'requirement' must be")
     refused(tmp_path, "version: 1\nowner: x\njobs:\n  - {id: a, file: t.py}\n",
-            ":2: unknown top-level key 'owner' in the Titan format (known: name, version, project, jobs)")  # fmt: skip
+            ":2: unknown top-level key 'owner' in the Titan format",
+            "(known: name, version, project, jobs, schedule, catchup)")  # fmt: skip
     refused(
         tmp_path, "jobs:\n  - {id: a, file: t.py, depends_on: [zz]}\n", ":2:", "'depends_on' names an unknown job 'zz'"
     )

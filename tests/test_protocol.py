@@ -62,6 +62,8 @@ _SAMPLES = [
     _sample("Notify", rid=16, kind="autoscale", body={"action": "up"}),
     _sample("Drain"),
     _sample("Approve", rid=17, id="gate", approve=False, by="ana@host", note="not today"),
+    _sample("Schedule", rid=18, op="add", name="nightly", cron="0 3 * * *", catchup="once",
+            jobs=[{"id": "n", "kind": "shell", "target": "true"}], blobs={SHA: b"x"}),
     _sample("SvcState", states=[{"id": "web.0", "state": "running", "port": 20001}]),
     _sample("SvcStart", spec={"id": "web.0", "name": "web", "port": 20001}, blobs={SHA: b"x"}),
     _sample("SvcStop", ids=["web.0"], grace=2.5),

@@ -483,6 +483,12 @@ def _run_pipeline(client: Any, pipeline: Any, args: argparse.Namespace) -> int:
         print(f"service {name}: {rec['state']} at " + ", ".join(r["address"] for r in rec["replicas"]), file=err0)
     if not pipeline.dag.nodes:
         return EXIT_OK
+    if pipeline.schedule:
+        rec = client.schedule(pipeline.name, pipeline.schedule, dag=pipeline.dag, catchup=pipeline.catchup)
+        print(f"pipeline {pipeline.name} scheduled: {pipeline.schedule!r} (titan schedule ls)", file=err0)
+        if args.json:
+            print(json.dumps(rec))
+        return EXIT_OK
     run = client.submit_dag(pipeline.dag.instance())  # fresh ids: every run is a new run
     total = len(run.ids)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
@@ -581,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    if rest and args.command not in ("submit", "deploy"):
+    if rest and args.command not in ("submit", "deploy", "schedule"):
         parser.error(f"'titan {args.command}' takes nothing after --")
     serving = args.command in ("broker", "worker", "up")
     _setup_logging(args.log_level or ("INFO" if serving else "WARNING"))
@@ -590,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_submit(args, rest)
         if args.command == "deploy":
             return client_cli.cmd_deploy(args, rest)
+        if args.command == "schedule":
+            return client_cli.cmd_schedule(args, rest)
         handler = {
             "broker": cmd_broker, "worker": cmd_worker, "up": cmd_up, "status": cmd_status, "run": cmd_run,
             "cancel": cmd_cancel, "workers": cmd_workers, "aof": aof_cli.cmd_aof, "kv": client_cli.cmd_kv,

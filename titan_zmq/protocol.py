@@ -43,6 +43,7 @@ PRESSURE = b"\x0d"
 NOTIFY = b"\x0e"
 DRAIN = b"\x0f"
 APPROVE = b"\x30"
+SCHEDULE = b"\x31"
 
 # Worker <-> broker, on the back socket.
 READY = b"\x10"
@@ -325,6 +326,20 @@ class Approve(Message):
 
 
 @dataclass(frozen=True)
+class Schedule(Message):
+    """Schedules: ``op`` add (name, cron, jobs, catchup, blobs), rm (name) or ls."""
+
+    CODE = SCHEDULE
+    rid: int
+    op: str
+    name: str = ""
+    cron: str = ""
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    catchup: str = "skip"
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Drain(Message):
     """A worker stops taking jobs; it leaves once those it holds are done."""
 
@@ -474,14 +489,15 @@ class Reregister(Message):
 MESSAGES: dict[bytes, type[Message]] = {}
 for _cls in (
     Hello, Submit, Status, Cancel, Workers, Watch, List, Kv, Logs, Deploy, Services, Stop, Pressure, Notify, Approve,
-    Reply, Error, Done, Ready, Heartbeat, Result, Bye, Log, SvcState, Drain, Assign, Kill, Reregister, SvcStart,
-    SvcStop,
+    Schedule, Reply, Error, Done, Ready, Heartbeat, Result, Bye, Log, SvcState, Drain, Assign, Kill, Reregister,
+    SvcStart, SvcStop,
 ):  # fmt: skip
     _cls._build_spec()
     MESSAGES[_cls.CODE] = _cls
 
 FRONT_COMMANDS = frozenset(
-    {HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST, KV, LOGS, DEPLOY, SERVICES, STOP, PRESSURE, NOTIFY, APPROVE}
+    {HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST, KV, LOGS, DEPLOY, SERVICES, STOP, PRESSURE, NOTIFY, APPROVE,
+     SCHEDULE}
 )
 BACK_COMMANDS = frozenset({READY, HEARTBEAT, RESULT, BYE, LOG, SVC_STATE, DRAIN})
 

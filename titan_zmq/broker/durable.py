@@ -38,7 +38,9 @@ _STATES = {s.value: s for s in JobState}
 class Restorer:
     """Feeds journal ops into an empty scheduler and KV store, then makes the result runnable."""
 
-    def __init__(self, sched: Scheduler, kv: KVStore, orphan_wait: float, services: Any = None) -> None:
+    def __init__(
+        self, sched: Scheduler, kv: KVStore, orphan_wait: float, services: Any = None, schedules: Any = None
+    ) -> None:
         self.sched = sched
         self.kv = kv
         self.orphan_wait = orphan_wait
@@ -52,6 +54,8 @@ class Restorer:
         }  # fmt: skip
         if services is not None:
             self._handlers["V"] = self._handlers["v"] = services.apply
+        if schedules is not None:
+            self._handlers["Y"] = self._handlers["y"] = self._handlers["Z"] = schedules.apply
 
     def apply(self, op: list[Any]) -> None:
         handler = self._handlers.get(op[0])
@@ -177,7 +181,7 @@ def _inputs(sched: Scheduler, e: Entry) -> dict[str, Any]:
     return out
 
 
-def capture(sched: Scheduler, kv: KVStore, services: Any = None) -> list[list[Any]]:
+def capture(sched: Scheduler, kv: KVStore, services: Any = None, schedules: Any = None) -> list[list[Any]]:
     """Ops that rebuild the live state as it is now: the snapshot of a compaction.
 
     It runs inside a broker turn, so it must be quick: the cyclic GC is paused while it
@@ -188,6 +192,8 @@ def capture(sched: Scheduler, kv: KVStore, services: Any = None) -> list[list[An
         ops = _capture(sched, kv)
         if services is not None:
             ops.extend(services.capture())
+        if schedules is not None:
+            ops.extend(schedules.capture())
         return ops
     finally:
         if was_enabled:

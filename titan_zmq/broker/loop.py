@@ -32,6 +32,7 @@ from titan_zmq.aof.kv import KVStore
 from titan_zmq.broker.durable import Restorer, capture
 from titan_zmq.broker.logs import LogStore
 from titan_zmq.broker.scheduler import Entry, Scheduler, WorkerInfo
+from titan_zmq.broker.schedules import ScheduleManager
 from titan_zmq.broker.services import ServiceManager
 from titan_zmq.broker.stats import StatsFeed
 from titan_zmq.config import BrokerConfig, tcp_endpoint
@@ -71,6 +72,7 @@ class Broker:
         )
         self.kv = KVStore()
         self.services = ServiceManager(self.sched)
+        self.schedules = ScheduleManager(lambda specs, blobs: self.sched.submit(specs, blobs))
         self.sched.gone_hooks.append(self.services.worker_gone)
         self.data: DataDir | None = None
         self.loaded: LoadReport | None = None
@@ -104,7 +106,7 @@ class Broker:
                        compact_min_bytes=int(cfg.compact_min_mb * (1 << 20)))  # fmt: skip
         data.lock()
         try:
-            restorer = Restorer(self.sched, self.kv, cfg.orphan_window, self.services)
+            restorer = Restorer(self.sched, self.kv, cfg.orphan_window, self.services, self.schedules)
             report = data.load(restorer.apply)
             counts = restorer.finish()
         except BaseException:
@@ -117,6 +119,8 @@ class Broker:
         gc.freeze()  # the replayed state lives on: keep the cyclic GC from rescanning it
         self.kv.journal = self._journal_op
         self.services.journal = self._journal_op
+        self.schedules.journal = self._journal_op
+        self.schedules.restored()  # catch-up runs for firings missed while the broker was down
         log.info(
             "data directory %s (fsync %s): replayed %d records in %.2fs: %d jobs (%d queued, %d held, "
             "%d waiting on parents, %d running before the restart), %d KV keys",
@@ -144,7 +148,7 @@ class Broker:
         data.append_batch(ops)
         data.commit()
         if data.needs_compaction():
-            data.compact(capture(self.sched, self.kv, self.services))
+            data.compact(capture(self.sched, self.kv, self.services, self.schedules))
 
     def _publish_changes(self, changed: list[Entry]) -> None:
         # Published before the journal commit of the same turn: subscribers may see a change that a
@@ -283,6 +287,8 @@ class Broker:
         sched.dispatch()
         if self.services.services:
             self.services.tick()
+        if self.schedules.schedules:
+            self.schedules.tick()
         if now >= self._next_beat:
             self._heartbeat(now)
             self._next_beat = now + self.config.heartbeat_interval
@@ -445,6 +451,14 @@ class Broker:
             return self.services.records(msg.name)
         if isinstance(msg, P.Stop):
             return self.services.stop(msg.name)
+        if isinstance(msg, P.Schedule):
+            if msg.op == "add":
+                return self.schedules.add(msg.name, msg.cron, msg.jobs, msg.catchup, msg.blobs)
+            if msg.op == "rm":
+                return self.schedules.remove(msg.name)
+            if msg.op == "ls":
+                return self.schedules.describe_all()
+            raise BrokerError(f"unknown schedule operation {msg.op!r}; one of add, rm, ls", "bad_request")
         if isinstance(msg, P.Approve):
             by = msg.by.strip() or "unknown"
             return sched.decide(msg.id, msg.approve, by[:200], msg.note[:2000])

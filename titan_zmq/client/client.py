@@ -485,6 +485,26 @@ class TitanClient:
             by = f"{getpass.getuser()}@{socket.gethostname()}"
         return JobRecord.from_dict(self.request(P.Approve, id=job_id, approve=approve, by=by, note=note))
 
+    def schedule(
+        self, name: str, cron: str, call: str | Callable[..., Any] | None = None, *, dag: Dag | None = None,
+        catchup: str = "skip", **job: Any,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Run a job (``call``/``shell=``/``script=`` and options as for ``submit``) or a ``dag`` on a cron
+        expression ("*/5 * * * *"; six fields: seconds last). ``catchup``: after broker downtime, "skip"
+        the missed runs or run "once" for them."""
+        specs = dag.specs(self) if dag is not None else [self.build(call, id=job.pop("id", None) or name, **job)]
+        blobs = {s["blob"]: self._blobs[s["blob"]] for s in specs if s.get("blob") in self._blobs}
+        return dict(self.request(P.Schedule, op="add", name=name, cron=cron, jobs=specs, catchup=catchup,
+                                 blobs=blobs))  # fmt: skip
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule: name, cron, next_run and last_run (unix time), runs, last_error."""
+        return list(self.request(P.Schedule, op="ls"))
+
+    def unschedule(self, name: str) -> dict[str, Any]:
+        """Remove a schedule (jobs it already submitted run on)."""
+        return dict(self.request(P.Schedule, op="rm", name=name))
+
     def pressure(self, tags: Iterable[str] = ()) -> dict[str, int]:
         """Queued jobs and free slots of the pool of workers with ``tags`` (the node agent's signal)."""
         return dict(self.request(P.Pressure, tags=sorted(tags)))

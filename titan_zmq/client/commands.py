@@ -50,6 +50,30 @@ def add_parsers(
         p.add_argument("--note", default="", help="why (journaled with who decided)")
         p.add_argument("--json", action="store_true", help="print the gate's record as JSON")
         add_broker_addr(p)
+    p = sub.add_parser("schedule", parents=[common], help="run jobs on a cron expression: add, ls, rm",
+                       description="Schedules: the broker submits a job on a cron expression.")  # fmt: skip
+    sch = p.add_subparsers(dest="schedule_command", metavar="ACTION")
+    q = sch.add_parser(
+        "add", parents=[common], help="add a schedule",
+        description="Add a schedule: NAME, a CRON expression ('*/5 * * * *'; six fields: seconds last), and the "
+        "job: --call MODULE:FUNCTION [--arg JSON]..., --script FILE, or -- COMMAND...",
+    )  # fmt: skip
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("cron", metavar="CRON")
+    q.add_argument("--call", metavar="MODULE:FUNCTION")
+    q.add_argument("--script", metavar="FILE")
+    q.add_argument("--arg", action="append", default=[], metavar="JSON", help="an argument (JSON for --call)")
+    q.add_argument("--requires", default=None, metavar="TAG,...")
+    q.add_argument("--timeout", type=float, default=None, metavar="S")
+    q.add_argument("--catchup", default="skip", choices=("skip", "once"),
+                   help="after broker downtime: skip missed runs (default) or run once for them")  # fmt: skip
+    add_broker_addr(q)
+    q = sch.add_parser("ls", parents=[common], help="list schedules")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    add_broker_addr(q)
+    q = sch.add_parser("rm", parents=[common], help="remove a schedule")
+    q.add_argument("name", metavar="NAME")
+    add_broker_addr(q)
     p = sub.add_parser("stop", parents=[common], help="stop a service (SIGTERM, then SIGKILL after its grace)",
                        description="Stop a service: SIGTERM to each replica, SIGKILL after its grace.")  # fmt: skip
     p.add_argument("name", metavar="NAME")
@@ -167,6 +191,50 @@ def cmd_decide(args: argparse.Namespace) -> int:
     else:
         r = rec.result or {}
         print(f"{rec.id}: {rec.state.value} ({'approved' if r.get('approved') else 'rejected'} by {r.get('by')})")
+    return EXIT_OK
+
+
+def cmd_schedule(args: argparse.Namespace, rest: list[str]) -> int:
+    from titan_zmq.client import TitanClient
+    from titan_zmq.errors import ConfigError
+
+    if args.schedule_command is None:
+        print("titan schedule: give an action: add, ls or rm (see titan schedule --help)", file=sys.stderr)
+        return 2
+    with TitanClient(args.broker) as client:
+        if args.schedule_command == "ls":
+            items = client.schedules()
+            if args.json:
+                print(json.dumps(items, indent=2))
+            for s in [] if args.json else items:
+                nxt = datetime.fromtimestamp(s["next_run"]).strftime("%Y-%m-%d %H:%M:%S")
+                note = f"  last error: {s['last_error']}" if s["last_error"] else ""
+                print(f"{s['name']}  {s['cron']!r}  next {nxt}  runs {s['runs']}  {s['target']}{note}")
+            if not items and not args.json:
+                print("no schedules")
+            return EXIT_OK
+        if args.schedule_command == "rm":
+            client.unschedule(args.name)
+            print(f"schedule {args.name} removed")
+            return EXIT_OK
+        given = [x for x in (args.call, args.script, rest or None) if x]
+        if len(given) != 1:
+            raise ConfigError("give the job as --call MODULE:FUNCTION, --script FILE or -- COMMAND...")
+        options: dict[str, Any] = {"requires": args.requires, "timeout": args.timeout}
+        if args.call:
+            try:
+                call_args = [json.loads(a) for a in args.arg]
+            except ValueError as exc:
+                raise ConfigError(f"--arg must be JSON ({exc}); quote strings: --arg '\"text\"'") from None
+            rec = client.schedule(args.name, args.cron, args.call, args=call_args, catchup=args.catchup, **options)
+        elif args.script:
+            rec = client.schedule(args.name, args.cron, script=args.script, args=args.arg or None,
+                                  catchup=args.catchup, **options)  # fmt: skip
+        else:
+            command = rest[0] if len(rest) == 1 else " ".join(_dquote(w) for w in rest)
+            rec = client.schedule(args.name, args.cron, shell=command, catchup=args.catchup, **options)
+    nxt = datetime.fromtimestamp(rec["next_run"]).strftime("%Y-%m-%d %H:%M:%S")
+    print(f"schedule {rec['name']} added: {rec['cron']!r}, next run {nxt}")
     return EXIT_OK
 
 

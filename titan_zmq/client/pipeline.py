@@ -67,19 +67,21 @@ class Pipeline:
     dag: Dag
     path: Path
     services: dict[str, dict[str, Any]]  # name -> TitanClient.deploy() keywords, deployed before the DAG
+    schedule: str | None = None  # a cron expression: `titan run` schedules the DAG instead of running it
+    catchup: str = "skip"
 
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 _CALL_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=+-]{0,63}$")
 
-OWN_TOP = ("name", "description", "jobs")
+OWN_TOP = ("name", "description", "jobs", "schedule", "catchup")
 OWN_JOB = (
     "id", "call", "shell", "script", "args", "kwargs", "env", "requires", "priority", "delay", "timeout",
     "retries", "backoff", "after", "depends_on", "on_failure", "labels", "node", "affinity", "affinity_wait",
     "type", "port", "health", "replicas", "message",
 )  # fmt: skip
-TITAN_TOP = ("name", "version", "project", "jobs")
+TITAN_TOP = ("name", "version", "project", "jobs", "schedule", "catchup")
 TITAN_JOB = (
     "id", "type", "file", "args", "depends_on", "priority", "delay", "affinity", "requirement", "port",
     "hitl_message",
@@ -347,7 +349,26 @@ def load_pipeline(path: str | Path) -> Pipeline:
     _check_cycles(seen, parents)
     if not jobs_after and not services:
         raise doc.fail(jobs_node, "the pipeline has no jobs")
-    return Pipeline(name=name, dag=dag, path=path, services=services)
+    schedule, catchup = _schedule(doc, top)
+    return Pipeline(name=name, dag=dag, path=path, services=services, schedule=schedule, catchup=catchup)
+
+
+def _schedule(doc: _Doc, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> tuple[str | None, str]:
+    cron = None
+    if "schedule" in top:
+        vnode = top["schedule"][1]
+        cron = doc.value(vnode)
+        from croniter import croniter
+
+        if not isinstance(cron, str) or not croniter.is_valid(cron):
+            raise doc.fail(vnode, f"'schedule' {cron!r} is not a cron expression (e.g. '0 3 * * *'; quote it)")
+    catchup = "skip"
+    if "catchup" in top:
+        vnode = top["catchup"][1]
+        catchup = doc.value(vnode)
+        if catchup not in ("skip", "once"):
+            raise doc.fail(vnode, f"'catchup' must be 'skip' or 'once', got {catchup!r}")
+    return cron, catchup
 
 
 def _jobs(doc: _Doc, node: yaml.Node) -> list[_Job]:
