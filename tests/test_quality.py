@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_ruff_clean() -> None:
     if shutil.which("ruff") is None:
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
-    paths = ["titan_zmq", "tui", "benchmarks", "tests"]
+    paths = ["titan_zmq", "tui", "benchmarks", "examples", "tests"]
     out = subprocess.run(["ruff", "check", *paths], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
 import sys
 import threading
 import time
@@ -255,6 +256,11 @@ class TitanClient:
             )
         spec["target"] = f"{module}:{qual}"
         if module == "__main__":
+            if os.environ.get("TITAN_JOB_ID"):
+                raise JobError(
+                    f"{qual} comes from a script shipped to this job; inside a job, name functions by "
+                    "'package.module:function' (importable on the workers)"
+                )
             main_file = getattr(sys.modules["__main__"], "__file__", None)
             if not main_file:
                 raise JobError(

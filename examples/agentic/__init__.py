@@ -1,0 +1,1 @@
+"""Agentic examples: DAGs that decide their own shape while they run (each run by the tests)."""
