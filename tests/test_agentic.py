@@ -130,3 +130,19 @@ def test_approve_and_reject_commands_and_a_gate_across_a_restart(tmp_path) -> No
         c.start_broker()
         rec = client.status(h.id)  # who decided survives a restart too
         assert rec.state is JobState.SUCCEEDED and rec.result["note"] == "ok" and "@" in rec.result["by"]
+
+
+def test_a_fallback_chain_on_a_real_cluster(shared_cluster: LocalCluster, tmp_path) -> None:
+    from titan_zmq.client.pipeline import load_pipeline
+
+    client = shared_cluster.client()
+    h = client.submit("tests.jobs:add", args=[1, 2], requires=["gpu"], wait=0.5,
+                      fallback=[{"requires": ["cpu"], "timeout": 60}])  # fmt: skip
+    assert h.result(30) == 3  # no gpu worker here: after half a second it ran on a cpu worker
+    src = tmp_path / "fb.yaml"
+    src.write_text("jobs:\n  - id: fb\n    call: tests.jobs:add\n    args: [2, 2]\n    requires: [gpu]\n"
+                   "    wait: 0.5\n    fallback: [{requires: [cpu]}]\n")  # fmt: skip
+    recs = client.submit_dag(load_pipeline(src).dag.instance()).wait(30)
+    assert [r.result for r in recs.values()] == [4]
+    with pytest.raises(Exception, match="fallback #1 has unknown key"):
+        client.submit("tests.jobs:noop", fallback=[{"gpu": True}])

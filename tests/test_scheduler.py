@@ -677,3 +677,42 @@ def test_result_of_an_old_lease_is_stale(sched: Scheduler) -> None:
     assert w.running == {"j"}  # its new lease still holds the slot
     report(sched, w, "j", result="ok")
     assert state(sched, "j") is JobState.SUCCEEDED
+
+
+# ---- fallback chains ------------------------------------------------------------------------------
+
+
+def test_fallback_when_no_eligible_worker_appears_in_time(sched: Scheduler, clock: FakeClock) -> None:
+    add_worker(sched, "cpu-box", slots=2)
+    submit(sched, spec("train", requires=["gpu"], wait=5, fallback=[{"requires": ["cpu"], "timeout": 600}]))
+    assert dispatch(sched) == {}
+    clock.advance(5.1)
+    sched.release_held()
+    e = sched.jobs["train"]
+    assert e.level == 1 and "no worker with tags {gpu} within its wait" in (e.error or "")
+    assert dispatch(sched) == {"cpu-box": ["train"]}
+
+
+def test_fallback_after_failing_for_good(sched: Scheduler, clock: FakeClock) -> None:
+    w = add_worker(sched, "box", slots=1, tags=["gpu"])
+    submit(sched, spec("j", requires=["gpu"], retries=1, fallback=[{"requires": ["cpu"], "timeout": 30}]))
+    dispatch(sched)
+    report(sched, w, "j", "failed", error="CUDA out of memory")
+    assert sched.jobs["j"].state is JobState.RETRYING  # its own retries first
+    clock.advance(100)
+    sched.release_held()
+    dispatch(sched)
+    report(sched, w, "j", "failed", error="CUDA out of memory")
+    e = sched.jobs["j"]
+    assert e.state is JobState.QUEUED and e.level == 1 and "failed: CUDA out of memory" in (e.error or "")
+    sched.fx.clear()
+    sched.dispatch()
+    (jobs,) = sched.fx.assign.values()
+    assert jobs[0]["requires"] == ["cpu"] and jobs[0]["timeout"] == 30 and jobs[0]["attempt"] == 3
+    report(sched, w, "j", "failed", error="again")
+    assert sched.jobs["j"].state is JobState.RETRYING  # retries count again at each level
+    clock.advance(100)
+    sched.release_held()
+    dispatch(sched)
+    report(sched, w, "j", "failed", error="again")
+    assert sched.jobs["j"].state is JobState.DEAD  # the chain is spent

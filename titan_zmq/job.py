@@ -107,11 +107,16 @@ class Job:
     node: str | None = None  # run only on the worker of this name
     affinity: str | None = None  # "parent": where its parent ran, else anywhere after affinity_wait; "strict": wait
     affinity_wait: float = 5.0
+    # Fallbacks, tried in turn when it fails for good or finds no eligible worker in time: each
+    # {"requires": [...], "timeout": s, "wait": s} (requires replaces the job's; wait: seconds to
+    # wait for an eligible worker before the next fallback).
+    fallback: tuple[dict[str, Any], ...] = ()
+    wait: float | None = None  # seconds to wait for an eligible worker before its first fallback
 
     WIRE_FIELDS = (
         "id", "kind", "target", "args", "kwargs", "env", "requires", "priority", "delay",
         "timeout", "retries", "backoff", "idempotency_key", "labels", "blob", "depends_on", "dag", "on_failure",
-        "node", "affinity", "affinity_wait",
+        "node", "affinity", "affinity_wait", "fallback", "wait",
     )  # fmt: skip
 
     def to_wire(self) -> dict[str, Any]:
@@ -145,7 +150,19 @@ class Job:
             d["affinity"] = self.affinity
         if self.affinity is not None or self.affinity_wait != 5.0:
             d["affinity_wait"] = self.affinity_wait
+        if self.fallback:
+            d["fallback"] = [dict(f) for f in self.fallback]
+        if self.wait is not None:
+            d["wait"] = self.wait
         return d
+
+    def level(self, n: int) -> tuple[frozenset[str], float | None, float | None]:
+        """(requires, timeout, wait) at fallback level ``n`` (0: the job as written)."""
+        if n <= 0 or not self.fallback:
+            return self.requires, self.timeout, self.wait
+        f = self.fallback[min(n, len(self.fallback)) - 1]
+        req = frozenset(f["requires"]) if "requires" in f else self.requires
+        return req, f.get("timeout", self.timeout), f.get("wait")
 
     @classmethod
     def from_journal(cls, d: dict[str, Any]) -> Job:
@@ -155,6 +172,8 @@ class Job:
             kw["requires"] = frozenset(kw["requires"])
         if "depends_on" in kw:
             kw["depends_on"] = tuple(kw["depends_on"])
+        if "fallback" in kw:
+            kw["fallback"] = tuple(kw["fallback"])
         return cls(**kw)
 
     @classmethod
@@ -261,7 +280,30 @@ class Job:
             node=node,
             affinity=affinity,
             affinity_wait=float(_num(d, "affinity_wait", 5.0, 0.0, 86400.0)),
+            fallback=_fallback(jid, d.get("fallback")),
+            wait=None if d.get("wait") is None else float(_num(d, "wait", None, 0.01, 86400.0)),
         )
+
+
+def _fallback(jid: str, raw: Any) -> tuple[dict[str, Any], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(f, dict) for f in raw) or len(raw) > 20:
+        raise JobError(f"job {jid}: 'fallback' must be a list (at most 20) of maps with requires, timeout, wait")
+    out = []
+    for i, f in enumerate(raw):
+        extra = set(f) - {"requires", "timeout", "wait"}
+        if extra:
+            raise JobError(f"job {jid}: fallback #{i + 1} has unknown key(s) {sorted(map(str, extra))}; "
+                           "use requires, timeout, wait")  # fmt: skip
+        item: dict[str, Any] = {}
+        if "requires" in f:
+            item["requires"] = sorted(check_tags(f["requires"], f"fallback #{i + 1} requires"))
+        for key in ("timeout", "wait"):
+            if key in f:
+                item[key] = float(_num(f, key, None, 0.001, 365 * 86400.0))
+        out.append(item)
+    return tuple(out)
 
 
 def backoff_delay(base: float, attempt: int, rng: random.Random | None = None) -> float:

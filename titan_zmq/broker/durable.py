@@ -113,6 +113,8 @@ class Restorer:
          e.exit_code, e.stdout, e.stderr) = op[:21]  # fmt: skip
         e.state = _STATES[state]
         inputs = op[21] if len(op) > 21 else None
+        if len(op) > 23:
+            e.level, e.fb_base = op[22], op[23]
         if inputs:
             self.inputs[e.job.id] = inputs
         if e.state in FINAL_STATES and not was_final:

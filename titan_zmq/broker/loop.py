@@ -248,7 +248,7 @@ class Broker:
     def _timeout_ms(self) -> int:
         now = self.clock()
         nxt = min(self._next_beat, self._next_expiry, self._next_stats)
-        for heap in (self.sched._held, self.sched._unpin, self.sched._gates):
+        for heap in (self.sched._held, self.sched._unpin, self.sched._gates, self.sched._fb_waits):
             if heap:
                 nxt = min(nxt, heap[0][0])
         return max(0, min(1000, int((nxt - now) * 1000) + 1))
@@ -271,7 +271,7 @@ class Broker:
         """Once per turn: release held jobs, expire workers, dispatch, heartbeat, stats."""
         sched = self.sched
         now = self.clock()
-        if sched._held or sched._unpin:
+        if sched._held or sched._unpin or sched._fb_waits:
             sched.release_held()
         if sched._gates:
             sched.expire_gates()

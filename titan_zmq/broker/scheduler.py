@@ -46,10 +46,12 @@ class Entry:
         "error",
         "error_type",
         "exit_code",
+        "fb_base",
         "finished_at",
         "inputs",
         "job",
         "lease",
+        "level",
         "lost",
         "misses",
         "not_before",
@@ -98,6 +100,8 @@ class Entry:
         self.waiting_on = 0  # parents not ended yet
         self.pin: str | None = job.node  # the worker it must (or, if pin_soft, should) run on
         self.pin_soft = False
+        self.level = 0  # fallback level: 0 the job as written, n its n-th fallback
+        self.fb_base = 0  # attempts made before this level (retries count per level)
 
 
 def state_op(e: Entry, now: float, wall: float) -> list[Any]:
@@ -106,7 +110,7 @@ def state_op(e: Entry, now: float, wall: float) -> list[Any]:
     return [
         "S", e.job.id, e.state.value, e.attempts, e.lease, e.worker_name, e.lost, e.misses,
         e.queued_at, e.started_at, e.finished_at, nb, e.pin, e.pin_soft,
-        e.result, e.error, e.error_type, e.traceback, e.exit_code, e.stdout, e.stderr, e.inputs,
+        e.result, e.error, e.error_type, e.traceback, e.exit_code, e.stdout, e.stderr, e.inputs, e.level, e.fb_base,
     ]  # fmt: skip
 
 
@@ -223,6 +227,7 @@ class Scheduler:
         self._unpin: list[tuple[float, int, str]] = []  # soft affinity: when a pinned job may go anywhere
         self._held: list[tuple[float, int, str]] = []  # (not_before, seq, id): delayed and retrying
         self._gates: list[tuple[float, int, str]] = []  # (deadline, seq, id): approval gates with a timeout
+        self._fb_waits: list[tuple[float, int, str, int]] = []  # (deadline, seq, id, level): fallback waits
         self._finished: deque[str] = deque()
         self._seq = itertools.count()
         self._leases = itertools.count(1)
@@ -452,7 +457,10 @@ class Scheduler:
         entry.state = JobState.QUEUED
         entry.not_before = 0.0
         entry.queued_at = self.wall()
-        key = (entry.job.requires, entry.pin)
+        requires, _, wait = entry.job.level(entry.level)
+        if wait is not None and entry.level < len(entry.job.fallback):
+            heapq.heappush(self._fb_waits, (self.clock() + wait, entry.seq, entry.job.id, entry.level))
+        key = (requires, entry.pin)
         if entry.pin is not None and entry.pin_soft:
             heapq.heappush(self._unpin, (self.clock() + entry.job.affinity_wait, entry.seq, entry.job.id))
         q = self._queues.get(key)
@@ -525,7 +533,16 @@ class Scheduler:
                 and entry.not_before <= now
             ):
                 self._enqueue(entry)
-        nxt = [h[0][0] for h in (held, unpin) if h]
+        waits = self._fb_waits
+        while waits and waits[0][0] <= now:
+            _, _, jid, level = heapq.heappop(waits)
+            entry = self.jobs.get(jid)
+            if entry is None or entry.state is not JobState.QUEUED or entry.level != level:
+                continue
+            req = entry.job.level(level)[0]
+            if not any(req <= w.tags for w in self.workers.values()):
+                self._fall_back(entry, f"no worker with tags {_fmt_tags(req or {'cpu'})} within its wait")
+        nxt = [h[0][0] for h in (held, unpin, waits) if h]
         return min(nxt) if nxt else None
 
     def _head(self, q: list[tuple[int, int, str]]) -> tuple[int, int, str] | None:
@@ -597,6 +614,11 @@ class Scheduler:
         w.running.add(entry.job.id)
         entry.lease = self.last_lease = next(self._leases)
         wire = entry.job.to_wire()
+        if entry.level:  # a fallback: its requirements and timeout
+            req, timeout, _ = entry.job.level(entry.level)
+            wire["requires"] = sorted(req)
+            if timeout is not None:
+                wire["timeout"] = timeout
         wire["attempt"] = entry.attempts
         wire["lease"] = entry.lease
         if entry.inputs is not None:
@@ -700,12 +722,25 @@ class Scheduler:
         entry.stderr = res.get("stderr") or ""
 
     def _fail_attempt(self, entry: Entry) -> None:
-        if entry.attempts <= entry.job.retries:
+        tries = entry.attempts - entry.fb_base
+        if tries <= entry.job.retries:
             entry.state = JobState.RETRYING
             entry.worker = None
-            self._hold(entry, self.clock() + backoff_delay(entry.job.backoff, entry.attempts, self.rng))
+            self._hold(entry, self.clock() + backoff_delay(entry.job.backoff, tries, self.rng))
+        elif entry.level < len(entry.job.fallback):
+            self._fall_back(entry, f"failed: {entry.error}")
         else:
             self._finish(entry, JobState.DEAD if entry.job.retries else JobState.FAILED)
+
+    def _fall_back(self, entry: Entry, why: str) -> None:
+        """Queue the job again under its next fallback's requirements."""
+        entry.level += 1
+        entry.fb_base = entry.attempts
+        entry.worker = None
+        req, _timeout, _ = entry.job.level(entry.level)
+        entry.error = f"at level {entry.level - 1} {why}; fallback {entry.level}: requires {_fmt_tags(req or {'cpu'})}"
+        log.info("job %s falls back: %s", entry.job.id, entry.error)
+        self._enqueue(entry)
 
     def _finish(self, entry: Entry, state: JobState, propagate: bool = True) -> None:
         self._touch(entry)
@@ -823,7 +858,7 @@ class Scheduler:
             return None
         if entry.not_before > now:
             return f"delayed: runs in {entry.not_before - now:.1f}s"
-        req = entry.job.requires
+        req = entry.job.level(entry.level)[0]
         if entry.pin is not None:
             soft = f" (any worker after {entry.job.affinity_wait:g}s)" if entry.pin_soft else ""
             if not any(w.name == entry.pin and req <= w.tags for w in self.workers.values()):
@@ -1030,7 +1065,7 @@ class Scheduler:
         queued = 0
         for e in self.jobs.values():
             if (e.state is JobState.QUEUED or e.state is JobState.RETRYING) and e.not_before <= now:
-                req = e.job.requires
+                req = e.job.level(e.level)[0]
                 if req <= pool and (not extra or req & extra):
                     queued += 1
         members = [w for w in self.workers.values() if pool <= w.tags and not w.draining]

@@ -27,7 +27,7 @@ class StatsFeed:
             st = e.state.value
             states[st] = states.get(st, 0) + 1
             if e.state is JobState.QUEUED or e.state is JobState.RETRYING:
-                key = ",".join(sorted(e.job.requires)) or "cpu"
+                key = ",".join(sorted(e.job.level(e.level)[0])) or "cpu"
                 queues[key] = queues.get(key, 0) + 1
             if e.job.dag is not None:
                 d = dags.get(e.job.dag)

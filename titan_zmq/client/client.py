@@ -352,13 +352,15 @@ class TitanClient:
         id: str | None = None,
         project: str | Path | None = None,
         approval: str | None = None,
+        **more: Any,
     ) -> JobHandle:
         """Submit one job: a function (``call``), a command line (``shell``) or a Python file (``script``),
-        alone or as the entry point of a ``project`` folder that travels with it (run from inside it)."""
+        alone or as the entry point of a ``project`` folder that travels with it (run from inside it).
+        Other job fields (``fallback``, ``wait``, ``depends_on``, ``node``, ``affinity``...) pass through."""
         spec = self.build(
             call, shell=shell, script=script, args=args, kwargs=kwargs, id=id, requires=requires,
             priority=priority, delay=delay, timeout=timeout, retries=retries, backoff=backoff, env=env,
-            labels=labels, idempotency_key=idempotency_key, project=project, approval=approval,
+            labels=labels, idempotency_key=idempotency_key, project=project, approval=approval, **more,
         )  # fmt: skip
         return self.submit_specs([spec])[0]
 

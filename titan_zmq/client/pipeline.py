@@ -79,7 +79,7 @@ OWN_TOP = ("name", "description", "jobs", "schedule", "catchup")
 OWN_JOB = (
     "id", "call", "shell", "script", "args", "kwargs", "env", "requires", "priority", "delay", "timeout",
     "retries", "backoff", "after", "depends_on", "on_failure", "labels", "node", "affinity", "affinity_wait",
-    "type", "port", "health", "replicas", "message",
+    "type", "port", "health", "replicas", "message", "fallback", "wait",
 )  # fmt: skip
 TITAN_TOP = ("name", "version", "project", "jobs", "schedule", "catchup")
 TITAN_JOB = (
@@ -499,7 +499,13 @@ def _own_job(job: _Job) -> dict[str, Any]:
     if requires:
         options["requires"] = requires
     _common(job, options)
+    fallback = job.get("fallback")
+    if fallback is not None:
+        if not isinstance(fallback, list) or not all(isinstance(f, dict) for f in fallback):
+            raise job.fail("fallback", "'fallback' must be a list of maps with requires, timeout and wait")
+        options["fallback"] = fallback
     for key, value in (
+        ("wait", job.number("wait", 0.01, 86400.0)),
         ("timeout", job.number("timeout", 0.001, 365 * 86400.0)),
         ("retries", job.integer("retries", 0, 1000)),
         ("backoff", job.number("backoff", 0.0, 3600.0)),
