@@ -124,7 +124,8 @@ def test_both_formats_give_the_same_specs(tmp_path: Path) -> None:
 
 def test_every_example_loads() -> None:
     names = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
-    assert names == ["diamond.yaml", "fanout.yaml", "gpu.yaml", "mapreduce.yaml", "service.yaml", "titan_format.yaml"]
+    assert names == ["diamond.yaml", "fanout.yaml", "gpu.yaml", "mapreduce.yaml", "service.yaml", "switch.yaml",
+                     "titan_format.yaml"]
     svc = load_pipeline(EXAMPLES / "service.yaml")
     assert list(svc.services) == ["pipeline-echo"] and [n["after"] for n in svc.dag.nodes] == [[], ["ask"]]
     fan = load_pipeline(EXAMPLES / "fanout.yaml").dag

@@ -112,11 +112,12 @@ class Job:
     # wait for an eligible worker before the next fallback).
     fallback: tuple[dict[str, Any], ...] = ()
     wait: float | None = None  # seconds to wait for an eligible worker before its first fallback
+    when: str | None = None  # a condition on its parents' results (titan_zmq.expr); false: it is skipped
 
     WIRE_FIELDS = (
         "id", "kind", "target", "args", "kwargs", "env", "requires", "priority", "delay",
         "timeout", "retries", "backoff", "idempotency_key", "labels", "blob", "depends_on", "dag", "on_failure",
-        "node", "affinity", "affinity_wait", "fallback", "wait",
+        "node", "affinity", "affinity_wait", "fallback", "wait", "when",
     )  # fmt: skip
 
     def to_wire(self) -> dict[str, Any]:
@@ -154,6 +155,8 @@ class Job:
             d["fallback"] = [dict(f) for f in self.fallback]
         if self.wait is not None:
             d["wait"] = self.wait
+        if self.when is not None:
+            d["when"] = self.when
         return d
 
     def level(self, n: int) -> tuple[frozenset[str], float | None, float | None]:
@@ -282,7 +285,22 @@ class Job:
             affinity_wait=float(_num(d, "affinity_wait", 5.0, 0.0, 86400.0)),
             fallback=_fallback(jid, d.get("fallback")),
             wait=None if d.get("wait") is None else float(_num(d, "wait", None, 0.01, 86400.0)),
+            when=_when(jid, d.get("when"), parents),
         )
+
+
+def _when(jid: str, raw: Any, parents: list[str]) -> str | None:
+    if raw is None:
+        return None
+    from titan_zmq.expr import ExprError, parse
+
+    if not parents:
+        raise JobError(f"job {jid}: 'when' is a condition on parents' results, and it has no parents")
+    try:
+        parse(raw)
+    except ExprError as exc:
+        raise JobError(f"job {jid}: {exc}") from None
+    return str(raw)
 
 
 def _fallback(jid: str, raw: Any) -> tuple[dict[str, Any], ...]:

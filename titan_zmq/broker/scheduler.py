@@ -372,7 +372,22 @@ class Scheduler:
         return entry
 
     def _start_waiting(self, entry: Entry) -> None:
-        """A job with nothing left to wait for: hold it for its delay, else queue it."""
+        """A job with nothing left to wait for: hold it for its delay, else queue it (or skip it,
+        when its condition on its parents' results is false)."""
+        if entry.job.when is not None:
+            from titan_zmq.expr import ExprError, evaluate
+
+            try:
+                go = evaluate(entry.job.when, entry.inputs or {})
+            except ExprError as exc:
+                entry.error, entry.error_type = str(exc), "ConditionError"
+                self._finish(entry, JobState.FAILED)
+                return
+            if not go:
+                entry.error = f"skipped: its condition is false ({entry.job.when})"
+                entry.error_type = "Skipped"
+                self._finish(entry, JobState.CANCELLED)
+                return
         if entry.job.affinity is not None and entry.pin is None:
             for p in entry.job.depends_on:  # where its (first placed) parent ran
                 parent = self.jobs.get(p)

@@ -79,7 +79,7 @@ OWN_TOP = ("name", "description", "jobs", "schedule", "catchup")
 OWN_JOB = (
     "id", "call", "shell", "script", "args", "kwargs", "env", "requires", "priority", "delay", "timeout",
     "retries", "backoff", "after", "depends_on", "on_failure", "labels", "node", "affinity", "affinity_wait",
-    "type", "port", "health", "replicas", "message", "fallback", "wait",
+    "type", "port", "health", "replicas", "message", "fallback", "wait", "when",
 )  # fmt: skip
 TITAN_TOP = ("name", "version", "project", "jobs", "schedule", "catchup")
 TITAN_JOB = (
@@ -499,6 +499,15 @@ def _own_job(job: _Job) -> dict[str, Any]:
     if requires:
         options["requires"] = requires
     _common(job, options)
+    when = job.get("when")
+    if when is not None:
+        from titan_zmq.expr import ExprError, parse
+
+        try:
+            parse(when)
+        except ExprError as exc:
+            raise job.fail("when", str(exc)) from None
+        options["when"] = when
     fallback = job.get("fallback")
     if fallback is not None:
         if not isinstance(fallback, list) or not all(isinstance(f, dict) for f in fallback):

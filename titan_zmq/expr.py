@@ -1,0 +1,129 @@
+"""A small, safe expression language for ``when:`` conditions on parents' results.
+
+It is Python expression syntax, parsed with :mod:`ast` and evaluated by walking the tree over
+an allow-list; nothing is ever passed to ``eval``. Allowed: literals (numbers, strings, True,
+False, None, lists, tuples, dicts), names, ``x[key]``, arithmetic (``+ - * / // %``),
+comparisons (``== != < <= > >= in not in``, chained), ``and``/``or``/``not``, ``a if c else b``,
+and the functions ``len``, ``abs``, ``min``, ``max``, ``round``, ``int``, ``float``, ``str``,
+``bool``. Names are ``inputs`` (parent id -> result) and each parent whose id is an identifier.
+A parent's id may be written without the run prefix that ``Dag.instance()`` adds.
+
+    when: "inputs['probe'] > 1000"
+    when: "probe['status'] == 'ok' and len(probe['rows']) > 0"
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from typing import Any
+
+from titan_zmq.errors import JobError
+
+MAX_LENGTH = 2000
+_FUNCS: dict[str, Any] = {
+    "len": len, "abs": abs, "min": min, "max": max, "round": round, "int": int, "float": float, "str": str,
+    "bool": bool,
+}  # fmt: skip
+_BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}  # fmt: skip
+_CMP = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+        ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b,
+        ast.NotIn: lambda a, b: a not in b}  # fmt: skip
+
+
+class ExprError(JobError):
+    """A ``when:`` expression is not allowed, or failed to evaluate."""
+
+
+def parse(text: str) -> ast.Expression:
+    """Parse and check an expression; raise ExprError naming what is not allowed."""
+    if not isinstance(text, str) or not text.strip():
+        raise ExprError("a 'when' condition must be a non-empty string")
+    if len(text) > MAX_LENGTH:
+        raise ExprError(f"a 'when' condition is limited to {MAX_LENGTH} characters")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ExprError(f"'when' {text!r} is not an expression: {exc.msg}") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS or node.keywords:
+                raise ExprError(f"'when' {text!r}: only {', '.join(_FUNCS)} may be called")
+        elif not isinstance(node, _ALLOWED):
+            raise ExprError(f"'when' {text!r}: {type(node).__name__} is not allowed in a condition")
+    return tree
+
+
+_ALLOWED = (
+    ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd, ast.BinOp,
+    *_BIN, ast.Compare, *_CMP, ast.IfExp, ast.Constant, ast.Name, ast.Load, ast.Subscript, ast.List,
+    ast.Tuple, ast.Dict, ast.Call,
+)  # fmt: skip
+
+
+def evaluate(text: str, inputs: dict[str, Any]) -> Any:
+    """The value of the condition over the parents' results; ExprError if it cannot be computed."""
+    view = dict(inputs)
+    for k, v in inputs.items():  # a run of a DAG prefixes job ids ("<run>.probe"): "probe" works too
+        view.setdefault(k.rsplit(".", 1)[-1], v)
+    names: dict[str, Any] = {"inputs": view, **{k: v for k, v in view.items() if k.isidentifier()}}
+    try:
+        return _eval(parse(text).body, names)
+    except ExprError:
+        raise
+    except Exception as exc:  # a missing key, a type mismatch...: the condition's fault, said plainly
+        raise ExprError(f"'when' {text!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _eval(node: ast.AST, names: dict[str, Any]) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id in ("True", "False", "None"):
+            return {"True": True, "False": False, "None": None}[node.id]
+        if node.id not in names:
+            raise ExprError(f"unknown name {node.id!r} (use inputs['<parent id>'])")
+        return names[node.id]
+    if isinstance(node, ast.BoolOp):
+        if isinstance(node.op, ast.And):
+            value: Any = True
+            for v in node.values:
+                value = _eval(v, names)
+                if not value:
+                    return value
+            return value
+        value = False
+        for v in node.values:
+            value = _eval(v, names)
+            if value:
+                return value
+        return value
+    if isinstance(node, ast.UnaryOp):
+        operand = _eval(node.operand, names)
+        if isinstance(node.op, ast.Not):
+            return not operand
+        return -operand if isinstance(node.op, ast.USub) else +operand
+    if isinstance(node, ast.BinOp):
+        return _BIN[type(node.op)](_eval(node.left, names), _eval(node.right, names))
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, names)
+        for op, comp in zip(node.ops, node.comparators, strict=True):
+            right = _eval(comp, names)
+            if not _CMP[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.IfExp):
+        return _eval(node.body, names) if _eval(node.test, names) else _eval(node.orelse, names)
+    if isinstance(node, ast.Subscript):
+        return _eval(node.value, names)[_eval(node.slice, names)]
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_eval(e, names) for e in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.Dict):
+        return {_eval(k, names): _eval(v, names) for k, v in zip(node.keys, node.values, strict=True) if k is not None}
+    if isinstance(node, ast.Call):
+        assert isinstance(node.func, ast.Name)
+        return _FUNCS[node.func.id](*[_eval(a, names) for a in node.args])
+    raise ExprError(f"{type(node).__name__} is not allowed in a condition")
