@@ -172,3 +172,18 @@ def spawn_a_cycle() -> str:
     except Exception as exc:
         return f"refused: {exc}"
     return "accepted"
+
+
+def wire_later(path: str) -> list[str]:
+    """Spawn two jobs, then add an edge between them; also try an edge into this running job."""
+    import titan_zmq
+
+    ctx = titan_zmq.current()
+    first = ctx.spawn("tests.jobs:log_run", args=[path, "first", 0.5], delay=0.3)
+    second = ctx.spawn("tests.jobs:log_run", args=[path, "second"], delay=0.3)
+    ctx.add_edge(first, second)
+    try:
+        ctx.add_edge(first, ctx.job_id)
+    except Exception as exc:
+        return [first, second, str(exc)]
+    return [first, second, "accepted"]

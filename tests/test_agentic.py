@@ -146,3 +146,14 @@ def test_a_fallback_chain_on_a_real_cluster(shared_cluster: LocalCluster, tmp_pa
     assert [r.result for r in recs.values()] == [4]
     with pytest.raises(Exception, match="fallback #1 has unknown key"):
         client.submit("tests.jobs:noop", fallback=[{"gpu": True}])
+
+
+def test_a_job_adds_an_edge_between_jobs_it_spawned(shared_cluster: LocalCluster, tmp_path) -> None:
+    client = shared_cluster.client()
+    log = tmp_path / "runs.log"
+    first, second, refused = client.submit("tests.jobs:wire_later", args=[str(log)]).result(30)
+    assert "cannot add an edge into job" in refused and "running" in refused
+    recs = client.wait([first, second], timeout=30)
+    assert recs[second].depends_on == [first]
+    rows = {r.split()[0]: (float(r.split()[1]), float(r.split()[2])) for r in log.read_text().splitlines()}
+    assert rows["second"][0] >= rows["first"][1]

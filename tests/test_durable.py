@@ -10,6 +10,7 @@ from tests.test_scheduler import FakeClock, add_worker, dispatch, make_sched, re
 from titan_zmq.aof.kv import KVStore
 from titan_zmq.broker.durable import Restorer, capture
 from titan_zmq.broker.scheduler import Scheduler
+from titan_zmq.errors import BrokerError, JobError
 from titan_zmq.job import JobState
 
 pytestmark = pytest.mark.timeout(60)
@@ -255,3 +256,22 @@ def test_a_broker_closed_before_its_first_turn_keeps_the_replayed_state(tmp_path
         assert b2.kv.get("k") == 1
     finally:
         b2.close()
+
+
+def test_edges_added_at_run_time_are_checked_and_journaled(clock: FakeClock) -> None:
+    s = journaled(clock)
+    w = add_worker(s, "w", slots=1)
+    submit(s, spec("long"), spec("a"), spec("b", depends_on=["a"]))
+    dispatch(s)  # long runs; a is queued; b waits for a
+    assert s.jobs["a"].state is JobState.QUEUED
+    s.add_edge("long", "a")  # a queued job now waits for long as well
+    assert s.jobs["a"].state is JobState.PENDING and s.jobs["a"].job.depends_on == ("long",)
+    with pytest.raises(BrokerError, match="cannot add an edge into job long: it is running"):
+        s.add_edge("b", "long")
+    with pytest.raises(JobError, match="closes a cycle: a is an ancestor of b"):
+        s.add_edge("b", "a")
+    ops = s.take_ops()
+    s2, _ = restart(ops, clock)
+    assert s2.jobs["a"].job.depends_on == ("long",) and s2.jobs["a"].state is JobState.PENDING
+    report(s, w, "long", result=1)
+    assert s.jobs["a"].state is JobState.QUEUED and s.jobs["a"].inputs == {"long": 1}

@@ -44,6 +44,7 @@ NOTIFY = b"\x0e"
 DRAIN = b"\x0f"
 APPROVE = b"\x30"
 SCHEDULE = b"\x31"
+EDGE = b"\x32"
 
 # Worker <-> broker, on the back socket.
 READY = b"\x10"
@@ -340,6 +341,16 @@ class Schedule(Message):
 
 
 @dataclass(frozen=True)
+class Edge(Message):
+    """Make job ``child`` (not started yet) wait for job ``parent`` too."""
+
+    CODE = EDGE
+    rid: int
+    parent: str
+    child: str
+
+
+@dataclass(frozen=True)
 class Drain(Message):
     """A worker stops taking jobs; it leaves once those it holds are done."""
 
@@ -489,7 +500,7 @@ class Reregister(Message):
 MESSAGES: dict[bytes, type[Message]] = {}
 for _cls in (
     Hello, Submit, Status, Cancel, Workers, Watch, List, Kv, Logs, Deploy, Services, Stop, Pressure, Notify, Approve,
-    Schedule, Reply, Error, Done, Ready, Heartbeat, Result, Bye, Log, SvcState, Drain, Assign, Kill, Reregister,
+    Schedule, Edge, Reply, Error, Done, Ready, Heartbeat, Result, Bye, Log, SvcState, Drain, Assign, Kill, Reregister,
     SvcStart, SvcStop,
 ):  # fmt: skip
     _cls._build_spec()
@@ -497,7 +508,7 @@ for _cls in (
 
 FRONT_COMMANDS = frozenset(
     {HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST, KV, LOGS, DEPLOY, SERVICES, STOP, PRESSURE, NOTIFY, APPROVE,
-     SCHEDULE}
+     SCHEDULE, EDGE}
 )
 BACK_COMMANDS = frozenset({READY, HEARTBEAT, RESULT, BYE, LOG, SVC_STATE, DRAIN})
 

@@ -50,7 +50,7 @@ class Restorer:
         self.inputs: dict[str, dict[str, Any]] = {}  # journaled parents' results, by child
         self._handlers = {
             "A": self._accept, "B": self._blob, "S": self._state, "K": kv.apply, "F": self._forget,
-            "L": self._lease, "O": self._order,
+            "L": self._lease, "O": self._order, "E": self._edge,
         }  # fmt: skip
         if services is not None:
             self._handlers["V"] = self._handlers["v"] = services.apply
@@ -91,6 +91,13 @@ class Restorer:
             finished.remove(jid)
         self.sched.forget(jid)
         self.inputs.pop(jid, None)
+
+    def _edge(self, op: list[Any]) -> None:
+        import dataclasses
+
+        e = self.sched.jobs.get(op[2])
+        if e is not None and op[1] not in e.job.depends_on:
+            e.job = dataclasses.replace(e.job, depends_on=(*e.job.depends_on, op[1]))
 
     def _lease(self, op: list[Any]) -> None:
         self.max_lease = max(self.max_lease, int(op[1]))

@@ -451,6 +451,8 @@ class Broker:
             return self.services.records(msg.name)
         if isinstance(msg, P.Stop):
             return self.services.stop(msg.name)
+        if isinstance(msg, P.Edge):
+            return sched.add_edge(msg.parent, msg.child)
         if isinstance(msg, P.Schedule):
             if msg.op == "add":
                 return self.schedules.add(msg.name, msg.cron, msg.jobs, msg.catchup, msg.blobs)

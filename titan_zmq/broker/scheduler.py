@@ -6,6 +6,7 @@ returns, so every rule here is testable with a fake clock and no network.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import itertools
@@ -482,6 +483,50 @@ class Scheduler:
         if q is None:
             q = self._queues[key] = []
         heapq.heappush(q, (-entry.job.priority, entry.seq, entry.job.id))
+
+    def add_edge(self, parent: str, child: str) -> dict[str, Any]:
+        """Make ``child`` wait for ``parent`` as well. The child must not have started; no cycle."""
+        p, c = self.entry(parent), self.entry(child)
+        if c.state not in (JobState.PENDING, JobState.QUEUED) or c.lease:
+            raise BrokerError(f"cannot add an edge into job {child}: it is {c.state.value} "
+                              f"{'(it ran before)' if c.lease else ''}".rstrip(), "conflict")  # fmt: skip
+        if parent == child or parent in c.job.depends_on:
+            raise BrokerError(f"job {child} already depends on {parent}" if parent != child else
+                              f"job {child} cannot depend on itself", "conflict")  # fmt: skip
+        seen, work = set(), [parent]  # is the child an ancestor of the parent?
+        while work:
+            jid = work.pop()
+            if jid == child:
+                raise JobError(f"an edge {parent} -> {child} closes a cycle: {child} is an ancestor of {parent}")
+            if jid not in seen:
+                seen.add(jid)
+                anc = self.jobs.get(jid)
+                if anc is not None:
+                    work.extend(anc.job.depends_on)
+        if self.ops is not None:
+            self.ops.append(["E", parent, child])
+        self._edge(p, c)
+        return self.record(c)
+
+    def _edge(self, p: Entry, c: Entry) -> None:
+        c.job = dataclasses.replace(c.job, depends_on=(*c.job.depends_on, p.job.id))
+        self._touch(c)
+        if c.state is JobState.QUEUED:  # its queue item goes stale: it waits on this parent now
+            c.not_before = 0.0
+            self._wire_parents(c, dict(c.inputs or {}) or None)
+            return
+        if c.inputs is None:
+            c.inputs = {}
+        if p.state is JobState.SUCCEEDED or (p.state in FINAL_STATES and p.job.on_failure == "continue"):
+            c.inputs[p.job.id] = p.result if p.state is JobState.SUCCEEDED else None
+        elif p.state in FINAL_STATES:
+            c.error = f"upstream job {p.job.id} {p.state.value}"
+            self._finish(c, JobState.CANCELLED)
+        else:
+            c.waiting_on += 1
+            if p.children is None:
+                p.children = []
+            p.children.append(c.job.id)
 
     def _await(self, entry: Entry, timeout: float | None) -> None:
         entry.state = JobState.AWAITING

@@ -84,6 +84,13 @@ class JobContext:
             spec.setdefault("dag", self.dag_id)
         return [h.id for h in self.client.submit_specs(specs, watch=False)]
 
+    def add_edge(self, parent: str, child: str) -> None:
+        """Make job ``child`` (not started yet) wait for ``parent`` too. Refused for a child that
+        started or ended, and for an edge that would close a cycle."""
+        from titan_zmq import protocol as P
+
+        self.client.request(P.Edge, parent=parent, child=child)
+
     def successor(
         self, call: str | Callable[..., Any] | None = None, *, max_iterations: int, after_me: bool = True,
         **options: Any,
