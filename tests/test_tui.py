@@ -122,3 +122,25 @@ def test_dashboard_batches_repaints_under_thousands_of_jobs(shared_cluster: Loca
     # Never one repaint per message: at most one per REFRESH interval, however many came in.
     assert stats["messages"] > 0
     assert stats["repaints"] <= stats["seconds"] / 0.25 + 3
+
+
+def test_dashboard_approves_a_gate_with_its_key(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    gate = client.submit(approval="deploy from the dashboard?")
+
+    async def scenario() -> None:
+        app = make_app(shared_cluster.address)
+        async with app.run_test(size=(160, 45)) as pilot:
+            jobs = app.query_one("#jobs", DataTable)
+            await _until(pilot, lambda: gate.id in [str(k.value) for k in jobs.rows], "the gate in the table")
+            assert "awaiting_approval" in str(jobs.get_row(gate.id)[1])
+            jobs.focus()
+            jobs.move_cursor(row=[str(k.value) for k in jobs.rows].index(gate.id))
+            await pilot.pause(0.1)
+            await pilot.press("a")
+            await _until(pilot, lambda: client.status(gate.id).state is JobState.SUCCEEDED, "the approval")
+            await pilot.press("q")
+
+    asyncio.run(scenario())
+    rec = client.status(gate.id)
+    assert rec.result["approved"] is True and rec.result["note"] == "from titan-tui"
