@@ -144,3 +144,25 @@ def test_dashboard_approves_a_gate_with_its_key(shared_cluster: LocalCluster) ->
     asyncio.run(scenario())
     rec = client.status(gate.id)
     assert rec.result["approved"] is True and rec.result["note"] == "from titan-tui"
+
+
+def test_dashboard_lists_and_stops_a_service(shared_cluster: LocalCluster) -> None:
+    from pathlib import Path as _P
+
+    client = shared_cluster.client()
+    echo = str(_P(__file__).resolve().parent / "services" / "echo_server.py")
+    client.deploy("tui-svc", script=echo)
+
+    async def scenario() -> None:
+        app = make_app(shared_cluster.address)
+        async with app.run_test(size=(160, 45)) as pilot:
+            services = app.query_one("#services", DataTable)
+            await _until(pilot, lambda: "tui-svc" in [str(k.value) for k in services.rows], "the service row")
+            services.focus()
+            services.move_cursor(row=[str(k.value) for k in services.rows].index("tui-svc"))
+            await pilot.pause(0.1)
+            await pilot.press("s")
+            await _until(pilot, lambda: all(s["name"] != "tui-svc" for s in client.services()), "the stop")
+            await pilot.press("q")
+
+    asyncio.run(scenario())

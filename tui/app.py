@@ -61,6 +61,7 @@ class TitanApp(App[None]):
         self.broker = broker
         self.filter_text = ""
         self.selected: str | None = None
+        self.selected_service: str | None = None
         self._version = -1
         self._log_job: str | None = None
         self._log_count = 0
@@ -153,8 +154,8 @@ class TitanApp(App[None]):
         services = self.query_one("#services", DataTable)
         services.clear()
         for sv in st.stats.get("services", []):
-            services.add_row(sv.get("name", "?"), _state(sv.get("state")), str(sv.get("port", "-")),
-                             str(sv.get("restarts", 0)))  # fmt: skip
+            services.add_row(sv.get("name", "?"), _state(sv.get("state")), str(sv.get("port") or "-"),
+                             str(sv.get("restarts", 0)), key=sv.get("name"))  # fmt: skip
 
     def _matches(self, rec: dict[str, Any]) -> bool:
         if not self.filter_text:
@@ -232,6 +233,8 @@ class TitanApp(App[None]):
         if event.data_table.id == "jobs" and event.row_key is not None and event.row_key.value:
             self.selected = str(event.row_key.value)
             self.feed.follow = self.selected
+        elif event.data_table.id == "services" and event.row_key is not None and event.row_key.value:
+            self.selected_service = str(event.row_key.value)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.filter_text = event.value.strip()
@@ -285,7 +288,19 @@ class TitanApp(App[None]):
             self.call_from_thread(self.notify, f"{job_id}: {rec.state.value}")
 
     def action_stop_service(self) -> None:
-        self.notify("cannot stop a service: this broker version runs no services yet", severity="warning")
+        if self.selected_service is None:
+            self.notify("select a service in the services table first (tab to it)", severity="warning")
+            return
+        self._stop_service(self.selected_service)
+
+    @work(thread=True, group="actions")
+    def _stop_service(self, name: str) -> None:
+        try:
+            rec = self.feed.client.stop_service(name)
+        except TitanError as exc:
+            self.call_from_thread(self.notify, f"stop {name}: {exc}", severity="error")
+        else:
+            self.call_from_thread(self.notify, f"service {name}: {rec['state']}")
 
 
 def make_app(broker: str | None = None) -> TitanApp:
