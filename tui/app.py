@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Input, RichLog, Sparkline, Static
 
+from titan_zmq.client import TitanClient
 from titan_zmq.errors import TitanError
 from tui.feed import Feed, FeedState
 
@@ -254,16 +255,8 @@ class TitanApp(App[None]):
         if self.selected is None:
             self.notify("select a job first", severity="warning")
             return
-        self._cancel(self.selected)
-
-    @work(thread=True, group="actions")
-    def _cancel(self, job_id: str) -> None:
-        try:
-            rec = self.feed.client.cancel(job_id)
-        except TitanError as exc:
-            self.call_from_thread(self.notify, f"cancel {job_id}: {exc}", severity="error")
-        else:
-            self.call_from_thread(self.notify, f"job {job_id}: {rec.state.value}")
+        jid = self.selected
+        self._act(f"job {jid}", lambda c: c.cancel(jid).state.value)
 
     def action_approve(self) -> None:
         self._gate(True)
@@ -275,32 +268,25 @@ class TitanApp(App[None]):
         if self.selected is None:
             self.notify("select an approval gate first", severity="warning")
             return
-        self._decide(self.selected, approve)
-
-    @work(thread=True, group="actions")
-    def _decide(self, job_id: str, approve: bool) -> None:
-        client = self.feed.client
-        try:
-            rec = (client.approve if approve else client.reject)(job_id, note="from titan-tui")
-        except TitanError as exc:
-            self.call_from_thread(self.notify, f"{job_id}: {exc}", severity="error")
-        else:
-            self.call_from_thread(self.notify, f"{job_id}: {rec.state.value}")
+        jid = self.selected
+        self._act(jid, lambda c: (c.approve if approve else c.reject)(jid, note="from titan-tui").state.value)
 
     def action_stop_service(self) -> None:
         if self.selected_service is None:
             self.notify("select a service in the services table first (tab to it)", severity="warning")
             return
-        self._stop_service(self.selected_service)
+        name = self.selected_service
+        self._act(f"service {name}", lambda c: c.stop_service(name)["state"])
 
     @work(thread=True, group="actions")
-    def _stop_service(self, name: str) -> None:
+    def _act(self, what: str, action: Callable[[TitanClient], str]) -> None:
+        """Run a request off the UI thread; say how it went in a notification."""
         try:
-            rec = self.feed.client.stop_service(name)
+            outcome = action(self.feed.client)
         except TitanError as exc:
-            self.call_from_thread(self.notify, f"stop {name}: {exc}", severity="error")
+            self.call_from_thread(self.notify, f"{what}: {exc}", severity="error")
         else:
-            self.call_from_thread(self.notify, f"service {name}: {rec['state']}")
+            self.call_from_thread(self.notify, f"{what}: {outcome}")
 
 
 def make_app(broker: str | None = None) -> TitanApp:

@@ -539,13 +539,15 @@ def _own_job(job: _Job) -> dict[str, Any]:
     return options
 
 
-def _own_approval(job: _Job) -> dict[str, Any]:
-    """An approval gate: ``message`` is the question; ``timeout`` rejects it when nobody answers."""
-    allowed = {"id", "type", "message", "timeout", "after", "depends_on", "labels"}
+def _only(job: _Job, allowed: set[str], what: str) -> None:
     for key in job.fields:
         if key not in allowed:
-            known = ", ".join(sorted(allowed))
-            raise job.fail(key, f"'{key}' does not apply to an approval gate (known: {known})", True)
+            raise job.fail(key, f"'{key}' does not apply to {what} (known: {', '.join(sorted(allowed))})", True)
+
+
+def _own_approval(job: _Job) -> dict[str, Any]:
+    """An approval gate: ``message`` is the question; ``timeout`` rejects it when nobody answers."""
+    _only(job, {"id", "type", "message", "timeout", "after", "depends_on", "labels"}, "an approval gate")
     message = job.string("message")
     if not message:
         raise job.fail(None, "an approval gate needs a 'message': the question the person answers")
@@ -563,11 +565,8 @@ def _own_approval(job: _Job) -> dict[str, Any]:
 
 
 def _own_service(job: _Job) -> dict[str, Any]:
-    allowed = {"id", "type", "shell", "script", "args", "env", "requires", "port", "health", "replicas", "after",
-               "depends_on"}  # fmt: skip
-    for key in job.fields:
-        if key not in allowed:
-            raise job.fail(key, f"'{key}' does not apply to a service (known: {', '.join(sorted(allowed))})", True)
+    _only(job, {"id", "type", "shell", "script", "args", "env", "requires", "port", "health", "replicas", "after",
+                "depends_on"}, "a service")  # fmt: skip
     given = [k for k in ("shell", "script") if job.has(k)]
     if len(given) != 1:
         raise job.fail(None, "a service needs exactly one of shell: or script:")
