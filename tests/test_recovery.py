@@ -202,3 +202,16 @@ def test_a_service_survives_a_broker_restart_without_a_restart_of_its_own(durabl
     wait_for(lambda: client.services("kept")[0]["state"] == "running", 20, "the service to be adopted")
     after = client.services("kept")[0]["replicas"][0]
     assert (after["pid"], after["restarts"], after["address"]) == (before["pid"], 0, before["address"])
+
+
+def test_a_failed_service_stays_failed_across_a_restart(durable: LocalCluster) -> None:
+    from titan_zmq.errors import ServiceFailed
+
+    durable.add_worker(slots=1)
+    durable.wait_workers(1)
+    client = durable.client()
+    with pytest.raises(ServiceFailed, match="crash loop"):
+        client.deploy("doomed", shell="exit 4", max_crashes=2, backoff=0.1)
+    _restart(durable)
+    rec = client.services("doomed")[0]
+    assert rec["state"] == "failed" and "crash loop" in rec["replicas"][0]["error"]

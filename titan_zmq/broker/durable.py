@@ -53,7 +53,7 @@ class Restorer:
             "L": self._lease, "O": self._order, "E": self._edge,
         }  # fmt: skip
         if services is not None:
-            self._handlers["V"] = self._handlers["v"] = services.apply
+            self._handlers["V"] = self._handlers["v"] = self._handlers["X"] = services.apply
         if schedules is not None:
             self._handlers["Y"] = self._handlers["y"] = self._handlers["Z"] = schedules.apply
 

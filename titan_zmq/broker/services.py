@@ -7,8 +7,9 @@ when a crashed replica starts again (exponential backoff), and when a service is
 crash loop (``max_crashes`` within ``crash_window`` seconds: ``failed``, with the reason).
 A replica is ``running`` only once its worker reports its health check passed.
 
-Service definitions are journaled (``["V", spec]`` deployed, ``["v", name]`` stopped), so a
-restarted broker keeps them, and adopts replicas that workers report still running.
+Service definitions are journaled (``["V", spec]`` deployed, ``["v", name]`` stopped, ``["X",
+name, replica, why]`` failed), so a restarted broker keeps them, adopts replicas that workers
+report still running, and does not start a failed replica again.
 """
 
 from __future__ import annotations
@@ -404,6 +405,7 @@ class ServiceManager:
 
     def _failed(self, svc: Service, r: Replica, why: str) -> None:
         r.state, r.worker, r.error = "failed", None, why
+        self._log(["X", svc.spec.name, r.id, why])  # a restarted broker must not start it again
         self.events.append({"service": svc.spec.name, "replica": r.id, "state": "failed", "reason": why})
         log.error("service replica %s failed: %s", r.id, why)
 
@@ -474,6 +476,16 @@ class ServiceManager:
             self.services[spec.name] = Service(spec, op[2])
         elif op[0] == "v":
             self.services.pop(op[1], None)
+        elif op[0] == "X":
+            svc = self.services.get(op[1])
+            r = next((x for x in svc.replicas if x.id == op[2]), None) if svc is not None else None
+            if r is not None:
+                r.state, r.error = "failed", op[3]
 
     def capture(self) -> list[list[Any]]:
-        return [["V", s.spec.to_wire(), s.blob] for s in self.services.values() if not s.stopping]
+        ops: list[list[Any]] = []
+        for s in self.services.values():
+            if not s.stopping:
+                ops.append(["V", s.spec.to_wire(), s.blob])
+                ops.extend(["X", s.spec.name, r.id, r.error] for r in s.replicas if r.state == "failed")
+        return ops
