@@ -135,10 +135,7 @@ def cmd_deploy(args: argparse.Namespace, rest: list[str]) -> int:
     }  # fmt: skip
     with TitanClient(args.broker) as client:
         if rest:
-            # Each word in double quotes: spaces stay inside words, while $PORT (quoted against your own
-            # shell's expansion) expands on the worker.
-            command = rest[0] if len(rest) == 1 else " ".join(_dquote(w) for w in rest)
-            rec = client.deploy(args.name, shell=command,
+            rec = client.deploy(args.name, shell=_command_line(rest),
                                 wait=None if args.no_wait else 60.0, **options)  # fmt: skip
         else:
             rec = client.deploy(args.name, script=args.script, project=args.project, args=args.arg or None,
@@ -149,6 +146,13 @@ def cmd_deploy(args: argparse.Namespace, rest: list[str]) -> int:
         addrs = ", ".join(r["address"] or "-" for r in rec["replicas"])
         print(f"service {rec['name']}: {rec['state']} at {addrs}")
     return EXIT_OK
+
+
+def _command_line(words: list[str]) -> str:
+    """The words after ``--`` as one shell command line: one word as written; several, each in
+    double quotes when needed, so spaces stay inside words while $PORT (quoted against your own
+    shell's expansion) still expands on the worker."""
+    return words[0] if len(words) == 1 else " ".join(_dquote(w) for w in words)
 
 
 def _dquote(word: str) -> str:
@@ -231,8 +235,7 @@ def cmd_schedule(args: argparse.Namespace, rest: list[str]) -> int:
             rec = client.schedule(args.name, args.cron, script=args.script, args=args.arg or None,
                                   catchup=args.catchup, **options)  # fmt: skip
         else:
-            command = rest[0] if len(rest) == 1 else " ".join(_dquote(w) for w in rest)
-            rec = client.schedule(args.name, args.cron, shell=command, catchup=args.catchup, **options)
+            rec = client.schedule(args.name, args.cron, shell=_command_line(rest), catchup=args.catchup, **options)
     nxt = datetime.fromtimestamp(rec["next_run"]).strftime("%Y-%m-%d %H:%M:%S")
     print(f"schedule {rec['name']} added: {rec['cron']!r}, next run {nxt}")
     return EXIT_OK
