@@ -68,6 +68,10 @@ def _add_worker_opts(p: argparse.ArgumentParser, single: bool = True) -> None:
     p.add_argument("--job-memory", type=int, default=None, metavar="MB", help="address-space limit per job")
     p.add_argument("--no-gpu-probe", action="store_true", help="do not run nvidia-smi to detect GPUs")
     p.add_argument(
+        "--no-fork-server", action="store_true",
+        help="start every script job as a new interpreter, not forked from a warm one ($TITAN_FORK_SERVER=0)",
+    )  # fmt: skip
+    p.add_argument(
         "--prefetch", type=int, default=None,
         help="extra jobs per slot the worker may hold while its jobs are short (default 4; 0: strict credit)",
     )  # fmt: skip
@@ -258,7 +262,7 @@ def _worker_config(args: argparse.Namespace, **extra: Any) -> Any:
         WorkerConfig, getattr(args, "config", None), broker=getattr(args, "broker", None), tags=args.tags,
         slots=args.slots, name=getattr(args, "name", None), cache_dir=args.cache_dir,
         job_memory_mb=args.job_memory, gpu_probe=False if args.no_gpu_probe else None, prefetch=args.prefetch,
-        **extra,
+        fork_server=False if args.no_fork_server else None, **extra,
     )  # fmt: skip
 
 
@@ -316,8 +320,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                             ("--job-memory", args.job_memory), ("--prefetch", args.prefetch)):  # fmt: skip
             if value is not None:
                 cmd += [flag, str(value)]
-        if args.no_gpu_probe:
-            cmd.append("--no-gpu-probe")
+        for flag, on in (("--no-gpu-probe", args.no_gpu_probe), ("--no-fork-server", args.no_fork_server)):
+            if on:
+                cmd.append(flag)
         procs.append(subprocess.Popen(cmd, preexec_fn=die_with_parent, start_new_session=True))
     print(f"titan up: broker on {address} (events {ports['events']}), {args.workers} worker(s). Ctrl-C stops.",
           flush=True)  # fmt: skip

@@ -228,6 +228,7 @@ class WorkerConfig:
     prefetch: int = 4  # extra jobs per slot it may hold while its jobs are short; 0: strict credit
     prefetch_wait: float = 1.0  # a held job not started after this many seconds goes back
     advertise: str = ""  # address its services are reached at (default: its IP facing the broker)
+    fork_server: bool = True  # script jobs fork from a warm interpreter instead of starting a new one
 
     def validate(self) -> None:
         parse_address(self.broker)

@@ -27,6 +27,7 @@ import msgpack
 
 from titan_zmq.process import die_with_parent, kill_tree
 from titan_zmq.worker.cache import BlobCache
+from titan_zmq.worker.forkserver import ForkedProcess, ForkServer, ForkServerError
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class Task:
         self.deadline: float | None = self.started + timeout if timeout else None
         self.out = Tail(tail, logs, self.id, "out")
         self.err = Tail(tail, logs, self.id, "err")
-        self.popen: subprocess.Popen[bytes] | None = None
+        self.popen: subprocess.Popen[bytes] | ForkedProcess | None = None
         self.child: ChildProc | None = None
         self.out_fd: int | None = None
         self.err_fd: int | None = None
@@ -250,6 +251,7 @@ class Executor:
         output_tail: int = 64 * 1024,
         memory_mb: int | None = None,
         prefetch_wait: float = 1.0,
+        fork_server: bool = True,
     ) -> None:
         self.cache = cache
         self.env = env
@@ -265,6 +267,9 @@ class Executor:
         self.finished: list[dict[str, Any]] = []
         self._readers: dict[int, Callable[[], object]] = {}
         self.logs = LogSink()
+        # Script jobs fork from a warm interpreter when their environment allows it.
+        self.forks = ForkServer(env) if fork_server else None
+        self._fork_fd: int | None = None
 
     # ---- starting -------------------------------------------------------------------
 
@@ -401,10 +406,15 @@ class Executor:
                 argv = [sys.executable, os.path.join(cwd, job["target"]), *job.get("args", [])]
             else:
                 argv = [sys.executable, str(self.cache.path(sha)), *job.get("args", [])]
-        popen = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=self._job_env(job), start_new_session=True, preexec_fn=_limit_memory(self.memory_mb), cwd=cwd,
-        )  # fmt: skip
+        env = self._job_env(job)
+        popen: subprocess.Popen[bytes] | ForkedProcess | None = None
+        if job["kind"] != "shell" and self.forks is not None and self.forks.fits(env):
+            popen = self._fork(argv, env, cwd)
+        if popen is None:
+            popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=env, start_new_session=True, preexec_fn=_limit_memory(self.memory_mb), cwd=cwd,
+            )  # fmt: skip
         assert popen.stdout is not None and popen.stderr is not None
         task.popen = popen
         task.out_fd = popen.stdout.fileno()
@@ -412,6 +422,34 @@ class Executor:
         for fd, sink in ((task.out_fd, task.out), (task.err_fd, task.err)):
             os.set_blocking(fd, False)
             self._readers[fd] = functools.partial(self._on_process_output, task, fd, sink)
+
+    def _fork(self, argv: list[str], env: dict[str, str], cwd: str | None) -> ForkedProcess | None:
+        """The job forked from the warm interpreter; None if the fork server cannot (it is spawned instead)."""
+        assert self.forks is not None
+        try:
+            proc = self.forks.spawn(argv, env, cwd, self.memory_mb)
+        except (ForkServerError, OSError) as exc:
+            log.warning("fork server: %s; the job starts as a fresh interpreter", exc)
+            proc = None
+        fd = self.forks.fileno()
+        if fd != self._fork_fd:
+            if self._fork_fd is not None:
+                self._readers.pop(self._fork_fd, None)
+            if fd is not None:
+                self._readers[fd] = self._on_fork_reports
+            self._fork_fd = fd
+        return proc
+
+    def _on_fork_reports(self) -> None:
+        """Exit reports from the fork server: reap the jobs whose pipes are already closed."""
+        assert self.forks is not None
+        self.forks.pump()
+        if self.forks.fileno() is None and self._fork_fd is not None:
+            self._readers.pop(self._fork_fd, None)
+            self._fork_fd = None
+        for task in list(self.tasks.values()):
+            if isinstance(task.popen, ForkedProcess) and task.out_fd is None and task.err_fd is None:
+                self._reap(task, wait=0)
 
     # ---- watching -------------------------------------------------------------------
 
@@ -607,6 +645,8 @@ class Executor:
             self.kill(jid, "interrupted")
         for child in list(self.children):
             self._drop_child(child)
+        if self.forks is not None:
+            self.forks.close()
         return ids
 
 
