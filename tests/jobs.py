@@ -187,3 +187,8 @@ def wire_later(path: str) -> list[str]:
     except Exception as exc:
         return [first, second, str(exc)]
     return [first, second, "accepted"]
+
+
+def raw_write(text: str) -> int:
+    """Write to descriptor 1 directly, as C code or a subprocess would, bypassing sys.stdout."""
+    return os.write(1, text.encode())

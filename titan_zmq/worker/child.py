@@ -1,10 +1,18 @@
 """The process that runs `call` jobs, one at a time, for a worker.
 
-It is started by the worker with two pipe descriptors: it reads jobs from the
-first and writes outcomes to the second, each a ``[u32 length][msgpack]`` frame.
-Its stdout and stderr are pipes the worker reads, so whatever a job prints is
-captured. A job that crashes or hangs this process costs the worker nothing but
-a new child.
+It is started by the worker with three pipe descriptors: it reads jobs from the
+first, writes outcomes to the second, and reads skip requests from the third, each
+a ``[u32 length][msgpack]`` frame. A job that crashes or hangs this process costs
+the worker nothing but a new child.
+
+The worker may send several jobs ahead (a pipeline, for short jobs): they run in
+order. A thread reads ``{"skip": id}`` requests as they come, even while a long job
+runs: a job not started yet is answered ``skipped`` at once and never runs; one
+that started is left alone (the worker kills it if it must). What a job prints through ``sys.stdout`` and
+``sys.stderr`` travels as ``{"o": "out"|"err", "d": bytes}`` frames on the outcome
+pipe, ahead of the job's outcome, so each line is the job's that was running when
+it was written, however far ahead the worker sent the next jobs. Writes straight
+to descriptors 1 and 2 (C code, subprocesses) go to pipes the worker reads.
 
 Run as ``python -m titan_zmq.worker.child READ_FD WRITE_FD [MEMORY_MB]``.
 """
@@ -13,16 +21,22 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import io
 import os
+import select
 import struct
 import sys
+import threading
+import time
 import traceback
+from collections import deque
 from types import ModuleType
 from typing import Any
 
 import msgpack
 
 _HEADER = struct.Struct("!I")
+_RECENT = 4096  # started job ids remembered, to tell a late skip request from an early one
 _main_modules: dict[str, ModuleType] = {}
 
 
@@ -148,11 +162,181 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
                 pass
 
 
+def _set_env(name: str, value: str) -> None:
+    """Set a variable only when it changes: each write is a putenv, and most stay the same job to job."""
+    if os.environ.get(name) != value:
+        os.environ[name] = value
+
+
+class Outbox:
+    """The outcome pipe: outcomes and output frames, each written whole (two threads write)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.write(msgpack.packb(msg, use_bin_type=True))
+
+    def write(self, body: bytes) -> None:
+        with self.lock:
+            write_frame(self.fd, body)
+
+
+class JobStream(io.TextIOBase):
+    """``sys.stdout`` / ``sys.stderr`` of a job: whole lines go to the worker as frames, in order with outcomes."""
+
+    def __init__(self, stream: str, outbox: Outbox, fd: int) -> None:
+        super().__init__()
+        self.stream = stream
+        self.outbox = outbox
+        self._fd = fd
+        self._parts: list[str] = []
+        self._size = 0
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "replace"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._fd  # writes through the descriptor reach the worker's pipe for it
+
+    @property
+    def buffer(self) -> Any:  # binary writes go through the descriptor, after what is waiting here
+        self.flush()
+        return (sys.__stdout__ if self.stream == "out" else sys.__stderr__).buffer  # type: ignore[union-attr]
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        self._parts.append(s)
+        self._size += len(s)
+        if "\n" in s or "\r" in s or self._size >= 8192:
+            self.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        if self._parts:
+            data = "".join(self._parts).encode("utf-8", "replace")
+            self._parts.clear()
+            self._size = 0
+            self.outbox.send({"o": self.stream, "d": data})
+
+
+class Inbox:
+    """Jobs from the worker, read ahead of the job that runs, and the skip requests for them."""
+
+    def __init__(self, fd: int, outbox: Outbox) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.outbox = outbox
+        self.buf = bytearray()
+        self.jobs: deque[dict[str, Any]] = deque()
+        self.skip: set[str] = set()  # answered already; dropped when read
+        self.started: deque[str] = deque(maxlen=_RECENT)  # ids started lately (a skip comes too late for them)
+        self.started_set: set[str] = set()
+        self.lock = threading.Lock()
+        self.open = True
+
+    def pull(self, block: bool) -> None:
+        """Read what the pipe holds; with ``block``, wait for at least one job (or the end)."""
+        while self.open:
+            try:
+                chunk = os.read(self.fd, 1 << 20)
+            except BlockingIOError:
+                if block and not self.jobs:
+                    select.select([self.fd], [], [])
+                    continue
+                return
+            if not chunk:
+                self.open = False
+                return
+            self.buf += chunk
+            while len(self.buf) >= 4:
+                (n,) = _HEADER.unpack_from(self.buf)
+                if len(self.buf) < 4 + n:
+                    break
+                msg = msgpack.unpackb(bytes(self.buf[4 : 4 + n]), raw=False)
+                del self.buf[: 4 + n]
+                with self.lock:
+                    if msg["id"] in self.skip:
+                        self.skip.discard(msg["id"])
+                    else:
+                        self.jobs.append(msg)
+
+    def next(self) -> dict[str, Any] | None:
+        """The next job to run, now counted as started."""
+        with self.lock:
+            if not self.jobs:
+                return None
+            job = self.jobs.popleft()
+            if len(self.started) == self.started.maxlen:
+                self.started_set.discard(self.started[0])
+            self.started.append(job["id"])
+            self.started_set.add(job["id"])
+            return job
+
+    def skip_requests(self, fd: int) -> None:
+        """The skip thread: answer each request at once, for a job that has not started."""
+        buf = bytearray()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while len(buf) >= 4:
+                (n,) = _HEADER.unpack_from(buf)
+                if len(buf) < 4 + n:
+                    break
+                jid = msgpack.unpackb(bytes(buf[4 : 4 + n]), raw=False)["skip"]
+                del buf[: 4 + n]
+                with self.lock:
+                    if jid in self.started_set or jid in self.skip:
+                        continue  # it runs or ran: the worker hears of it as usual
+                    kept = [job for job in self.jobs if job["id"] != jid]
+                    if len(kept) == len(self.jobs):
+                        self.skip.add(jid)  # still in the job pipe: dropped when read
+                    else:
+                        self.jobs = deque(kept)
+                    self.outbox.send({"id": jid, "outcome": "skipped"})
+
+
+def _packed(out: dict[str, Any]) -> bytes:
+    try:
+        return msgpack.packb(out, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        value = out.get("result")
+        return msgpack.packb(
+            {
+                "id": out["id"],
+                "outcome": "failed",
+                "error": f"the result of type {type(value).__name__} cannot be sent back ({exc}); "
+                "return msgpack values: None, bool, int, float, str, bytes, list, dict",
+                "error_type": "ResultNotSerializable",
+                "runtime": out.get("runtime"),
+            },
+            use_bin_type=True,
+        )
+
+
 def main(argv: list[str]) -> int:
-    rfd, wfd = int(argv[0]), int(argv[1])
+    rfd, wfd, ctl = int(argv[0]), int(argv[1]), int(argv[3])
     # Processes a job starts must not hold these pipes: a crash here has to close them.
-    os.set_inheritable(rfd, False)
-    os.set_inheritable(wfd, False)
+    for fd in (rfd, wfd, ctl):
+        os.set_inheritable(fd, False)
     if len(argv) > 2 and argv[2] != "0":
         import resource
 
@@ -160,32 +344,27 @@ def main(argv: list[str]) -> int:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    outbox = Outbox(wfd)
+    inbox = Inbox(rfd, outbox)
+    threading.Thread(target=inbox.skip_requests, args=(ctl,), name="titan-skips", daemon=True).start()
+    sys.stdout = JobStream("out", outbox, 1)
+    sys.stderr = JobStream("err", outbox, 2)
     while True:
-        frame = read_frame(rfd)
-        if frame is None:
-            return 0
-        job = msgpack.unpackb(frame, raw=False)
-        os.environ["TITAN_JOB_ID"] = job["id"]
-        os.environ["TITAN_ATTEMPT"] = str(job.get("attempt", 1))
-        os.environ["TITAN_DAG_ID"] = job.get("dag") or ""
-        os.environ["TITAN_ITERATION"] = str((job.get("labels") or {}).get("titan.iteration", "0"))
+        inbox.pull(block=not inbox.jobs)  # further jobs that arrived meanwhile
+        job = inbox.next()
+        if job is None:
+            if not inbox.open:
+                return 0  # the worker closed the pipe
+            continue
+        _set_env("TITAN_JOB_ID", job["id"])
+        _set_env("TITAN_ATTEMPT", str(job.get("attempt", 1)))
+        _set_env("TITAN_DAG_ID", job.get("dag") or "")
+        _set_env("TITAN_ITERATION", str((job.get("labels") or {}).get("titan.iteration", "0")))
+        started = time.monotonic()
         out = run_one(job)
         out["id"] = job["id"]
-        try:
-            packed = msgpack.packb(out, use_bin_type=True)
-        except (TypeError, ValueError, OverflowError) as exc:
-            value = out.get("result")
-            packed = msgpack.packb(
-                {
-                    "id": job["id"],
-                    "outcome": "failed",
-                    "error": f"the result of type {type(value).__name__} cannot be sent back ({exc}); "
-                    "return msgpack values: None, bool, int, float, str, bytes, list, dict",
-                    "error_type": "ResultNotSerializable",
-                },
-                use_bin_type=True,
-            )
-        write_frame(wfd, packed)
+        out["runtime"] = time.monotonic() - started
+        outbox.write(_packed(out))
 
 
 if __name__ == "__main__":

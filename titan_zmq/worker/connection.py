@@ -77,7 +77,7 @@ class Worker:
         env.update({"TITAN_BROKER": cfg.broker, "TITAN_WORKER": cfg.name, "PYTHONUNBUFFERED": "1"})
         self.executor = Executor(
             self.cache, env, slots=cfg.slots, output_tail=cfg.output_tail, memory_mb=cfg.job_memory_mb,
-            prefetch_wait=cfg.prefetch_wait, fork_server=cfg.fork_server,
+            prefetch_wait=cfg.prefetch_wait, fork_server=cfg.fork_server, pipeline=cfg.prefetch,
         )  # fmt: skip
         self.services = ServiceRunner(self.cache, env, self.executor.logs, cfg.output_tail)
         self.address = cfg.advertise or facing_ip(self.host, self.front_port)

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -23,15 +22,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
-
 from titan_zmq.process import die_with_parent, kill_tree
 from titan_zmq.worker.cache import BlobCache
+from titan_zmq.worker.calls import ChildProc
 from titan_zmq.worker.forkserver import ForkedProcess, ForkServer, ForkServerError
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct("!I")
 
 
 def _limit_memory(mb: int | None) -> Callable[[], None]:
@@ -44,6 +41,9 @@ def _limit_memory(mb: int | None) -> Callable[[], None]:
 
     return setup
 
+
+PIPELINE_BELOW = 0.05  # s: a call job is queued behind a running one only while that has run less
+SKIP_GRACE = 0.5  # s: a queued job asked not to start that starts anyway is killed after this
 
 MAX_LINE = 8192  # characters of one log line; longer ones are cut into pieces
 MAX_PENDING_LINES = 100_000  # log lines kept for the broker while it is away; more are counted, not kept
@@ -139,7 +139,7 @@ class Task:
     """One running attempt of a job."""
 
     __slots__ = (
-        "attempt", "child", "deadline", "err", "err_fd", "id", "job", "kill_reason", "out", "out_fd",
+        "arrived", "attempt", "child", "deadline", "err", "err_fd", "id", "job", "kill_reason", "out", "out_fd",
         "popen", "started",
     )  # fmt: skip
 
@@ -147,7 +147,7 @@ class Task:
         self.job = job
         self.id: str = job["id"]
         self.attempt: int = job.get("attempt", 1)
-        self.started = time.monotonic()
+        self.started = self.arrived = time.monotonic()
         timeout = job.get("timeout")
         self.deadline: float | None = self.started + timeout if timeout else None
         self.out = Tail(tail, logs, self.id, "out")
@@ -157,86 +157,6 @@ class Task:
         self.out_fd: int | None = None
         self.err_fd: int | None = None
         self.kill_reason: str | None = None
-
-
-class ChildProc:
-    """A long-lived process that runs call jobs one after another."""
-
-    def __init__(self, env: dict[str, str], memory_mb: int | None) -> None:
-        job_r, self.job_w = os.pipe()
-        self.res_r, res_w = os.pipe()
-        argv = [sys.executable, "-m", "titan_zmq.worker.child", str(job_r), str(res_w), str(memory_mb or 0)]
-        try:
-            self.popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(job_r, res_w), env=env, start_new_session=True, preexec_fn=die_with_parent,
-            )  # fmt: skip
-        except BaseException:
-            for fd in (self.job_w, self.res_r):
-                os.close(fd)
-            raise
-        finally:
-            os.close(job_r)
-            os.close(res_w)
-        assert self.popen.stdout is not None and self.popen.stderr is not None
-        self.out_fd = self.popen.stdout.fileno()
-        self.err_fd = self.popen.stderr.fileno()
-        for fd in (self.res_r, self.out_fd, self.err_fd):
-            os.set_blocking(fd, False)
-        self.buf = bytearray()
-        self.task: Task | None = None
-        self.dead = False
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def send(self, msg: dict[str, Any]) -> None:
-        body = msgpack.packb(msg, use_bin_type=True)
-        data = memoryview(_HEADER.pack(len(body)) + body)
-        while data:
-            n = os.write(self.job_w, data)
-            data = data[n:]
-
-    def read_results(self) -> tuple[list[dict[str, Any]], bool]:
-        """Outcomes the child wrote, and False once its pipe closed (it died)."""
-        alive = True
-        while True:
-            try:
-                chunk = os.read(self.res_r, 1 << 20)
-            except BlockingIOError:
-                break
-            except OSError:
-                alive = False
-                break
-            if not chunk:
-                alive = False
-                break
-            self.buf += chunk
-        out = []
-        while len(self.buf) >= 4:
-            (n,) = _HEADER.unpack_from(self.buf)
-            if len(self.buf) < 4 + n:
-                break
-            out.append(msgpack.unpackb(bytes(self.buf[4 : 4 + n]), raw=False, strict_map_key=False))
-            del self.buf[: 4 + n]
-        return out, alive
-
-    def close(self) -> None:
-        self.dead = True
-        kill_tree(self.popen.pid)
-        for fd in (self.job_w, self.res_r):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        for stream in (self.popen.stdout, self.popen.stderr):
-            if stream is not None:
-                stream.close()
-        try:
-            self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            log.warning("call executor %d did not exit after SIGKILL", self.popen.pid)
 
 
 class Executor:
@@ -252,6 +172,7 @@ class Executor:
         memory_mb: int | None = None,
         prefetch_wait: float = 1.0,
         fork_server: bool = True,
+        pipeline: int = 4,
     ) -> None:
         self.cache = cache
         self.env = env
@@ -259,6 +180,9 @@ class Executor:
         self.tail = output_tail
         self.memory_mb = memory_mb
         self.prefetch_wait = prefetch_wait
+        # Short call jobs may be sent this many ahead to a call executor that is running one: it
+        # starts the next without waiting for the worker (no wake-up of two processes per job).
+        self.pipeline = pipeline
         self.tasks: dict[str, Task] = {}
         # Jobs leased to this worker beyond its free slots (the broker's prefetch window), in order,
         # with the monotonic time each arrived. They start as slots free up.
@@ -293,10 +217,38 @@ class Executor:
         self.fill()
 
     def fill(self) -> None:
-        """Start waiting jobs while slots are free."""
-        while self.waiting and len(self.tasks) < self.slots:
-            _, (job, _) = self.waiting.popitem(last=False)
-            self.start(job)
+        """Start waiting jobs while slots are free; pipeline short call jobs behind running ones."""
+        while self.waiting:
+            job, arrived = next(iter(self.waiting.values()))
+            if self.running() < self.slots:
+                child = None
+            else:
+                child = self._pipeline_to(job)
+                if child is None:
+                    return
+            del self.waiting[job["id"]]
+            self.start(job, child, arrived)
+
+    def running(self) -> int:
+        """Jobs running now (jobs queued in a call executor's pipeline wait, they do not run)."""
+        return sum(1 for t in self.tasks.values() if t.child is None or t.child.task is t)
+
+    def _pipeline_to(self, job: dict[str, Any]) -> ChildProc | None:
+        """The call executor to queue ``job`` on behind its running job, if any should take it.
+
+        Only call jobs, only behind a job that has run for less than PIPELINE_BELOW so far (one
+        that turns out long does not hold the queue), and at most ``pipeline`` deep."""
+        if job["kind"] != "call" or not self.pipeline:
+            return None
+        best = None
+        now = time.monotonic()
+        for c in self.children:
+            head = c.task
+            if c.dead or head is None or head.kill_reason is not None or len(c.queue) > self.pipeline:
+                continue
+            if now - head.started < PIPELINE_BELOW and (best is None or len(c.queue) < len(best.queue)):
+                best = c
+        return best
 
     def take_waiting(self) -> list[dict[str, Any]]:
         """Hand back every prefetched job not started yet (outcome ``returned``): the worker drains."""
@@ -307,9 +259,17 @@ class Executor:
 
     def return_stale(self) -> None:
         """Hand back prefetched jobs that waited too long for a slot (a long job is in the way)."""
+        limit = time.monotonic() - self.prefetch_wait
+        for child in self.children:
+            for task in list(child.queue)[1:]:  # queued behind a job that turned out long
+                if task.kill_reason is None and task.arrived < limit:
+                    task.kill_reason = "stale"
+                    try:
+                        child.skip(task.id)
+                    except OSError:
+                        pass  # the executor is gone; its death settles the job
         if not self.waiting:
             return
-        limit = time.monotonic() - self.prefetch_wait
         for jid, (job, since) in list(self.waiting.items()):
             if since > limit:
                 break
@@ -318,13 +278,16 @@ class Executor:
                 {"id": jid, "attempt": job.get("attempt", 1), "lease": job.get("lease", 0), "outcome": "returned"}
             )
 
-    def start(self, job: dict[str, Any]) -> None:
-        """Start one attempt now. Failures to start become the attempt's outcome."""
+    def start(self, job: dict[str, Any], child: ChildProc | None = None, arrived: float | None = None) -> None:
+        """Start one attempt now (or queue it on call executor ``child``). Failures to start become
+        the attempt's outcome."""
         task = Task(job, self.tail, self.logs)
+        if arrived is not None:
+            task.arrived = arrived
         self.tasks[task.id] = task
         try:
             if job["kind"] == "call":
-                self._start_call(task)
+                self._start_call(task, child)
             else:
                 self._start_process(task)
         except Exception as exc:
@@ -345,7 +308,7 @@ class Executor:
         env.update(job.get("env") or {})
         return env
 
-    def _start_call(self, task: Task) -> None:
+    def _start_call(self, task: Task, pipelined: ChildProc | None = None) -> None:
         job = task.job
         msg: dict[str, Any] = {
             "id": task.id,
@@ -368,14 +331,17 @@ class Executor:
             msg["blob"] = job["blob"]
             msg["module_path"] = str(self.cache.path(job["blob"]))
         for _ in range(2):
-            child = self._idle_child()
+            child = pipelined or self._idle_child()
+            pipelined = None
             try:
                 child.send(msg)
             except OSError:
                 self._drop_child(child)
                 continue
-            child.task = task
+            child.queue.append(task)
             task.child = child
+            if child.task is not task:
+                task.deadline = None  # its clock starts when the job before it ends
             return
         raise RuntimeError("call executor process could not be started")
 
@@ -472,27 +438,65 @@ class Executor:
                 self._reap(task, wait=0.05)
 
     def _on_child_output(self, child: ChildProc, fd: int, which: str) -> None:
-        task = child.task
+        task = child.task  # descriptor-level writes: the running job's, as far as anyone can tell
         sink = None if task is None else (task.out if which == "out" else task.err)
         if not _read_available(fd, sink):
             self._readers.pop(fd, None)
 
     def _on_child_results(self, child: ChildProc) -> None:
-        results, alive = child.read_results()
-        for res in results:
+        frames, alive = child.read_results()
+        for res in frames:
             task = child.task
+            if "o" in res:  # a job's own output, written before its outcome
+                if task is not None:
+                    (task.out if res["o"] == "out" else task.err).add(res.get("d") or b"")
+                continue
+            if res.get("outcome") == "skipped":  # a queued job it will not run: answered at once
+                self._skipped(child, res.get("id"))
+                continue
             if task is None or res.get("id") != task.id:
                 log.warning("call executor %d reported an unexpected job %r", child.pid, res.get("id"))
                 continue
             _read_available(child.out_fd, task.out)
             _read_available(child.err_fd, task.err)
-            child.task = None
+            child.queue.popleft()
             task.child = None
             res.pop("id", None)
-            outcome = res.pop("outcome", "failed")
-            self._finish(task, outcome, **res)
+            self._finish(task, res.pop("outcome", "failed"), **res)
+            self._now_running(child)
         if not alive:
             self._child_died(child)
+
+    def _skipped(self, child: ChildProc, job_id: Any) -> None:
+        for task in child.queue:
+            if task.id == job_id:
+                head = task is child.task
+                child.queue.remove(task)
+                task.child = None
+                self._finish_unstarted(task)
+                if head:
+                    self._now_running(child)
+                return
+        log.warning("call executor %d skipped a job it was not given: %r", child.pid, job_id)
+
+    def _now_running(self, child: ChildProc) -> None:
+        """The next job in ``child``'s pipeline has just started: its clock starts now."""
+        task = child.task
+        if task is None:
+            return
+        task.started = time.monotonic()
+        timeout = task.job.get("timeout")
+        if task.kill_reason is not None:  # asked to skip it: if it runs after all, it is killed soon
+            task.deadline = task.started + SKIP_GRACE
+        else:
+            task.deadline = task.started + timeout if timeout else None
+
+    def _finish_unstarted(self, task: Task) -> None:
+        """A job that never started: cancelled or interrupted as asked, else handed back to the broker."""
+        if task.kill_reason in ("cancelled", "interrupted"):
+            self._finish_killed(task, None)
+        else:
+            self._finish(task, "returned", error="not started: its call executor ended first")
 
     def _child_died(self, child: ChildProc) -> None:
         task = child.task
@@ -502,8 +506,17 @@ class Executor:
         self._drop_child(child)
         code = child.popen.returncode
         if task is not None:
+            child.queue.popleft()
             task.child = None
-            self._finish_killed(task, code)
+            if task.kill_reason is None and child.killed_for not in (None, task.id):
+                # killed for the job before it, which ended as the kill came: not this job's doing
+                self._finish(task, "returned", error="stopped with its call executor, killed for another job")
+            else:
+                self._finish_killed(task, code)
+        while child.queue:  # the jobs queued behind it never started
+            waiting = child.queue.popleft()
+            waiting.child = None
+            self._finish_unstarted(waiting)
 
     def _drop_child(self, child: ChildProc) -> None:
         for fd in (child.res_r, child.out_fd, child.err_fd):
@@ -523,17 +536,24 @@ class Executor:
                 self._on_child_results(child)
                 if not child.dead:
                     self._child_died(child)
-            elif task.deadline is not None and now >= task.deadline and task.kill_reason is None:
-                self.kill(task.id, "timeout")
+            elif task.deadline is not None and now >= task.deadline:
+                if task.kill_reason is None:
+                    self.kill(task.id, "timeout")
+                elif task.child is not None and task.child.task is task:
+                    self._kill_child(task.child, task)  # asked not to start, it started all the same
 
     def next_wakeup(self) -> float | None:
         """Seconds until the executor needs a poll() even if no pipe is readable."""
         now = time.monotonic()
-        waits = [t.deadline - now for t in self.tasks.values() if t.deadline is not None and t.kill_reason is None]
+        waits = [t.deadline - now for t in self.tasks.values() if t.deadline is not None and _timed(t)]
         if any(t.popen is not None for t in self.tasks.values()):
             waits.append(0.1)  # a process may exit while a grandchild keeps its pipes open
         if self.waiting:
             waits.append(next(iter(self.waiting.values()))[1] + self.prefetch_wait - now)
+        for child in self.children:  # jobs queued behind a running one go back if they wait too long
+            queued = [t.arrived for t in list(child.queue)[1:] if t.kill_reason is None]
+            if queued:
+                waits.append(min(queued) + self.prefetch_wait - now)
         return max(0.0, min(waits)) if waits else None
 
     def _reap(self, task: Task, wait: float) -> None:
@@ -582,18 +602,29 @@ class Executor:
         task.kill_reason = reason
         if task.child is not None:
             child = task.child
-            kill_tree(child.pid)
-            try:
-                child.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-            self._on_child_results(child)  # reads what it managed to say, then buries it
-            if not child.dead:
-                self._child_died(child)
+            if child.task is not task:  # queued behind another job: it must not start
+                try:
+                    child.skip(task.id)
+                except OSError:
+                    pass  # the executor is gone; its death settles the job
+                return True
+            self._kill_child(child, task)
         elif task.popen is not None:
             kill_tree(task.popen.pid)
             self._reap(task, wait=5)
         return True
+
+    def _kill_child(self, child: ChildProc, task: Task) -> None:
+        """Kill the call executor running ``task``; the jobs queued behind it go back unstarted."""
+        child.killed_for = task.id
+        kill_tree(child.pid)
+        try:
+            child.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._on_child_results(child)  # reads what it managed to say, then buries it
+        if not child.dead:
+            self._child_died(child)
 
     def _finish_killed(self, task: Task, code: int | None) -> None:
         reason = task.kill_reason
@@ -648,6 +679,11 @@ class Executor:
         if self.forks is not None:
             self.forks.close()
         return ids
+
+
+def _timed(task: Task) -> bool:
+    """Whether the task's deadline still needs enforcing: it runs, or it was asked to skip and started."""
+    return task.kill_reason is None or (task.child is not None and task.child.task is task)
 
 
 def _describe_code(code: int | None) -> str:
