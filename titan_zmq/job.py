@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import random
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,7 @@ MAX_BACKOFF = 300.0
 
 def new_job_id() -> str:
     """A fresh job id: 16 hex digits (64 random bits)."""
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()  # a quarter of uuid4's cost: map() makes one per item
 
 
 def check_tags(tags: Any, what: str = "requires") -> frozenset[str]:

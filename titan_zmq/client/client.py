@@ -588,7 +588,7 @@ class TitanClient:
         template.pop("id")
         order: list[str] = []
         pending: set[str] = set()
-        results: dict[str, JobRecord] = {}
+        results: dict[str, dict[str, Any]] = {}  # raw records: only failures become JobRecords
         deadline = None if timeout is None else time.monotonic() + timeout
         exhausted = False
         next_watch = time.monotonic() + _REWATCH
@@ -611,7 +611,7 @@ class TitanClient:
                     pending.add(h.id)
             with self._lock:
                 for jid in [j for j in self._done if j in pending]:
-                    results[jid] = JobRecord.from_dict(self._done.pop(jid))
+                    results[jid] = self._done.pop(jid)
                     pending.discard(jid)
             if pending:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -626,15 +626,16 @@ class TitanClient:
                         for rec in self.request(P.Watch, ids=list(pending))["done"]:
                             self._done[rec["id"]] = rec
         out = []
-        failed = [results[j] for j in order if results[j].state is not JobState.SUCCEEDED]
+        ok = JobState.SUCCEEDED.value
+        failed = [j for j in order if results[j]["state"] != ok]
         if failed:
-            first = failed[0]
+            first = JobRecord.from_dict(results[failed[0]])
             try:
                 raise_for(first)
             except JobFailed as exc:
                 raise type(exc)(f"{len(failed)} of {len(order)} map job(s) failed; first: {exc}", first) from None
         for jid in order:
-            out.append(results[jid].result)
+            out.append(results[jid].get("result"))
         return out
 
 
