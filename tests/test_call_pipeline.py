@@ -159,3 +159,15 @@ def test_a_skip_that_comes_too_late_leaves_the_job_alone(ex: Executor) -> None:
     ex.submit(_job(3, "tests.jobs:noop", 3))
     out = _run_until(ex, _all(1))
     assert out["job3"]["outcome"] == "succeeded" and ex.children == [child]
+
+
+def test_a_full_pipe_does_not_block_the_worker(ex: Executor) -> None:
+    ex.submit(_job(1, "tests.jobs:sleep", 0.5))
+    big = "x" * (300 * 1024)  # far over a pipe's 64 KiB: written in pieces as the executor reads
+    ex.submit(_job(2, "tests.jobs:noop", big))
+    t0 = time.monotonic()
+    ex.submit(_job(3, "tests.jobs:noop", 3))
+    assert time.monotonic() - t0 < 0.2  # queued behind the sleeping job without waiting for it
+    out = _run_until(ex, _all(3))
+    assert out["job2"]["outcome"] == "succeeded" and out["job2"]["result"] == big
+    assert out["job3"]["result"] == 3

@@ -50,8 +50,11 @@ class ChildProc:
         assert self.popen.stdout is not None and self.popen.stderr is not None
         self.out_fd = self.popen.stdout.fileno()
         self.err_fd = self.popen.stderr.fileno()
-        for fd in (self.res_r, self.out_fd, self.err_fd):
+        for fd in (self.res_r, self.out_fd, self.err_fd, self.job_w):
             os.set_blocking(fd, False)
+        self.outbuf = bytearray()  # job messages not written yet
+        self.sent = self.written = 0  # bytes queued and written since it started
+        self.ends: deque[tuple[Task, int]] = deque()  # where each unwritten task's message ends
         self.buf = bytearray()
         self.queue: deque[Task] = deque()
         self.dead = False
@@ -70,8 +73,30 @@ class ChildProc:
     def pid(self) -> int:
         return self.popen.pid
 
-    def send(self, msg: dict[str, Any]) -> None:
-        self._write(self.job_w, msg)
+    def send(self, msg: dict[str, Any], task: Task) -> None:
+        """Queue ``task``'s job message; :meth:`flush` writes what is queued, many jobs in one write."""
+        body = msgpack.packb(msg, use_bin_type=True)
+        self.outbuf += _HEADER.pack(len(body))
+        self.outbuf += body
+        self.sent += 4 + len(body)
+        self.ends.append((task, self.sent))
+
+    def flush(self) -> bool:
+        """Write what the pipe takes without blocking; True once nothing is left. OSError if it is broken."""
+        while self.outbuf:
+            try:
+                n = os.write(self.job_w, self.outbuf)
+            except BlockingIOError:  # full: the child is busy with a long job; the rest goes later
+                break
+            del self.outbuf[:n]
+            self.written += n
+        while self.ends and self.ends[0][1] <= self.written:
+            self.ends.popleft()
+        return not self.outbuf
+
+    def undelivered(self) -> list[Task]:
+        """Tasks whose job message did not reach the pipe whole."""
+        return [task for task, end in self.ends if end > self.written]
 
     @staticmethod
     def _write(fd: int, msg: dict[str, Any]) -> None:

@@ -188,6 +188,7 @@ class Executor:
         # with the monotonic time each arrived. They start as slots free up.
         self.waiting: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
         self.children: list[ChildProc] = []
+        self._unflushed: set[ChildProc] = set()
         self.finished: list[dict[str, Any]] = []
         self._readers: dict[int, Callable[[], object]] = {}
         self.logs = LogSink()
@@ -225,9 +226,10 @@ class Executor:
             else:
                 child = self._pipeline_to(job)
                 if child is None:
-                    return
+                    break
             del self.waiting[job["id"]]
             self.start(job, child, arrived)
+        self._flush_sends()
 
     def running(self) -> int:
         """Jobs running now (jobs queued in a call executor's pipeline wait, they do not run)."""
@@ -330,20 +332,29 @@ class Executor:
                 return
             msg["blob"] = job["blob"]
             msg["module_path"] = str(self.cache.path(job["blob"]))
-        for _ in range(2):
-            child = pipelined or self._idle_child()
-            pipelined = None
+        child = pipelined or self._idle_child()
+        child.send(msg, task)
+        self._unflushed.add(child)
+        child.queue.append(task)
+        task.child = child
+        if child.task is not task:
+            task.deadline = None  # its clock starts when the job before it ends
+
+    def _flush_sends(self) -> None:
+        """Write the job messages queued for call executors: one write per executor per turn."""
+        for child in list(self._unflushed):
             try:
-                child.send(msg)
-            except OSError:
-                self._drop_child(child)
-                continue
-            child.queue.append(task)
-            task.child = child
-            if child.task is not task:
-                task.deadline = None  # its clock starts when the job before it ends
-            return
-        raise RuntimeError("call executor process could not be started")
+                if not child.flush():
+                    continue
+            except OSError:  # it died: what it never got goes back unstarted, the rest is its death's
+                for task in child.undelivered():
+                    child.queue.remove(task)
+                    task.child = None
+                    self._finish(task, "returned", error="its call executor died before it could take the job")
+                self._on_child_results(child)
+                if not child.dead:
+                    self._child_died(child)
+            self._unflushed.discard(child)
 
     def _idle_child(self) -> ChildProc:
         for c in self.children:
@@ -519,6 +530,7 @@ class Executor:
             self._finish_unstarted(waiting)
 
     def _drop_child(self, child: ChildProc) -> None:
+        self._unflushed.discard(child)
         for fd in (child.res_r, child.out_fd, child.err_fd):
             self._readers.pop(fd, None)
         if child in self.children:
@@ -527,6 +539,8 @@ class Executor:
 
     def poll(self) -> None:
         """Reap processes that ended without closing their pipes, and enforce timeouts."""
+        if self._unflushed:
+            self._flush_sends()
         now = time.monotonic()
         for task in list(self.tasks.values()):
             if task.popen is not None and task.popen.poll() is not None:
@@ -546,6 +560,8 @@ class Executor:
         """Seconds until the executor needs a poll() even if no pipe is readable."""
         now = time.monotonic()
         waits = [t.deadline - now for t in self.tasks.values() if t.deadline is not None and _timed(t)]
+        if self._unflushed:
+            waits.append(0.005)  # a pipe was full: try again soon
         if any(t.popen is not None for t in self.tasks.values()):
             waits.append(0.1)  # a process may exit while a grandchild keeps its pipes open
         if self.waiting:
