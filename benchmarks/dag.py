@@ -70,6 +70,27 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def measure(client: TitanClient, nodes: int, width: int, links: int, seed: int = 1) -> dict[str, Any]:
+    """Overhead per node of a layered DAG against the same jobs without edges, and release latency."""
+    rng = random.Random(seed)
+    tag = os.urandom(3).hex()  # ids unique to this call: a cluster may run it more than once
+    _timed(client, flat(min(500, nodes), f"warm-{tag}"))
+    t_flat, _ = _timed(client, flat(nodes, tag))
+    t_layer, _ = _timed(client, layered(nodes, width, tag, rng))
+    dag, ids = chain(links, tag)
+    _, recs = _timed(client, dag)
+    lat = [(recs[c].started_at - recs[p].finished_at) * 1000 for p, c in itertools.pairwise(ids)]
+    return {
+        "nodes": nodes,
+        "flat_s": t_flat,
+        "layered_s": t_layer,
+        "overhead_ms_per_node": (t_layer - t_flat) / nodes * 1000,
+        "flat_ms_per_job": t_flat / nodes * 1000,
+        "release_p50_ms": statistics.median(lat),
+        "release_p99_ms": pct(lat, 0.99),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.dag", description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=10_000, help="nodes of the layered DAG (default 10,000)")
@@ -79,28 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slots", type=int, default=2)
     p.add_argument("--json", metavar="OUT", help="write the figures as JSON")
     args = p.parse_args(argv)
-    rng = random.Random(1)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
     with LocalCluster(workers=args.workers, slots=args.slots, env=env) as cluster:
-        client = cluster.client()
-        _timed(client, flat(500, "warm"))
-        t_flat, _ = _timed(client, flat(args.nodes, "a"))
-        t_layer, _ = _timed(client, layered(args.nodes, args.width, "a", rng))
-        dag, ids = chain(args.chain, "a")
-        _, recs = _timed(client, dag)
-    lat = [(recs[c].started_at - recs[p].finished_at) * 1000 for p, c in itertools.pairwise(ids)]
+        res = measure(cluster.client(), args.nodes, args.width, args.chain)
     n = args.nodes
-    res = {
-        "nodes": n,
-        "flat_s": t_flat,
-        "layered_s": t_layer,
-        "overhead_ms_per_node": (t_layer - t_flat) / n * 1000,
-        "flat_ms_per_job": t_flat / n * 1000,
-        "release_p50_ms": statistics.median(lat),
-        "release_p99_ms": pct(lat, 0.99),
-        "cluster": f"{args.workers} workers x {args.slots} slots",
-        "nproc": os.cpu_count(),
-    }
+    t_flat, t_layer = res["flat_s"], res["layered_s"]
+    res.update(cluster=f"{args.workers} workers x {args.slots} slots", nproc=os.cpu_count())
     print(f"DAG benchmark ({res['cluster']}, nproc={res['nproc']})")
     print(f"  {n:,} no-op jobs, no edges:      {t_flat:.2f} s ({res['flat_ms_per_job']:.3f} ms/job)")
     print(f"  {n:,}-node layered DAG:         {t_layer:.2f} s")

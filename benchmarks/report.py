@@ -57,7 +57,7 @@ def _fmt_ratio(row: Row) -> str:
     r = row.ratio
     if r is None:
         return "-"
-    if row.unit == "ms":  # latency: how many times the baseline's
+    if row.unit == "ms" or r >= 2:  # latency, or a multiple: how many times the baseline's
         return f"{r:.1f}x"
     return f"{r:.1%}"
 

@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository root: workers im
 
 
 @contextmanager
-def cluster(workers: int, slots: int) -> Iterator[LocalCluster]:
+def cluster(workers: int, slots: int, broker_args: list[str] | None = None) -> Iterator[LocalCluster]:
     """A started LocalCluster whose workers can import ``benchmarks``; stopped however the block ends."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    with LocalCluster(workers=workers, slots=slots, env={"PYTHONPATH": path}) as c:
+    with LocalCluster(workers=workers, slots=slots, env={"PYTHONPATH": path}, broker_args=broker_args) as c:
         log.info(
             "titan: broker pid %d on %s, worker pids %s",
             c.broker.pid if c.broker else -1, c.address, [p.pid for p in c.workers],
