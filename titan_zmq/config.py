@@ -178,6 +178,11 @@ class BrokerConfig:
     log_tail_lines: int = 1000  # output lines kept in memory per job
     log_memory_lines: int = 1_000_000  # output lines kept in memory in all (oldest jobs' go first)
     orphan_wait: float = 0.0  # after a restart, how long running jobs wait for their worker (0: 2 heartbeat windows)
+    # Limits: each refuses what goes past it with a LimitExceeded error that names it.
+    max_dag_jobs: int = 100_000  # jobs in one DAG
+    max_pending_per_client: int = 1_000_000  # unfinished jobs one client connection has submitted
+    max_kv_value: int = 1024 * 1024  # bytes of one KV write's value (msgpack)
+    max_log_line: int = 8192  # characters of one log line kept; a longer line is cut and marked
 
     @property
     def orphan_window(self) -> float:
@@ -199,6 +204,9 @@ class BrokerConfig:
         _check_heartbeat(self.heartbeat_interval, self.heartbeat_liveness)
         if self.max_message_size < 1024:
             raise ConfigError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
+        for name in ("max_dag_jobs", "max_pending_per_client", "max_kv_value", "max_log_line"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_finished_jobs < 0 or self.max_lost < 0 or self.batch < 1:
             raise ConfigError("max_finished_jobs and max_lost must be >= 0 and batch >= 1")
 

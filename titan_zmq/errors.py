@@ -78,5 +78,9 @@ class KVTypeError(BrokerError):
     """A KV operation met a value of the wrong type (``incr`` on a set, ``smembers`` on a string)."""
 
 
+class LimitExceeded(BrokerError):
+    """A configured limit of the broker refused the request; the message names the limit and how to raise it."""
+
+
 class ServiceFailed(TitanError):
     """A service could not be kept running (a crash loop, a port in use, a start that failed)."""

@@ -73,6 +73,7 @@ E_UNKNOWN_JOB = "unknown_job"
 E_BAD_JOB = "bad_job"
 E_CONFLICT = "conflict"
 E_KV_TYPE = "kv_type"
+E_LIMIT = "limit"  # a configured limit refused the request
 
 
 def packb(obj: Any) -> bytes:

@@ -14,11 +14,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from titan_zmq.errors import BrokerError, KVTypeError
-from titan_zmq.protocol import E_KV_TYPE
+import msgpack
+
+from titan_zmq.errors import BrokerError, KVTypeError, LimitExceeded
+from titan_zmq.protocol import E_KV_TYPE, E_LIMIT
 
 MAX_KEY = 1024  # bytes of a key, UTF-8
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what msgpack can carry
+_WRITES = frozenset({"set", "cas", "sadd"})  # operations that store client values
 OPS = ("get", "set", "delete", "incr", "cas", "sadd", "srem", "smembers", "keys", "expire", "ttl", "exists")
 
 Journal = Callable[[list[Any]], None]
@@ -64,6 +67,7 @@ class KVStore:
         self._heap: list[tuple[float, str]] = []
         self.journal = journal
         self.wall = wall
+        self.max_value = 0  # bytes of one write's value(s), msgpack-encoded; 0: no limit (the broker sets it)
 
     def _log(self, op: list[Any]) -> None:
         if self.journal is not None:
@@ -75,6 +79,15 @@ class KVStore:
         """Run one client operation; raises BrokerError with a clear message on bad input."""
         if op not in OPS:
             raise _bad(f"unknown KV operation {op!r}; one of {', '.join(OPS)}")
+        if op in _WRITES and self.max_value:
+            size = len(msgpack.packb(args, use_bin_type=True))
+            if size > self.max_value:
+                raise LimitExceeded(
+                    f"KV {op} of key {key[:100]!r}: the value is {size} bytes, over the limit of {self.max_value} "
+                    "(max_kv_value); keep large data in files or artifacts and store a reference, or raise "
+                    "max_kv_value (TITAN_MAX_KV_VALUE)",
+                    E_LIMIT,
+                )
         if op == "keys":
             return self.keys(key)
         fn = getattr(self, op)

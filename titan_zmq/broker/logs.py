@@ -23,8 +23,10 @@ Line = tuple[int, float, str, str]  # seq, time, stream, text
 class LogStore:
     """Per-job tails (``tail_lines`` each, ``memory_lines`` in all) and, with ``root``, full files."""
 
-    def __init__(self, tail_lines: int = 1000, memory_lines: int = 1_000_000, root: Path | None = None) -> None:
+    def __init__(self, tail_lines: int = 1000, memory_lines: int = 1_000_000, root: Path | None = None,
+                 max_line: int = 8192) -> None:  # fmt: skip
         self.tail_lines = tail_lines
+        self.max_line = max_line  # characters kept of one line; the rest is cut, and the line says so
         self.memory_lines = memory_lines
         self.root = root
         self.tails: OrderedDict[str, deque[Line]] = OrderedDict()  # oldest job first
@@ -46,6 +48,8 @@ class LogStore:
             jid, ts, stream, text = entry
             if not isinstance(jid, str) or jid not in known or not isinstance(text, str):
                 continue
+            if len(text) > self.max_line:
+                text = f"{text[: self.max_line]} [... {len(text) - self.max_line} characters cut: max_log_line]"
             seq = self.seqs.get(jid)
             if seq is None:
                 seq = self._last_on_disk(jid)

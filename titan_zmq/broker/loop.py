@@ -69,8 +69,11 @@ class Broker:
             max_finished=cfg.max_finished_jobs,
             max_lost=cfg.max_lost,
             prefetch_below=cfg.prefetch_below,
+            max_dag_jobs=cfg.max_dag_jobs,
+            max_pending_per_client=cfg.max_pending_per_client,
         )
         self.kv = KVStore()
+        self.kv.max_value = cfg.max_kv_value
         self.services = ServiceManager(self.sched)
         self.schedules = ScheduleManager(lambda specs, blobs: self.sched.submit(specs, blobs))
         self.sched.gone_hooks.append(self.services.worker_gone)
@@ -79,7 +82,7 @@ class Broker:
         if cfg.data_dir:
             self._open_data()
         log_root = Path(cfg.data_dir) / "logs" if cfg.data_dir else None
-        self.logs = LogStore(cfg.log_tail_lines, cfg.log_memory_lines, log_root)
+        self.logs = LogStore(cfg.log_tail_lines, cfg.log_memory_lines, log_root, cfg.max_log_line)
         self.feed = StatsFeed(self.sched)
         self.ctx = zmq.Context()
         self.front = self._router()
@@ -422,7 +425,7 @@ class Broker:
     def _client_request(self, ident: bytes, msg: P.Message) -> Any:
         sched = self.sched
         if isinstance(msg, P.Submit):
-            return {"ids": sched.submit(msg.jobs, msg.blobs, ident if msg.watch else None)}
+            return {"ids": sched.submit(msg.jobs, msg.blobs, ident if msg.watch else None, owner=ident)}
         if isinstance(msg, P.Watch):
             return {"done": sched.watch(ident, msg.ids)}
         if isinstance(msg, P.Status):

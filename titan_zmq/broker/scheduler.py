@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from titan_zmq.errors import BrokerError, JobError, UnknownJob
+from titan_zmq.errors import BrokerError, JobError, LimitExceeded, UnknownJob
 from titan_zmq.job import FINAL_STATES, Job, JobState, backoff_delay
+from titan_zmq.protocol import E_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Entry:
         "lost",
         "misses",
         "not_before",
+        "owner",
         "pin",
         "pin_soft",
         "queued_at",
@@ -81,6 +83,7 @@ class Entry:
         self.lease = 0  # id of its current (or last) lease; results of other leases are stale
         self.lost = 0
         self.misses = 0
+        self.owner: bytes | None = None  # the client connection that submitted it, while it is unfinished
         self.worker: bytes | None = None  # identity of the worker holding the lease
         self.worker_name: str | None = None
         self.result: Any = None
@@ -208,9 +211,14 @@ class Scheduler:
         max_finished: int = 100_000,
         max_lost: int = 3,
         prefetch_below: float = 0.05,
+        max_dag_jobs: int = 100_000,
+        max_pending_per_client: int = 1_000_000,
         rng: random.Random | None = None,
     ) -> None:
         self.prefetch_below = prefetch_below
+        self.max_dag_jobs = max_dag_jobs
+        self.max_pending_per_client = max_pending_per_client
+        self.pending: dict[bytes, int] = {}  # unfinished jobs by the client connection that submitted them
         self.clock = clock
         self.wall = wall
         self.interval = heartbeat_interval
@@ -275,8 +283,14 @@ class Scheduler:
 
     # ---- submission ---------------------------------------------------------------
 
-    def submit(self, specs: list[dict[str, Any]], blobs: dict[str, bytes], watcher: bytes | None = None) -> list[str]:
-        """Validate and accept a batch of jobs, all or nothing. Returns the job ids."""
+    def submit(
+        self, specs: list[dict[str, Any]], blobs: dict[str, bytes], watcher: bytes | None = None,
+        owner: bytes | None = None,
+    ) -> list[str]:  # fmt: skip
+        """Validate and accept a batch of jobs, all or nothing. Returns the job ids.
+
+        ``owner`` is the client connection submitting them: its unfinished jobs count against
+        ``max_pending_per_client``."""
         jobs: list[Job] = []
         seen: set[str] = set()
         for i, spec in enumerate(specs):
@@ -300,6 +314,7 @@ class Scheduler:
                 raise JobError(f"blob {sha[:12]}... does not match its sha256; the content was damaged")
         if any(job.depends_on for job in jobs):
             jobs = self._check_graph(jobs)
+        self._check_limits(jobs, owner)
         ids = []
         for job in jobs:
             known = self.jobs.get(job.id)
@@ -312,9 +327,37 @@ class Scheduler:
                     for rec in self.watch(watcher, [known.job.id]):  # already ended: say so now
                         self.fx.done.setdefault(watcher, []).append(rec)
                 continue
-            self._accept(job, blobs, watcher)
+            entry = self._accept(job, blobs, watcher)
+            if owner is not None and not entry.state.final:
+                entry.owner = owner
+                self.pending[owner] = self.pending.get(owner, 0) + 1
             ids.append(job.id)
         return ids
+
+    def _check_limits(self, jobs: list[Job], owner: bytes | None) -> None:
+        """Refuse a batch that would take a DAG past ``max_dag_jobs`` or a client past ``max_pending_per_client``."""
+        new = [job for job in jobs if job.id not in self.jobs]
+        per_dag: dict[str, int] = {}
+        for job in new:
+            if job.dag is not None:
+                per_dag[job.dag] = per_dag.get(job.dag, 0) + 1
+        for dag, n in per_dag.items():
+            have = len(self.dags.get(dag, ()))
+            if have + n > self.max_dag_jobs:
+                raise LimitExceeded(
+                    f"DAG {dag!r} would hold {have + n} jobs, over the limit of {self.max_dag_jobs} (max_dag_jobs); "
+                    "split the work into several DAGs, or raise max_dag_jobs (TITAN_MAX_DAG_JOBS)",
+                    E_LIMIT,
+                )
+        if owner is not None and new:
+            have = self.pending.get(owner, 0)
+            if have + len(new) > self.max_pending_per_client:
+                raise LimitExceeded(
+                    f"this client already has {have} unfinished jobs; {len(new)} more would pass the limit of "
+                    f"{self.max_pending_per_client} (max_pending_per_client): wait for some to finish, or raise "
+                    "max_pending_per_client (TITAN_MAX_PENDING_PER_CLIENT)",
+                    E_LIMIT,
+                )
 
     def _check_graph(self, jobs: list[Job]) -> list[Job]:
         """Refuse unknown parents and cycles; return the batch parents-first."""
@@ -804,6 +847,13 @@ class Scheduler:
 
     def _finish(self, entry: Entry, state: JobState, propagate: bool = True) -> None:
         self._touch(entry)
+        if entry.owner is not None:
+            left = self.pending.get(entry.owner, 1) - 1
+            if left > 0:
+                self.pending[entry.owner] = left
+            else:
+                self.pending.pop(entry.owner, None)
+            entry.owner = None
         entry.state = state
         entry.finished_at = self.wall()
         entry.not_before = 0.0

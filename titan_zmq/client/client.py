@@ -35,6 +35,7 @@ from titan_zmq.errors import (
     JobFailed,
     JobTimeout,
     KVTypeError,
+    LimitExceeded,
     PayloadTooLarge,
     ProtocolError,
     ServiceFailed,
@@ -52,6 +53,7 @@ _ERRORS: dict[str, type[BrokerError] | type[Exception]] = {
     P.E_TOO_LARGE: PayloadTooLarge,
     P.E_PROTOCOL: ProtocolError,
     P.E_KV_TYPE: KVTypeError,
+    P.E_LIMIT: LimitExceeded,
 }
 
 _REWATCH = 3.0  # seconds between re-sent WATCHes while waiting (survives a broker restart)
