@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     # --log-level is accepted after the command as well (SUPPRESS keeps the top-level value otherwise).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING or ERROR")
+    common.add_argument(
+        "--keys", default=argparse.SUPPRESS, metavar="DIR",
+        help="CURVE key folder from 'titan keys generate': encrypt and authenticate (default: $TITAN_KEYS)",
+    )  # fmt: skip
 
     p = sub.add_parser(
         "broker", parents=[common], help="run the broker", description="Run the broker in the foreground."
@@ -168,9 +172,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("workers", parents=[common], help="list workers", description="List the connected workers.")
     _add_broker_addr(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser(
+        "keys", parents=[common], help="make CURVE key pairs",
+        description="titan keys generate DIR: write broker, client and worker key pairs and the broker's "
+        "allow-lists (DIR/allowed/clients, DIR/allowed/workers). Give --keys DIR (or TITAN_KEYS=DIR) to the "
+        "broker, the workers and the clients; each needs broker.key and its own pair.",
+    )  # fmt: skip
+    keys = p.add_subparsers(dest="keys_command", metavar="ACTION")
+    q = keys.add_parser("generate", parents=[common], help="write the key pairs and allow-lists into DIR",
+                        description="Write the key pairs and allow-lists into DIR.")  # fmt: skip
+    q.add_argument("dir", metavar="DIR", help="the folder to write (created if missing)")
+    q.add_argument("--force", action="store_true", help="replace keys already there")
+    q.add_argument("--json", action="store_true", help="print the files written as JSON")
     aof_cli.add_parsers(sub, common)
     client_cli.add_parsers(sub, common, _add_broker_addr)
     return parser
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from titan_zmq.security import generate
+
+    if getattr(args, "keys_command", None) != "generate":
+        print("titan keys: say what to do: titan keys generate DIR", file=sys.stderr)
+        return EXIT_USAGE
+    files = generate(args.dir, force=args.force)
+    if args.json:
+        _json([str(f) for f in files])
+    else:
+        for f in files:
+            print(f)
+        print(f"give --keys {args.dir} (or TITAN_KEYS={args.dir}) to the broker, the workers and the clients; "
+              "keep the *.key_secret files private")  # fmt: skip
+    return EXIT_OK
 
 
 # ---- formatting ---------------------------------------------------------------------------
@@ -596,6 +629,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"'titan {args.command}' takes nothing after --")
     serving = args.command in ("broker", "worker", "up")
     _setup_logging(args.log_level or ("INFO" if serving else "WARNING"))
+    if getattr(args, "keys", None) and args.command != "keys":
+        # One place for every role: the broker's and workers' settings, clients, and processes started here.
+        os.environ["TITAN_KEYS"] = os.path.abspath(args.keys)
     try:
         if args.command == "submit":
             return cmd_submit(args, rest)
@@ -607,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "broker": cmd_broker, "worker": cmd_worker, "up": cmd_up, "status": cmd_status, "run": cmd_run,
             "cancel": cmd_cancel, "workers": cmd_workers, "aof": aof_cli.cmd_aof, "kv": client_cli.cmd_kv,
             "logs": client_cli.cmd_logs, "services": client_cli.cmd_services, "stop": client_cli.cmd_stop,
-            "approve": client_cli.cmd_decide, "reject": client_cli.cmd_decide,
+            "approve": client_cli.cmd_decide, "reject": client_cli.cmd_decide, "keys": cmd_keys,
         }[args.command]  # fmt: skip
         return handler(args)
     except ConfigError as exc:

@@ -178,6 +178,7 @@ class BrokerConfig:
     log_tail_lines: int = 1000  # output lines kept in memory per job
     log_memory_lines: int = 1_000_000  # output lines kept in memory in all (oldest jobs' go first)
     orphan_wait: float = 0.0  # after a restart, how long running jobs wait for their worker (0: 2 heartbeat windows)
+    keys: str = ""  # CURVE key folder (titan keys generate): encrypt and admit only allowed keys
     # Limits: each refuses what goes past it with a LimitExceeded error that names it.
     max_dag_jobs: int = 100_000  # jobs in one DAG
     max_pending_per_client: int = 1_000_000  # unfinished jobs one client connection has submitted
@@ -237,6 +238,7 @@ class WorkerConfig:
     prefetch_wait: float = 1.0  # a held job not started after this many seconds goes back
     advertise: str = ""  # address its services are reached at (default: its IP facing the broker)
     fork_server: bool = True  # script jobs fork from a warm interpreter instead of starting a new one
+    keys: str = ""  # CURVE key folder: the worker key pair and the broker's public key
 
     def validate(self) -> None:
         parse_address(self.broker)

@@ -82,5 +82,9 @@ class LimitExceeded(BrokerError):
     """A configured limit of the broker refused the request; the message names the limit and how to raise it."""
 
 
+class Forbidden(BrokerError):
+    """The key this connection authenticated with may not make this request (a worker key submitting jobs)."""
+
+
 class ServiceFailed(TitanError):
     """A service could not be kept running (a crash loop, a port in use, a start that failed)."""

@@ -68,6 +68,7 @@ class LocalCluster:
         self.env.setdefault("TITAN_GPU_PROBE", "false")
         self._tmp = tempfile.TemporaryDirectory(prefix="titan-local-")
         self.log_dir = Path(log_dir or self._tmp.name)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env.setdefault("TITAN_CACHE_DIR", str(Path(self._tmp.name) / "cache"))
         self.start_timeout = start_timeout
         self.ports: dict[str, int] = {}
@@ -170,6 +171,8 @@ class LocalCluster:
 
     def client(self, **kwargs: Any) -> TitanClient:
         """A client connected to this cluster (closed when the cluster stops)."""
+        if self.env.get("TITAN_KEYS"):
+            kwargs.setdefault("keys", self.env["TITAN_KEYS"])  # the cluster runs with CURVE: so does its client
         c = TitanClient(self.address, **kwargs)
         self._clients.append(c)
         return c

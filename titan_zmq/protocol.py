@@ -65,6 +65,10 @@ ERROR = b"\x41"
 DONE = b"\x42"
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+# Largest slots and prefetch a READY may announce: far above any real worker (4,096 slots, 1,000 per slot),
+# and low enough that sums over all workers stay within the 64-bit integers msgpack can carry.
+MAX_SLOTS = 1 << 20
+MAX_PREFETCH = 1000 * MAX_SLOTS
 
 # Error codes carried by ERROR bodies; the client maps them to exception classes.
 E_PROTOCOL = "protocol"
@@ -74,6 +78,7 @@ E_BAD_JOB = "bad_job"
 E_CONFLICT = "conflict"
 E_KV_TYPE = "kv_type"
 E_LIMIT = "limit"  # a configured limit refused the request
+E_FORBIDDEN = "forbidden"  # the sender's key may not make this request
 
 
 def packb(obj: Any) -> bytes:
@@ -176,7 +181,12 @@ class Message:
                     raise ProtocolError(f"{name} field '{fname}' must be {tname}, got {got}")
             elif required:
                 raise ProtocolError(f"{name} is missing the field '{fname}'")
-        return cls(**body)
+        msg = cls(**body)
+        msg.check()
+        return msg
+
+    def check(self) -> None:
+        """Rules between fields, past each field's type; raise ProtocolError. None by default."""
 
 
 # ---- client <-> broker ------------------------------------------------------------
@@ -408,6 +418,18 @@ class Ready(Message):
     draining: bool = False  # it takes no new jobs
     address: str = ""  # the IP others reach its services on (the one facing the broker)
 
+    def check(self) -> None:
+        if self.slots > MAX_SLOTS or self.prefetch > MAX_PREFETCH:
+            raise ProtocolError(
+                f"READY announces {self.slots} slots and a prefetch of {self.prefetch}; "
+                f"at most {MAX_SLOTS} and {MAX_PREFETCH}"
+            )
+        if len(self.leases) > len(self.running):
+            raise ProtocolError(
+                f"READY has {len(self.leases)} leases for {len(self.running)} running jobs; "
+                "'leases' gives the lease of each job in 'running', in order"
+            )
+
 
 @dataclass(frozen=True)
 class Heartbeat(Message):
@@ -562,6 +584,22 @@ def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
         frame = recv(_NOBLOCK, copy=False)
         out.append(frame.bytes)
     return out
+
+
+def recv_frames_user(sock: zmq.Socket[bytes]) -> tuple[list[bytes], str | None]:
+    """Like :func:`recv_frames`, with the sender's authenticated user id (its CURVE public key, Z85)."""
+    recv = sock.recv
+    frame = recv(_NOBLOCK, copy=False)
+    try:
+        got = frame.get("User-Id")
+        user = got if isinstance(got, str) else None
+    except zmq.ZMQError:  # no authentication on this socket
+        user = None
+    out = [frame.bytes]
+    while frame.more:
+        frame = recv(_NOBLOCK, copy=False)
+        out.append(frame.bytes)
+    return out, user
 
 
 def peek_rid(frames: list[bytes]) -> int:

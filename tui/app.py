@@ -8,6 +8,7 @@ Actions (cancel) run in worker threads and report back with a notification.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -299,7 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="titan-tui", description="The titan_zmq terminal dashboard.")
     parser.add_argument("--broker", default=None, metavar="HOST[:PORT]",
                         help="the broker's front address (default: $TITAN_BROKER, else localhost:5555)")  # fmt: skip
+    parser.add_argument("--keys", default=None, metavar="DIR",
+                        help="CURVE key folder with the client pair (default: $TITAN_KEYS)")  # fmt: skip
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.keys:
+        os.environ["TITAN_KEYS"] = os.path.abspath(args.keys)  # the dashboard's clients pick it up
     try:
         app = make_app(args.broker)
     except TitanError as exc:

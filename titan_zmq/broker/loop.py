@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from titan_zmq import protocol as P
 from titan_zmq.aof.journal import DataDir, LoadReport
@@ -39,6 +40,7 @@ from titan_zmq.config import BrokerConfig, tcp_endpoint
 from titan_zmq.errors import BrokerError, JobError, PayloadTooLarge, ProtocolError, TitanError, UnknownJob
 from titan_zmq.job import FINAL_STATES
 from titan_zmq.process import Waker
+from titan_zmq.security import HANDSHAKE_FAILURES, Guard, Keys, describe_failure
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,15 @@ class Broker:
         self.events = self.ctx.socket(zmq.PUB)
         self.events.setsockopt(zmq.LINGER, 0)
         self.events.setsockopt(zmq.SNDHWM, 10_000)
+        # CURVE (--keys): every socket encrypted; ZAP admits the allowed keys, a monitor logs refusals.
+        self.keys = Keys(cfg.keys) if cfg.keys else None
+        self.guard: Guard | None = None
+        self._monitors: dict[zmq.Socket[bytes], str] = {}
+        if self.keys is not None:
+            self.guard = Guard(self.ctx, self.keys)
+            for name, sock in (("front", self.front), ("back", self.back), ("events", self.events)):
+                self.keys.serve(sock, name)
+                self._monitors[sock.get_monitor_socket(HANDSHAKE_FAILURES)] = name
         self.ports: dict[str, int] = {}
         self._outbox: list[tuple[zmq.Socket[bytes], list[bytes]]] = []
         self._waker = Waker()
@@ -211,12 +222,16 @@ class Broker:
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.back, zmq.POLLIN)
         poller.register(self._waker.fd, zmq.POLLIN)
+        for mon in self._monitors:
+            poller.register(mon, zmq.POLLIN)
         try:
             while not self._stopping.is_set():
                 timeout_ms = self._timeout_ms()
                 ready = dict(poller.poll(timeout_ms))
                 if self._waker.fd in ready:
                     self._waker.drain()
+                if self._monitors:
+                    self._refusals(ready)
                 # Workers first: their results free slots, and dispatch need not wait behind a
                 # large submission being validated.
                 if self.back in ready:
@@ -224,7 +239,10 @@ class Broker:
                     self.tick()
                     self.flush()
                 if self.front in ready:
-                    self._drain(self.front, self.handle_client)
+                    if self.guard is None:
+                        self._drain(self.front, self.handle_client)
+                    else:
+                        self._drain_front_secure()
                 self.tick()
                 self.flush()
         finally:
@@ -243,10 +261,42 @@ class Broker:
                     self.data.unlock()
         finally:
             self._closed = True
+            for mon in self._monitors:
+                mon.close(0)
             for s in (self.front, self.back, self.events):
                 s.close(0)
+            if self.guard is not None:
+                self.guard.stop()
             self.ctx.term()
             self._waker.close()
+
+    def _refusals(self, ready: dict[Any, int]) -> None:
+        for mon, name in self._monitors.items():
+            if mon in ready:
+                while True:
+                    try:
+                        event = recv_monitor_message(mon, zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    log.warning("%s", describe_failure(event, name))
+
+    def _drain_front_secure(self) -> None:
+        """Like ``_drain`` on the front, knowing each sender's key: a worker key may only say HELLO."""
+        assert self.guard is not None
+        for _ in range(self.config.batch):
+            try:
+                frames, user = P.recv_frames_user(self.front)
+            except zmq.Again:
+                return
+            try:
+                if self.guard.is_worker_only(user) and not _is_hello(frames):
+                    self._error(self.front, frames[0], P.peek_rid(frames[1:]), P.E_FORBIDDEN,
+                                "this connection authenticated with a worker key: it may only ask for the broker's "
+                                "ports (HELLO); submit and query with a client key (client.key_secret)")  # fmt: skip
+                    continue
+                self.handle_client(frames)
+            except Exception:  # a handler bug must never take the broker down
+                log.exception("internal error handling a message; the broker carries on")
 
     def _timeout_ms(self) -> int:
         now = self.clock()
@@ -554,3 +604,8 @@ class Broker:
             if jid is not None:
                 lease = res.get("lease")
                 acks.append((jid, lease if isinstance(lease, int) else 0))
+
+
+def _is_hello(frames: list[bytes]) -> bool:
+    """Whether a front-socket message (identity first) is a HELLO."""
+    return len(frames) >= 3 and frames[1] == P.VERSION and frames[2] == P.HELLO

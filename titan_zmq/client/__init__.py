@@ -6,6 +6,7 @@ from titan_zmq.client.feed import LogLine, Subscription
 from titan_zmq.client.kv import KV
 from titan_zmq.errors import (
     BrokerUnavailable,
+    Forbidden,
     JobCancelled,
     JobFailed,
     JobTimeout,
@@ -22,6 +23,7 @@ __all__ = [
     "BrokerUnavailable",
     "Dag",
     "DagRun",
+    "Forbidden",
     "JobCancelled",
     "JobFailed",
     "JobHandle",

@@ -30,6 +30,7 @@ from titan_zmq.config import parse_address, resolve_broker, tcp_endpoint
 from titan_zmq.errors import (
     BrokerError,
     BrokerUnavailable,
+    Forbidden,
     JobCancelled,
     JobError,
     JobFailed,
@@ -44,6 +45,7 @@ from titan_zmq.errors import (
     WaitTimeout,
 )
 from titan_zmq.job import JobRecord, JobState, new_job_id
+from titan_zmq.security import Keys
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ _ERRORS: dict[str, type[BrokerError] | type[Exception]] = {
     P.E_PROTOCOL: ProtocolError,
     P.E_KV_TYPE: KVTypeError,
     P.E_LIMIT: LimitExceeded,
+    P.E_FORBIDDEN: Forbidden,
 }
 
 _REWATCH = 3.0  # seconds between re-sent WATCHes while waiting (survives a broker restart)
@@ -106,7 +109,9 @@ class TitanClient:
     """A connection to a titan_zmq broker.
 
     ``broker`` is ``HOST[:PORT]`` of its front socket; without it ``TITAN_BROKER``, else
-    ``localhost:5555``. ``timeout`` bounds every request (not waits for results).
+    ``localhost:5555``. ``timeout`` bounds every request (not waits for results). ``keys`` is a
+    CURVE key folder (``titan keys generate``), else ``TITAN_KEYS``: the connection is encrypted
+    and authenticated with its client key pair.
     """
 
     def __init__(
@@ -115,7 +120,11 @@ class TitanClient:
         *,
         timeout: float = 10.0,
         max_message_size: int = P.DEFAULT_MAX_MESSAGE,
+        keys: str | os.PathLike[str] | None = None,
     ) -> None:
+        self.keys = Keys.find(keys)
+        if self.keys is not None:
+            self.keys.pair("client")  # a missing key fails here, with the fix
         self.address = resolve_broker(broker)
         self.host, self.port = parse_address(self.address)
         self.timeout = timeout
@@ -144,6 +153,8 @@ class TitanClient:
         s.setsockopt(zmq.SNDHWM, 100_000)
         s.setsockopt(zmq.RCVHWM, 100_000)
         s.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
+        if self.keys is not None:
+            self.keys.connect(s, "client")
         s.connect(tcp_endpoint(self.host, self.port))
         self._sock = s
         self._watched.clear()  # a new socket is a new identity: the broker's watches were for the old one

@@ -51,6 +51,8 @@ class Subscription:
         self.sock.setsockopt(zmq.RCVHWM, hwm)
         for t in topics or ("",):
             self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        if client.keys is not None:
+            client.keys.connect(self.sock, "client")
         self.sock.connect(tcp_endpoint(client.host, int(info["events"])))
 
     def next(self, timeout: float | None = None) -> tuple[str, Any] | None:

@@ -25,6 +25,7 @@ from titan_zmq import protocol as P
 from titan_zmq.config import WorkerConfig, parse_address, tcp_endpoint
 from titan_zmq.errors import ProtocolError
 from titan_zmq.process import Waker
+from titan_zmq.security import Keys
 from titan_zmq.worker.cache import BlobCache
 from titan_zmq.worker.executors import Executor
 from titan_zmq.worker.gpu import gpu_tags
@@ -75,6 +76,11 @@ class Worker:
         self.cache = BlobCache(cfg.cache_dir)
         env = dict(os.environ)
         env.update({"TITAN_BROKER": cfg.broker, "TITAN_WORKER": cfg.name, "PYTHONUNBUFFERED": "1"})
+        # CURVE: the worker's own key pair; its jobs' clients use the client pair, when this host has one.
+        self.keys = Keys(cfg.keys) if cfg.keys else None
+        if self.keys is not None:
+            self.keys.pair("worker")  # fails now, with the fix, rather than at the first connection
+            env["TITAN_KEYS"] = str(self.keys.root)
         self.executor = Executor(
             self.cache, env, slots=cfg.slots, output_tail=cfg.output_tail, memory_mb=cfg.job_memory_mb,
             prefetch_wait=cfg.prefetch_wait, fork_server=cfg.fork_server, pipeline=cfg.prefetch,
@@ -211,6 +217,8 @@ class Worker:
         """Ask the front socket for the broker's ports and settings; None if it does not answer in time."""
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
+        if self.keys is not None:
+            self.keys.connect(s, "worker")
         try:
             s.connect(tcp_endpoint(self.host, self.front_port))
             P.send_frames(s, P.Hello(rid=1).encode())
@@ -250,6 +258,8 @@ class Worker:
         s.setsockopt(zmq.SNDHWM, 100_000)
         s.setsockopt(zmq.RCVHWM, 100_000)
         s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size + (1 << 20))
+        if self.keys is not None:
+            self.keys.connect(s, "worker")
         s.connect(tcp_endpoint(self.host, int(info["back"])))
         self.sock = s
         self._register()
