@@ -69,6 +69,10 @@ DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 # and low enough that sums over all workers stay within the 64-bit integers msgpack can carry.
 MAX_SLOTS = 1 << 20
 MAX_PREFETCH = 1000 * MAX_SLOTS
+# What a broker socket takes may nest at most MAX_DEPTH levels. msgpack packs (and unpacks) at most about
+# 1,024: a value the broker was sent nested near that could not be sent on, published or journaled inside
+# the few more levels of a reply, an event or a journal record. 512 leaves room for any of them.
+MAX_DEPTH = 512
 
 # Error codes carried by ERROR bodies; the client maps them to exception classes.
 E_PROTOCOL = "protocol"
@@ -536,11 +540,15 @@ FRONT_COMMANDS = frozenset(
 BACK_COMMANDS = frozenset({READY, HEARTBEAT, RESULT, BYE, LOG, SVC_STATE, DRAIN})
 
 
-def decode(frames: list[bytes], allowed: frozenset[bytes] | None = None, max_size: int = 0) -> Message:
+def decode(
+    frames: list[bytes], allowed: frozenset[bytes] | None = None, max_size: int = 0, max_depth: int | None = None
+) -> Message:
     """Decode ``[VERSION, command, body]`` into a message.
 
     ``allowed`` restricts the commands a socket accepts; ``max_size`` refuses
-    bodies above that many bytes (0: no limit).
+    bodies above that many bytes (0: no limit); ``max_depth`` refuses bodies nested
+    deeper than that many levels (None: :data:`MAX_DEPTH` on a broker socket, that is
+    with ``allowed`` given, else only msgpack's own limit).
     """
     if len(frames) != 3:
         raise ProtocolError(f"expected 3 frames [version, command, body], got {len(frames)}")
@@ -556,7 +564,69 @@ def decode(frames: list[bytes], allowed: frozenset[bytes] | None = None, max_siz
             f"message of {len(body)} bytes exceeds the limit of {max_size} bytes; "
             "send large data through the KV store or raise max_message_size"
         )
-    return cls.from_body(unpackb(body))
+    value = unpackb(body)
+    if max_depth is None:
+        max_depth = MAX_DEPTH if allowed is not None else 0
+    if max_depth and too_deep(body, value, max_depth):
+        raise ProtocolError(
+            f"{cls.__name__.upper()} body nests deeper than {max_depth} levels of lists and maps; flatten the data"
+        )
+    return cls.from_body(value)
+
+
+_NOT_CONTAINER = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
+
+
+def _nested_lists(depth: int) -> Any:
+    value: Any = None
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _pack_limit() -> int:
+    """The most levels of nesting msgpack's packer takes (1,024 with msgpack 1.x), found by bisection."""
+    lo, hi = 1, 1 << 16  # packs lo levels; hi: not known to
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            msgpack.packb(_nested_lists(mid))
+        except (ValueError, RecursionError):
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+_PACK_LIMIT = _pack_limit()
+
+
+def too_deep(body: bytes, value: Any, max_depth: int) -> bool:
+    """Whether ``value`` (decoded from ``body``) nests more than ``max_depth`` levels of lists and maps."""
+    # Each level opens with a list or map header byte: a body with few such bytes is shallow (no cost
+    # beyond one C pass over it for the messages of every day).
+    if len(body) <= max_depth or len(body.translate(None, _NOT_CONTAINER)) <= max_depth:
+        return False
+    if max_depth < _PACK_LIMIT:  # pack it again under the levels it may not use: msgpack refuses, in C
+        try:
+            msgpack.packb(_wrap(value, _PACK_LIMIT - max_depth), use_bin_type=True)
+        except ValueError:
+            return True
+        return False
+    stack = [(value, 1)]  # a packer with a lower limit: walk it
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (list, dict)))
+    return False
+
+
+def _wrap(value: Any, levels: int) -> Any:
+    for _ in range(levels):
+        value = [value]
+    return value
 
 
 _MORE = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
