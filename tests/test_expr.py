@@ -61,3 +61,11 @@ def test_a_when_switch_on_a_cluster(shared_cluster: LocalCluster) -> None:
     client = shared_cluster.client()
     with pytest.raises(Exception, match="'when' is a condition on parents' results"):
         client.submit("tests.jobs:noop", when="True")
+
+
+def test_a_condition_cannot_make_the_broker_allocate_without_bound() -> None:
+    with pytest.raises(ExprError, match=r"300,000,000 items \(at most 1,000,000\)"):
+        evaluate("len('x' * 300000000) > 0", {})  # refused before anything is built
+    with pytest.raises(ExprError, match="at most"):
+        evaluate("len([1] * 2000000) > 0", {})
+    assert evaluate("len('ab' * 3 + 'c') == 7", {})

@@ -15,7 +15,7 @@ from hypothesis import given
 
 from tests import fuzz
 from titan_zmq import protocol as P
-from titan_zmq.errors import ProtocolError
+from titan_zmq.errors import BrokerError, ProtocolError
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -176,11 +176,6 @@ def test_nesting_deeper_than_the_broker_can_pass_on_is_refused(harness: fuzz.Har
 # ---- bugs the fuzzer found whose fix lies elsewhere (reported; the fuzzer leaves these inputs out) ----------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services.ServiceSpec.from_wire sorts unknown keys of mixed types: TypeError in the handler, no answer "
-    "(remove fuzz.KNOWN_BUGS' entry once fixed)",
-)
 def test_deploy_with_unknown_keys_of_mixed_types_gets_an_error(harness: fuzz.Harness) -> None:
     frames = [P.VERSION, P.DEPLOY, P.packb({"rid": 5, "spec": {"name": "x", 1: 2, "y": 3}})]
     sock = harness.socks["front"]
@@ -193,11 +188,6 @@ def test_deploy_with_unknown_keys_of_mixed_types_gets_an_error(harness: fuzz.Har
         harness.new_log()  # its traceback must not be blamed on the next batch
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schedules.ScheduleManager.add: a cron croniter accepts that never fires (Feb 31) raises "
-    "CroniterBadDateError in the handler, no answer (remove fuzz.KNOWN_BUGS' entry once fixed)",
-)
 def test_schedule_of_a_cron_that_never_fires_gets_an_error(harness: fuzz.Harness) -> None:
     job = {"id": "fuzz-never", "kind": "call", "target": "tests.jobs:noop"}
     frames = P.Schedule(rid=6, op="add", name="fuzz-sched-0", cron="0 0 31 2 *", jobs=[job]).encode()
@@ -211,17 +201,16 @@ def test_schedule_of_a_cron_that_never_fires_gets_an_error(harness: fuzz.Harness
         harness.new_log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aof/kv.py: a NaN ttl (set or expire) sits on top of the expiry heap for good, and sweep() never "
-    "removes an expired key again",
-)
 def test_kv_nan_ttl_does_not_stop_expiry() -> None:
     from titan_zmq.aof.kv import KVStore
 
     now = [1000.0]
     kv = KVStore(wall=lambda: now[0])
-    kv.request("set", "poison", [1, float("nan")])
+    with pytest.raises(BrokerError, match="ttl must be a positive number"):
+        kv.request("set", "poison", [1, float("nan")])
+    kv.request("set", "poison", [1])
+    with pytest.raises(BrokerError, match="finite number of seconds"):
+        kv.request("expire", "poison", [float("nan")])
     kv.request("set", "short", [1, 0.5])
     now[0] += 10
     kv.sweep()

@@ -21,6 +21,7 @@ from typing import Any
 from titan_zmq.errors import JobError
 
 MAX_LENGTH = 2000
+MAX_RESULT = 1_000_000  # items (characters, elements) a condition may build with * or +
 _FUNCS: dict[str, Any] = {
     "len": len, "abs": abs, "min": min, "max": max, "round": round, "int": int, "float": float, "str": str,
     "bool": bool,
@@ -76,6 +77,21 @@ def evaluate(text: str, inputs: dict[str, Any]) -> Any:
         raise ExprError(f"'when' {text!r} failed: {type(exc).__name__}: {exc}") from None
 
 
+def _check_size(op: ast.operator, left: Any, right: Any) -> None:
+    """Refuse ``seq * n`` and ``seq + seq`` that would build more than MAX_RESULT items: a condition
+    is evaluated inside the broker, which must not be made to allocate without bound."""
+    seqs = (str, bytes, list, tuple)
+    size = 0
+    if isinstance(op, ast.Mult):
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, seqs) and isinstance(n, int):
+                size = len(seq) * n
+    elif isinstance(op, ast.Add) and isinstance(left, seqs) and isinstance(right, seqs):
+        size = len(left) + len(right)
+    if size > MAX_RESULT:
+        raise ExprError(f"the condition would build a value of {size:,} items (at most {MAX_RESULT:,})")
+
+
 def _eval(node: ast.AST, names: dict[str, Any]) -> Any:
     if isinstance(node, ast.Constant):
         return node.value
@@ -105,7 +121,9 @@ def _eval(node: ast.AST, names: dict[str, Any]) -> Any:
             return not operand
         return -operand if isinstance(node.op, ast.USub) else +operand
     if isinstance(node, ast.BinOp):
-        return _BIN[type(node.op)](_eval(node.left, names), _eval(node.right, names))
+        left, right = _eval(node.left, names), _eval(node.right, names)
+        _check_size(node.op, left, right)
+        return _BIN[type(node.op)](left, right)
     if isinstance(node, ast.Compare):
         left = _eval(node.left, names)
         for op, comp in zip(node.ops, node.comparators, strict=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import heapq
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -140,7 +141,7 @@ class KVStore:
     # ---- writes --------------------------------------------------------------------------
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> bool:
-        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
+        if ttl is not None and (not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0):
             raise _bad(f"ttl must be a positive number of seconds, got {ttl!r}")
         deadline = None if ttl is None else self.wall() + ttl
         self._set(key, value, deadline)
@@ -242,8 +243,8 @@ class KVStore:
             self.expires.pop(key, None)
             self._log(["K", "exp", key, None])
             return True
-        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
-            raise _bad(f"expire takes a number of seconds, got {seconds!r}")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
+            raise _bad(f"expire takes a finite number of seconds, got {seconds!r}")
         if seconds <= 0:
             self._remove(key)
             return True

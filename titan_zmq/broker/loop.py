@@ -236,15 +236,13 @@ class Broker:
                 # large submission being validated.
                 if self.back in ready:
                     self._drain(self.back, self.handle_worker)
-                    self.tick()
-                    self.flush()
+                    self._tick_flush()
                 if self.front in ready:
                     if self.guard is None:
                         self._drain(self.front, self.handle_client)
                     else:
                         self._drain_front_secure()
-                self.tick()
-                self.flush()
+                self._tick_flush()
         finally:
             self.close()
 
@@ -269,6 +267,18 @@ class Broker:
                 self.guard.stop()
             self.ctx.term()
             self._waker.close()
+
+    def _tick_flush(self) -> None:
+        """One turn's timers and sends. A bug here is logged and the broker carries on; a journal that
+        cannot be written (TitanError) still stops it, since nothing more could be acknowledged."""
+        try:
+            self.tick()
+            self.flush()
+        except TitanError:
+            raise
+        except Exception:
+            log.exception("internal error in a broker turn; the broker carries on (please report this bug)")
+            self.sched.fx.clear()  # what it could not send is not retried forever
 
     def _refusals(self, ready: dict[Any, int]) -> None:
         for mon, name in self._monitors.items():
@@ -395,6 +405,8 @@ class Broker:
             self.events.send_multipart([topic, P.packb(body)], zmq.NOBLOCK)
         except zmq.Again:
             pass
+        except (TypeError, ValueError, OverflowError) as exc:  # a value msgpack cannot carry: drop this event
+            log.error("event %s not published: %s", topic[:60].decode(errors="replace"), exc)
 
     def flush(self) -> None:
         """Turn the scheduler's effects into messages and send the outbox."""

@@ -17,13 +17,14 @@ Journaled: ``["Y", name, cron, specs, catchup]`` added, ``["y", name]`` removed,
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from titan_zmq.errors import BrokerError, JobError
 
@@ -53,7 +54,11 @@ class Schedule:
 
 
 def _after(cron: str, t: float) -> float:
-    return float(croniter(cron, t).get_next(float))
+    """The next firing after ``t``; infinity for an expression that has no more (Feb 31, a past date)."""
+    try:
+        return float(croniter(cron, t).get_next(float))
+    except (CroniterBadDateError, CroniterBadCronError, ValueError, OverflowError):
+        return math.inf
 
 
 class ScheduleManager:
@@ -94,7 +99,10 @@ class ScheduleManager:
         blobs = {k: v for k, v in (blobs or {}).items() if k in needed}
         if needed - blobs.keys():
             raise JobError(f"schedule {name}: the content of its script was not sent with it")
-        sched = Schedule(name, cron, specs, catchup, blobs or None, next_fire=_after(cron, self.wall()))
+        first = _after(cron, self.wall())
+        if math.isinf(first):
+            raise JobError(f"schedule {name}: {cron!r} never fires (no such date); check the day and month fields")
+        sched = Schedule(name, cron, specs, catchup, blobs or None, next_fire=first)
         self.schedules[name] = sched
         self._log(["Y", name, cron, specs, catchup, blobs or None])
         log.info("schedule %s added: %r, next run %s", name, cron, time.ctime(sched.next_fire))

@@ -66,7 +66,7 @@ class ServiceSpec:
         if not isinstance(d, dict):
             raise _bad("a service spec must be a map")
         known = {f for f in cls.__dataclass_fields__}
-        extra = sorted(set(d) - known)
+        extra = sorted(map(str, set(d) - known))  # keys of any type: name them, never compare them
         if extra:
             raise _bad(f"unknown service field(s) {extra}; known: {', '.join(sorted(known))}")
         name = d.get("name")
