@@ -150,6 +150,14 @@ def test_ready_with_absurd_slots_is_refused(harness: fuzz.Harness) -> None:
     harness.health()
 
 
+def test_a_worker_name_cannot_forge_log_lines() -> None:
+    forged = "w\n2026-01-01 00:00:00,000 WARNING titan_zmq.broker.loop: all is well"
+    for kw in ({"name": forged}, {"host": "h\r"}, {"address": "x" * 300}):
+        with pytest.raises(ProtocolError, match="must be printable and at most 256 characters"):
+            P.decode(_ready(**kw).encode(), P.BACK_COMMANDS)
+    assert P.decode(_ready(name="gpu-box-1/ü", host="h.example").encode(), P.BACK_COMMANDS)
+
+
 def test_nesting_deeper_than_the_broker_can_pass_on_is_refused(harness: fuzz.Harness) -> None:
     # Was: a HEARTBEAT whose load nested 1,022 levels decoded (msgpack takes 1,024), and the stats message,
     # three levels deeper, could not be packed: ValueError in the loop's timers, the broker exited.

@@ -433,6 +433,9 @@ class Ready(Message):
                 f"READY has {len(self.leases)} leases for {len(self.running)} running jobs; "
                 "'leases' gives the lease of each job in 'running', in order"
             )
+        for what, text in (("name", self.name), ("host", self.host), ("address", self.address)):
+            if len(text) > 256 or not text.isprintable():
+                raise ProtocolError(f"READY: the worker's {what} must be printable and at most 256 characters")
 
 
 @dataclass(frozen=True)
