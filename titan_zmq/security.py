@@ -27,7 +27,6 @@ from typing import Any
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from titan_zmq.errors import ConfigError
 
@@ -131,6 +130,8 @@ class Guard:
         if not any(by_role.values()):
             raise ConfigError(f"no public keys in {keys.root / 'allowed'}: nobody could connect; run "
                               "'titan keys generate DIR' or copy clients' and workers' .key files there")  # fmt: skip
+        from zmq.auth.thread import ThreadAuthenticator  # here: it imports asyncio, which clients need not pay for
+
         self.workers = {k.decode() for k in by_role["worker"]}
         self.clients = {k.decode() for k in by_role["client"]}
         self.auth = ThreadAuthenticator(ctx, log=_ZapLog(logging.getLogger(__name__ + ".zap"), {}))  # type: ignore[arg-type,unused-ignore]
