@@ -95,3 +95,18 @@ def test_cancel_a_prefetched_job_that_has_not_started(cluster: LocalCluster) -> 
     assert client.submit("tests.jobs:add", args=[1, 2]).result(20) == 3
     rec = client.status(held.id)
     assert rec.state is JobState.CANCELLED and rec.stdout == ""
+
+
+def test_window_holds_about_prefetch_below_of_work_per_slot(sched: Scheduler) -> None:
+    w = worker(sched, "w", slots=2, prefetch=64)
+    submit(sched, *[spec(f"j{i}") for i in range(200)])
+    assert dispatch(sched) == {"w": ["j0", "j1"]}
+    report(sched, w, "j0", runtime=0.01)  # 10 ms jobs: 2 slots x 50 ms / 10 ms = 10 held ahead
+    assert len(dispatch(sched)["w"]) == 1 + 10
+    assert w.free == 0
+    for jid in sorted(w.running):
+        report(sched, w, jid, runtime=0.0001)  # the average falls towards 0.1 ms: capped at 64
+    assert w.window == 64 and not w.running
+    assert len(dispatch(sched)["w"]) == 2 + 64
+    report(sched, w, "j13", "returned")  # a job came back unstarted: the window closes
+    assert w.window == 0 and w.free < 0

@@ -234,7 +234,7 @@ class WorkerConfig:
     job_memory_mb: int | None = None
     output_tail: int = 64 * 1024
     max_message_size: int = 64 * 1024 * 1024
-    prefetch: int = 4  # extra jobs per slot it may hold while its jobs are short; 0: strict credit
+    prefetch: int = 64  # at most this many extra jobs per slot while its jobs are short; 0: strict credit
     prefetch_wait: float = 1.0  # a held job not started after this many seconds goes back
     advertise: str = ""  # address its services are reached at (default: its IP facing the broker)
     fork_server: bool = True  # script jobs fork from a warm interpreter instead of starting a new one

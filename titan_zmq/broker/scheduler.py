@@ -138,6 +138,7 @@ class WorkerInfo:
     prefetch: int = 0  # extra jobs it will hold beyond its slots
     ewma: float | None = None  # average runtime of its recent jobs, seconds
     short: bool = False  # its recent jobs are short: its prefetch window is open
+    window: int = 0  # jobs it may hold beyond its slots now (0 while its jobs are not short)
     load: dict[str, Any] = field(default_factory=dict)  # its machine's cpu/mem, from heartbeats
     draining: bool = False  # takes no new jobs (a node agent is scaling it down)
     address: str = ""  # where its services are reached (its IP facing the broker)
@@ -147,7 +148,17 @@ class WorkerInfo:
         """Credit: free slots, plus the prefetch window while its jobs are short."""
         if self.draining:
             return 0
-        return self.slots + (self.prefetch if self.short else 0) - len(self.running)
+        return self.slots + self.window - len(self.running)
+
+    def adapt(self, horizon: float) -> None:
+        """Size the prefetch window from its jobs' average runtime: enough to keep each slot busy
+        for about ``horizon`` seconds, at most what it announced, and none while its jobs are long."""
+        ewma = self.ewma
+        self.short = ewma is not None and ewma < horizon
+        if not self.short or ewma is None:
+            self.window = 0
+        else:
+            self.window = min(self.prefetch, int(self.slots * horizon / max(ewma, 1e-6)))
 
     def describe(self, now: float, interval: float, liveness: int) -> dict[str, Any]:
         return {
@@ -753,10 +764,10 @@ class Scheduler:
         runtime = res.get("runtime")
         if outcome == OUT_RETURNED:  # jobs there got long: close its window until they are short again
             w.ewma = max(w.ewma or 0.0, self.prefetch_below)
-            w.short = False
+            w.adapt(self.prefetch_below)
         elif isinstance(runtime, (int, float)) and outcome in (OUT_SUCCEEDED, OUT_FAILED, OUT_TIMEOUT):
             w.ewma = runtime if w.ewma is None else w.ewma + _EWMA * (runtime - w.ewma)
-            w.short = w.ewma < self.prefetch_below
+            w.adapt(self.prefetch_below)
         if entry is None:
             log.warning("worker %s reported job %s, which the broker does not know; acknowledged", w.name, jid)
             return jid
@@ -1049,6 +1060,7 @@ class Scheduler:
         w.draining = bool(info.get("draining"))
         w.address = str(info.get("address") or w.host)
         w.prefetch = max(0, int(info.get("prefetch") or 0))
+        w.adapt(self.prefetch_below)
         running = list(info.get("running") or ())
         leases = list(info.get("leases") or ())
         held_lease = dict(zip(running, leases + [0] * (len(running) - len(leases)), strict=True))

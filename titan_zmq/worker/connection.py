@@ -405,7 +405,9 @@ class Worker:
                     continue  # already has this very lease: a duplicate after a reconnect
                 if have is not None:  # an older lease of the same job: the broker wants this one
                     self.executor.kill(job["id"], "interrupted")
-                self.executor.submit(job)
+                self.executor.submit(job, fill=False)
+            if msg.jobs:
+                self.executor.fill()  # the whole batch: one write per call executor
         elif isinstance(msg, P.Kill):
             reason = "cancelled" if msg.reason == "cancelled" else "interrupted"
             leases = msg.leases + [0] * (len(msg.ids) - len(msg.leases))

@@ -44,6 +44,7 @@ def _limit_memory(mb: int | None) -> Callable[[], None]:
 
 PIPELINE_BELOW = 0.05  # s: a call job is queued behind a running one only while that has run less
 SKIP_GRACE = 0.5  # s: a queued job asked not to start that starts anyway is killed after this
+REAP_EVERY = 0.1  # s: how often busy call executors are checked for an exit their pipe did not show
 
 MAX_LINE = 8192  # characters of one log line; longer ones are cut into pieces
 MAX_PENDING_LINES = 100_000  # log lines kept for the broker while it is away; more are counted, not kept
@@ -189,6 +190,7 @@ class Executor:
         self.waiting: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
         self.children: list[ChildProc] = []
         self._unflushed: set[ChildProc] = set()
+        self._next_reap = 0.0  # when busy call executors are next checked for an exit
         self.finished: list[dict[str, Any]] = []
         self._readers: dict[int, Callable[[], object]] = {}
         self.logs = LogSink()
@@ -212,19 +214,29 @@ class Executor:
         out.update((jid, int(job.get("lease", 0))) for jid, (job, _) in self.waiting.items())
         return out
 
-    def submit(self, job: dict[str, Any]) -> None:
-        """Take a leased job: start it now if a slot is free, else queue it for the next free slot."""
+    def submit(self, job: dict[str, Any], fill: bool = True) -> None:
+        """Take a leased job: start it now if a slot is free, else queue it for the next free slot.
+        With ``fill`` False it only waits: a batch of jobs is taken first, then started by one
+        :meth:`fill` (one write per call executor for the whole batch)."""
         self.waiting[job["id"]] = (job, time.monotonic())
-        self.fill()
+        if fill:
+            self.fill()
 
     def fill(self) -> None:
         """Start waiting jobs while slots are free; pipeline short call jobs behind running ones."""
+        if not self.waiting:
+            if self._unflushed:
+                self._flush_sends()
+            return
+        running = self.running()
+        now = time.monotonic()
         while self.waiting:
             job, arrived = next(iter(self.waiting.values()))
-            if self.running() < self.slots:
+            if running < self.slots:
                 child = None
+                running += 1  # at most: a job that fails to start frees its slot at the next fill
             else:
-                child = self._pipeline_to(job)
+                child = self._pipeline_to(job, now)
                 if child is None:
                     break
             del self.waiting[job["id"]]
@@ -233,9 +245,10 @@ class Executor:
 
     def running(self) -> int:
         """Jobs running now (jobs queued in a call executor's pipeline wait, they do not run)."""
-        return sum(1 for t in self.tasks.values() if t.child is None or t.child.task is t)
+        queued = sum(len(c.queue) - 1 for c in self.children if c.queue)
+        return len(self.tasks) - queued
 
-    def _pipeline_to(self, job: dict[str, Any]) -> ChildProc | None:
+    def _pipeline_to(self, job: dict[str, Any], now: float) -> ChildProc | None:
         """The call executor to queue ``job`` on behind its running job, if any should take it.
 
         Only call jobs, only behind a job that has run for less than PIPELINE_BELOW so far (one
@@ -243,7 +256,6 @@ class Executor:
         if job["kind"] != "call" or not self.pipeline:
             return None
         best = None
-        now = time.monotonic()
         for c in self.children:
             head = c.task
             if c.dead or head is None or head.kill_reason is not None or len(c.queue) > self.pipeline:
@@ -263,8 +275,12 @@ class Executor:
         """Hand back prefetched jobs that waited too long for a slot (a long job is in the way)."""
         limit = time.monotonic() - self.prefetch_wait
         for child in self.children:
-            for task in list(child.queue)[1:]:  # queued behind a job that turned out long
-                if task.kill_reason is None and task.arrived < limit:
+            for i, task in enumerate(child.queue):  # queued behind a job that turned out long
+                if i == 0:
+                    continue
+                if task.arrived >= limit:
+                    break  # they arrived in order: the rest are younger
+                if task.kill_reason is None:
                     task.kill_reason = "stale"
                     try:
                         child.skip(task.id)
@@ -272,10 +288,13 @@ class Executor:
                         pass  # the executor is gone; its death settles the job
         if not self.waiting:
             return
-        for jid, (job, since) in list(self.waiting.items()):
+        stale = []
+        for jid, (_job, since) in self.waiting.items():
             if since > limit:
-                break
-            del self.waiting[jid]
+                break  # they arrived in order: the rest are younger
+            stale.append(jid)
+        for jid in stale:
+            job = self.waiting.pop(jid)[0]
             self.finished.append(
                 {"id": jid, "attempt": job.get("attempt", 1), "lease": job.get("lease", 0), "outcome": "returned"}
             )
@@ -542,14 +561,16 @@ class Executor:
         if self._unflushed:
             self._flush_sends()
         now = time.monotonic()
+        if now >= self._next_reap:  # a busy executor's death shows as the end of its pipe; this is
+            self._next_reap = now + REAP_EVERY  # for one whose pipe something it started still holds
+            for child in list(self.children):
+                if child.queue and child.popen.poll() is not None:
+                    self._on_child_results(child)
+                    if not child.dead:
+                        self._child_died(child)
         for task in list(self.tasks.values()):
             if task.popen is not None and task.popen.poll() is not None:
                 self._reap(task, wait=0)
-            elif task.child is not None and task.child.popen.poll() is not None:
-                child = task.child  # it died, though something may still hold its pipe open
-                self._on_child_results(child)
-                if not child.dead:
-                    self._child_died(child)
             elif task.deadline is not None and now >= task.deadline:
                 if task.kill_reason is None:
                     self.kill(task.id, "timeout")
@@ -564,12 +585,15 @@ class Executor:
             waits.append(0.005)  # a pipe was full: try again soon
         if any(t.popen is not None for t in self.tasks.values()):
             waits.append(0.1)  # a process may exit while a grandchild keeps its pipes open
+        elif any(c.queue for c in self.children):
+            waits.append(self._next_reap - now)
         if self.waiting:
             waits.append(next(iter(self.waiting.values()))[1] + self.prefetch_wait - now)
         for child in self.children:  # jobs queued behind a running one go back if they wait too long
-            queued = [t.arrived for t in list(child.queue)[1:] if t.kill_reason is None]
-            if queued:
-                waits.append(min(queued) + self.prefetch_wait - now)
+            for i, t in enumerate(child.queue):  # in order of arrival: the first one not asked to skip
+                if i and t.kill_reason is None:
+                    waits.append(t.arrived + self.prefetch_wait - now)
+                    break
         return max(0.0, min(waits)) if waits else None
 
     def _reap(self, task: Task, wait: float) -> None:
