@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from titan_zmq.broker.scheduler import Scheduler, WorkerInfo
 from titan_zmq.errors import BrokerError, JobError, UnknownJob
-from titan_zmq.job import JobState
+from titan_zmq.job import Job, JobRecord, JobState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -716,3 +717,38 @@ def test_fallback_after_failing_for_good(sched: Scheduler, clock: FakeClock) -> 
     dispatch(sched)
     report(sched, w, "j", "failed", error="again")
     assert sched.jobs["j"].state is JobState.DEAD  # the chain is spent
+
+
+# ---- records ------------------------------------------------------------------------------------
+
+
+def test_final_record_pushed_to_watchers_reads_as_the_full_record(sched: Scheduler) -> None:
+    w = add_worker(sched, "w")
+    sched.submit([spec("plain"), spec("rich", labels={"team": "a"}, priority=3, requires=["cpu"])], {},
+                 watcher=b"client")  # fmt: skip
+    sched.submit([spec("child", depends_on=["plain"], dag="d1")], {}, watcher=b"client")
+    dispatch(sched)
+    report(sched, w, "plain", result=[1, 2], runtime=0.01)
+    pushed = {r["id"]: r for r in sched.fx.done[b"client"]}
+    assert pushed["plain"]["result"] == [1, 2] and "error" not in pushed["plain"]
+    report(sched, w, "rich", "failed", error="boom", error_type="ValueError", traceback="tb", stdout="out\n")
+    dispatch(sched)
+    report(sched, w, "child", result=None, runtime=0.01)
+    for jid in ("plain", "rich", "child"):
+        compact = sched.final_record(sched.entry(jid))
+        full = sched.record(sched.entry(jid))
+        assert JobRecord.from_dict(compact) == JobRecord.from_dict(full)
+        assert len(compact) < len(full)  # empty and default fields stay out of it
+    assert sched.final_record(sched.entry("child"))["depends_on"] == ["plain"]
+
+
+def test_trusted_job_construction_equals_the_dataclass_one() -> None:
+    wire = spec("j", args=[1], env={"A": "1"}, priority=2, timeout=5, depends_on=["p"], affinity="parent")
+    job = Job.from_wire(wire)
+    assert job == Job(id="j", kind="call", target="tests.jobs:noop", args=[1], env={"A": "1"}, priority=2,
+                      timeout=5.0, depends_on=("p",), affinity="parent")  # fmt: skip
+    assert Job.from_journal(job.to_wire()) == job
+    bare = Job.from_wire(spec("k"))
+    assert bare.kwargs == {} and bare.kwargs is not Job.from_wire(spec("m")).kwargs  # fresh defaults
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.id = "x"  # type: ignore[misc]

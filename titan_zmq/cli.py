@@ -284,6 +284,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
             json.dump({**ports, "pid": os.getpid()}, fh)
         os.replace(tmp, args.ready_file)
     _on_signals(broker.stop)
+    from titan_zmq.process import tune_gc
+
+    tune_gc()
     broker.run()
     return EXIT_OK
 
@@ -309,6 +312,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = Worker(_worker_config(args))
     _on_signals(worker.stop)
     signal.signal(signal.SIGUSR1, lambda signum, frame: worker.drain())  # finish what it holds, then leave
+    from titan_zmq.process import tune_gc
+
+    tune_gc()
     worker.run()
     return EXIT_OK
 
@@ -324,7 +330,7 @@ def _run_agent(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from titan_zmq.broker import Broker
-    from titan_zmq.process import die_with_parent
+    from titan_zmq.process import die_with_parent, tune_gc
 
     if args.workers < 0:
         raise ConfigError("--workers must be 0 or more")
@@ -333,6 +339,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     host = broker.config.host
     connect = "127.0.0.1" if host in ("0.0.0.0", "*", "") else host
     address = f"{connect}:{ports['front']}"
+    tune_gc()
     thread = threading.Thread(target=broker.run, name="titan-broker", daemon=True)
     thread.start()
     stop = threading.Event()

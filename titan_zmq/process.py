@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 
@@ -65,3 +66,21 @@ class Waker:
                 os.close(fd)
             except OSError:
                 pass
+
+
+GC_GEN0 = 50_000  # allocations between young collections in a broker or worker process (Python's default: 700)
+
+
+def tune_gc() -> None:
+    """For a process that titan owns (a broker, a worker): collect cycles less often.
+
+    The broker allocates a few objects per job message and keeps up to ``max_finished_jobs``
+    records alive. With the default thresholds the collector runs every 700 allocations and
+    periodically walks all of them: a fifth of the broker's time per job in a no-op stream.
+    Reference counting still frees everything at once; only cycles wait longer. What exists at
+    start (modules, config, a replayed journal) is frozen out of every later collection.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0, gen1, gen2)

@@ -90,9 +90,12 @@ class Broker:
         self.front = self._router()
         self.back = self._router()
         self.back.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.events = self.ctx.socket(zmq.PUB)
+        # XPUB: the broker hears what subscribers want, and builds no event that nobody would get.
+        self.events = self.ctx.socket(zmq.XPUB)
         self.events.setsockopt(zmq.LINGER, 0)
         self.events.setsockopt(zmq.SNDHWM, 10_000)
+        self._subs: set[bytes] = set()  # topic prefixes someone subscribes to
+        self._wanted: dict[bytes, bool] = {}  # topic -> whether a subscription matches it (cleared on change)
         # CURVE (--keys): every socket encrypted; ZAP admits the allowed keys, a monitor logs refusals.
         self.keys = Keys(cfg.keys) if cfg.keys else None
         self.guard: Guard | None = None
@@ -165,12 +168,15 @@ class Broker:
             data.compact(capture(self.sched, self.kv, self.services, self.schedules))
 
     def _publish_changes(self, changed: list[Entry]) -> None:
+        if not self._subs:
+            return
         # Published before the journal commit of the same turn: subscribers may see a change that a
         # crash in the next microseconds takes back. Replies and acks, which promise, wait for it.
-        self._publish(b"event.job", {"changes": [
-            {"id": e.job.id, "state": e.state.value, "worker": e.worker_name, "attempts": e.attempts,
-             "dag": e.job.dag} for e in changed
-        ]})  # fmt: skip
+        if self.wants(b"event.job"):
+            self._publish(b"event.job", {"changes": [
+                {"id": e.job.id, "state": e.state.value, "worker": e.worker_name, "attempts": e.attempts,
+                 "dag": e.job.dag} for e in changed
+            ]})  # fmt: skip
         tails = self.logs.tails
         for e in changed:
             if e.state in FINAL_STATES and e.job.id in tails:
@@ -222,6 +228,7 @@ class Broker:
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.back, zmq.POLLIN)
         poller.register(self._waker.fd, zmq.POLLIN)
+        poller.register(self.events, zmq.POLLIN)
         for mon in self._monitors:
             poller.register(mon, zmq.POLLIN)
         try:
@@ -232,6 +239,8 @@ class Broker:
                     self._waker.drain()
                 if self._monitors:
                     self._refusals(ready)
+                if self.events in ready:
+                    self._subscriptions()
                 # Workers first: their results free slots, and dispatch need not wait behind a
                 # large submission being validated.
                 if self.back in ready:
@@ -356,7 +365,8 @@ class Broker:
             self._heartbeat(now)
             self._next_beat = now + self.config.heartbeat_interval
         if now >= self._next_stats:
-            self._publish(b"stats", self.stats())
+            if self.wants(b"stats"):
+                self._publish(b"stats", self.stats())
             self._next_stats = now + self.config.stats_interval
 
     def _heartbeat(self, now: float) -> None:
@@ -400,7 +410,35 @@ class Broker:
         if w is not None:
             w.last_sent = self.clock()
 
+    def _subscriptions(self) -> None:
+        """Subscribe and unsubscribe messages from the events socket (XPUB passes each topic's
+        first subscription and last unsubscription, so a set keeps what is wanted)."""
+        while True:
+            try:
+                msg = self.events.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not msg or msg[0] not in (0, 1):
+                continue  # not a subscription: SUB peers send nothing else
+            if msg[0] == 1:
+                self._subs.add(msg[1:])
+            else:
+                self._subs.discard(msg[1:])
+            self._wanted.clear()
+
+    def wants(self, topic: bytes) -> bool:
+        """Whether any subscriber would receive ``topic`` (a subscription is a prefix of it)."""
+        hit = self._wanted.get(topic)
+        if hit is None:
+            hit = any(topic.startswith(sub) for sub in self._subs)
+            if len(self._wanted) > 10_000:  # per-job log topics: keep the cache bounded
+                self._wanted.clear()
+            self._wanted[topic] = hit
+        return hit
+
     def _publish(self, topic: bytes, body: Any) -> None:
+        if not self.wants(topic):
+            return
         try:
             self.events.send_multipart([topic, P.packb(body)], zmq.NOBLOCK)
         except zmq.Again:

@@ -880,7 +880,7 @@ class Scheduler:
                 if slot[1] <= 0:
                     del self.blobs[sha]
         if entry.watchers:
-            rec = self.record(entry)
+            rec = self.final_record(entry)
             for ident in entry.watchers:
                 self.fx.done.setdefault(ident, []).append(rec)
             entry.watchers = None
@@ -1021,6 +1021,32 @@ class Scheduler:
             "depends_on": list(j.depends_on),
             "dag": j.dag,
         }
+
+    def final_record(self, entry: Entry) -> dict[str, Any]:
+        """The record pushed to a watching client when the job ends: :meth:`record` without the
+        fields that are empty or at their default (the client's JobRecord fills those in), so a
+        short job's record is a few bytes to pack, send and unpack."""
+        j = entry.job
+        rec: dict[str, Any] = {"id": j.id, "kind": j.kind, "target": j.target, "state": entry.state.value,
+                               "attempts": entry.attempts}  # fmt: skip
+        for key, value in (
+            ("worker", entry.worker_name), ("result", entry.result), ("error", entry.error),
+            ("error_type", entry.error_type), ("traceback", entry.traceback), ("exit_code", entry.exit_code),
+            ("stdout", entry.stdout), ("stderr", entry.stderr), ("submitted_at", entry.submitted_at),
+            ("queued_at", entry.queued_at), ("started_at", entry.started_at), ("finished_at", entry.finished_at),
+            ("labels", j.labels), ("dag", j.dag),
+        ):  # fmt: skip
+            if value is not None and value != "" and value != {}:
+                rec[key] = value
+        if j.requires:
+            rec["requires"] = sorted(j.requires)
+        if j.priority:
+            rec["priority"] = j.priority
+        if j.retries:
+            rec["retries"] = j.retries
+        if j.depends_on:
+            rec["depends_on"] = list(j.depends_on)
+        return rec
 
     def list_jobs(self, state: str | None, limit: int) -> list[dict[str, Any]]:
         if state is not None and state not in {s.value for s in JobState}:
