@@ -244,6 +244,10 @@ class Job:
             labels and not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
         ):
             raise JobError(f"job {jid}: 'labels' must be a map of strings to strings")
+        if d.keys() <= _BASIC and kind not in ("script", "archive"):  # nothing else to check (most jobs)
+            fields = {"id": jid, "kind": kind, "target": target, "args": args, "kwargs": kwargs, "env": env}
+            fields["labels"] = labels
+            return cls._trusted(fields)
         timeout = _num(d, "timeout", None, 0.001, 365 * 86400.0)
         blob = d.get("blob")
         if blob is not None and (not isinstance(blob, str) or not _SHA_RE.fullmatch(blob)):
@@ -408,6 +412,7 @@ class JobRecord:
 
 _RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
 _WIRE_SET = frozenset(Job.WIRE_FIELDS)
+_BASIC = frozenset({"id", "kind", "target", "args", "kwargs", "env", "labels"})  # all a plain job has
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Job) if f.default is not dataclasses.MISSING}
 _FRESH = {f.name: f.default_factory for f in dataclasses.fields(Job) if f.default_factory is not dataclasses.MISSING}
 _NO_TAGS: frozenset[str] = frozenset()

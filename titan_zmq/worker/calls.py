@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from titan_zmq.process import die_with_parent, kill_tree
+from titan_zmq.worker.child import split_frames
 
 if TYPE_CHECKING:
     from titan_zmq.worker.executors import Task
@@ -121,13 +122,8 @@ class ChildProc:
                 alive = False
                 break
             self.buf += chunk
-        out = []
-        while len(self.buf) >= 4:
-            (n,) = _HEADER.unpack_from(self.buf)
-            if len(self.buf) < 4 + n:
-                break
-            out.append(msgpack.unpackb(bytes(self.buf[4 : 4 + n]), raw=False, strict_map_key=False))
-            del self.buf[: 4 + n]
+        out, used = split_frames(self.buf)
+        del self.buf[:used]
         return out, alive
 
     def close(self) -> None:

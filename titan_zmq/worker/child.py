@@ -65,10 +65,30 @@ def _read_exact(fd: int, n: int) -> bytes | None:
 
 def write_frame(fd: int, body: bytes) -> None:
     data = _HEADER.pack(len(body)) + body
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    n = os.write(fd, data)
+    if n < len(data):  # a large frame into a full pipe: the rest as the worker reads
+        view = memoryview(data)[n:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def split_frames(buf: bytearray) -> tuple[list[Any], int]:
+    """The whole ``[u32 length][msgpack]`` frames at the start of ``buf``, decoded, and how many
+    bytes they took (the caller drops those at once: dropping each frame would copy the rest)."""
+    out = []
+    view = memoryview(buf)
+    end = len(buf)
+    pos = 0
+    try:
+        while end - pos >= 4:
+            (n,) = _HEADER.unpack_from(buf, pos)
+            if end - pos - 4 < n:
+                break
+            out.append(msgpack.unpackb(view[pos + 4 : pos + 4 + n], raw=False, strict_map_key=False))
+            pos += 4 + n
+    finally:
+        view.release()
+    return out, pos
 
 
 _resolved: dict[tuple[str, str | None], Any] = {}
@@ -129,6 +149,8 @@ def _resolve(target: str, module_path: str | None, sha: str | None) -> Any:
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Run one call job and describe its outcome."""
     saved_env: dict[str, str | None] = {}
+    if job.get("env"):
+        _env_set.clear()  # it may set the TITAN_* ones: the next job sets them again
     for k, v in (job.get("env") or {}).items():
         saved_env[k] = os.environ.get(k)
         os.environ[k] = v
@@ -162,10 +184,16 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
                 pass
 
 
+_env_set: dict[str, str] = {}  # what _set_env last set each variable to
+
+
 def _set_env(name: str, value: str) -> None:
-    """Set a variable only when it changes: each write is a putenv, and most stay the same job to job."""
-    if os.environ.get(name) != value:
+    """Set a variable only when it changes: each write is a putenv, each read of os.environ
+    encodes and decodes, and most of these stay the same job to job. (A job that sets one of
+    these variables itself changes them for itself only while the next job's value differs.)"""
+    if _env_set.get(name) != value:
         os.environ[name] = value
+        _env_set[name] = value
 
 
 class Outbox:
@@ -262,13 +290,10 @@ class Inbox:
                 self.open = False
                 return
             self.buf += chunk
-            while len(self.buf) >= 4:
-                (n,) = _HEADER.unpack_from(self.buf)
-                if len(self.buf) < 4 + n:
-                    break
-                msg = msgpack.unpackb(bytes(self.buf[4 : 4 + n]), raw=False)
-                del self.buf[: 4 + n]
-                with self.lock:
+            msgs, used = split_frames(self.buf)
+            del self.buf[:used]
+            with self.lock:
+                for msg in msgs:
                     if msg["id"] in self.skip:
                         self.skip.discard(msg["id"])
                     else:

@@ -475,6 +475,11 @@ class Executor:
 
     def _on_child_results(self, child: ChildProc) -> None:
         frames, alive = child.read_results()
+        if frames and child.task is not None:
+            # Descriptor-level output written before these outcomes: the running job's, as far as
+            # the pipes tell (a batch of short pipelined jobs shares one read, not two per job).
+            _read_available(child.out_fd, child.task.out)
+            _read_available(child.err_fd, child.task.err)
         for res in frames:
             task = child.task
             if "o" in res:  # a job's own output, written before its outcome
@@ -487,8 +492,6 @@ class Executor:
             if task is None or res.get("id") != task.id:
                 log.warning("call executor %d reported an unexpected job %r", child.pid, res.get("id"))
                 continue
-            _read_available(child.out_fd, task.out)
-            _read_available(child.err_fd, task.err)
             child.queue.popleft()
             task.child = None
             res.pop("id", None)
