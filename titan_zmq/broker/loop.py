@@ -44,6 +44,7 @@ from titan_zmq.security import HANDSHAKE_FAILURES, Guard, Keys, describe_failure
 
 log = logging.getLogger(__name__)
 
+DRAIN_BUDGET = 0.002  # s: one socket's messages handled per turn before dispatch and sends run
 _HARD_SLACK = 64 * 1024  # frames this far above the limit still get a clear error, larger ones a disconnect
 
 
@@ -302,7 +303,10 @@ class Broker:
     def _drain_front_secure(self) -> None:
         """Like ``_drain`` on the front, knowing each sender's key: a worker key may only say HELLO."""
         assert self.guard is not None
+        until = time.monotonic() + DRAIN_BUDGET
         for _ in range(self.config.batch):
+            if time.monotonic() >= until:
+                return
             try:
                 frames, user = P.recv_frames_user(self.front)
             except zmq.Again:
@@ -326,8 +330,13 @@ class Broker:
         return max(0, min(1000, int((nxt - now) * 1000) + 1))
 
     def _drain(self, sock: zmq.Socket[bytes], handler: Callable[[list[bytes]], None]) -> None:
+        """Handle what ``sock`` holds: at most ``batch`` messages, and no more than DRAIN_BUDGET of
+        time (what is left waits a turn: a burst of submissions must not hold up dispatch)."""
         recv = P.recv_frames
+        until = time.monotonic() + DRAIN_BUDGET
         for _ in range(self.config.batch):
+            if time.monotonic() >= until:
+                return
             try:
                 frames = recv(sock)
             except zmq.Again:
