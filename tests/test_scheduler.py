@@ -752,3 +752,14 @@ def test_trusted_job_construction_equals_the_dataclass_one() -> None:
     assert bare.kwargs == {} and bare.kwargs is not Job.from_wire(spec("m")).kwargs  # fresh defaults
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.id = "x"  # type: ignore[misc]
+
+
+def test_lean_watchers_hear_of_successes_by_id_state_and_result_only(sched: Scheduler) -> None:
+    w = add_worker(sched, "w", slots=2)
+    sched.submit([spec("ok"), spec("bad")], {}, watcher=b"map", lean=True)
+    dispatch(sched)
+    report(sched, w, "ok", result={"x": 1}, runtime=0.01)
+    report(sched, w, "bad", "failed", error="ValueError: no", error_type="ValueError", traceback="tb")
+    pushed = {r["id"]: r for r in sched.fx.done[b"map"]}
+    assert pushed["ok"] == {"id": "ok", "state": "succeeded", "result": {"x": 1}}
+    assert pushed["bad"]["traceback"] == "tb" and pushed["bad"]["state"] == "failed"  # a failure says it all

@@ -57,3 +57,11 @@ def test_failure_carries_the_remote_traceback(shared_cluster: LocalCluster) -> N
 def test_map_keeps_order(shared_cluster: LocalCluster) -> None:
     client = shared_cluster.client()
     assert client.map("tests.jobs:noop", range(500)) == list(range(500))
+
+
+def test_map_failure_carries_the_remote_traceback(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    with pytest.raises(JobFailed) as info:
+        client.map("tests.jobs:boom", ["first", "second"])  # lean records for successes, full ones for failures
+    assert "2 of 2 map job(s) failed" in str(info.value)
+    assert info.value.record is not None and "boom" in (info.value.record.traceback or "")

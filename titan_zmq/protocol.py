@@ -213,6 +213,7 @@ class Submit(Message):
     jobs: list[dict[str, Any]]
     blobs: dict[str, bytes] = field(default_factory=dict)
     watch: bool = False
+    lean: bool = False  # with watch: a job that succeeds is announced with its id, state and result only
 
 
 @dataclass(frozen=True)

@@ -534,7 +534,7 @@ class Broker:
     def _client_request(self, ident: bytes, msg: P.Message) -> Any:
         sched = self.sched
         if isinstance(msg, P.Submit):
-            return {"ids": sched.submit(msg.jobs, msg.blobs, ident if msg.watch else None, owner=ident)}
+            return {"ids": sched.submit(msg.jobs, msg.blobs, ident if msg.watch else None, owner=ident, lean=msg.lean)}
         if isinstance(msg, P.Watch):
             return {"done": sched.watch(ident, msg.ids)}
         if isinstance(msg, P.Status):

@@ -52,6 +52,7 @@ class Entry:
         "finished_at",
         "inputs",
         "job",
+        "lean",
         "lease",
         "level",
         "lost",
@@ -99,6 +100,7 @@ class Entry:
         self.finished_at: float | None = None
         self.not_before = 0.0  # monotonic time before which it may not run (delay, backoff)
         self.watchers: list[bytes] | None = None
+        self.lean = False  # its watchers hear of a success as id, state and result only
         self.children: list[str] | None = None  # jobs waiting on this one
         self.inputs: dict[str, Any] | None = None  # parents' results, for a job with parents
         self.waiting_on = 0  # parents not ended yet
@@ -296,12 +298,13 @@ class Scheduler:
 
     def submit(
         self, specs: list[dict[str, Any]], blobs: dict[str, bytes], watcher: bytes | None = None,
-        owner: bytes | None = None,
+        owner: bytes | None = None, lean: bool = False,
     ) -> list[str]:  # fmt: skip
         """Validate and accept a batch of jobs, all or nothing. Returns the job ids.
 
         ``owner`` is the client connection submitting them: its unfinished jobs count against
-        ``max_pending_per_client``."""
+        ``max_pending_per_client``. With ``lean``, ``watcher`` hears of a success as its id, state
+        and result only (``map`` needs no more)."""
         jobs: list[Job] = []
         seen: set[str] = set()
         for i, spec in enumerate(specs):
@@ -339,6 +342,7 @@ class Scheduler:
                         self.fx.done.setdefault(watcher, []).append(rec)
                 continue
             entry = self._accept(job, blobs, watcher)
+            entry.lean = lean
             if owner is not None and not entry.state.final:
                 entry.owner = owner
                 self.pending[owner] = self.pending.get(owner, 0) + 1
@@ -707,8 +711,10 @@ class Scheduler:
             entry = self.jobs[best_item[2]]
             blob = entry.job.blob
             # Least loaded first; among equals, one that already holds the job's script.
-            w = min(ws, key=lambda x: (len(x.running) / x.slots, blob is not None and blob not in x.cached,
-                                       len(x.running), x.done))  # fmt: skip
+            w = ws[0] if len(ws) == 1 else min(
+                ws, key=lambda x: (len(x.running) / x.slots, blob is not None and blob not in x.cached,
+                                   len(x.running), x.done),
+            )  # fmt: skip
             self._lease(entry, w, now_wall)
             n += 1
             if w.free <= 0:
@@ -880,7 +886,10 @@ class Scheduler:
                 if slot[1] <= 0:
                     del self.blobs[sha]
         if entry.watchers:
-            rec = self.final_record(entry)
+            if entry.lean and state is JobState.SUCCEEDED:
+                rec = {"id": entry.job.id, "state": "succeeded", "result": entry.result}
+            else:
+                rec = self.final_record(entry)
             for ident in entry.watchers:
                 self.fx.done.setdefault(ident, []).append(rec)
             entry.watchers = None
@@ -1027,7 +1036,7 @@ class Scheduler:
         fields that are empty or at their default (the client's JobRecord fills those in), so a
         short job's record is a few bytes to pack, send and unpack."""
         j = entry.job
-        rec: dict[str, Any] = {"id": j.id, "kind": j.kind, "target": j.target, "state": entry.state.value,
+        rec: dict[str, Any] = {"id": j.id, "kind": j.kind, "target": j.target, "state": entry.state._value_,
                                "attempts": entry.attempts}  # fmt: skip
         for key, value in (
             ("worker", entry.worker_name), ("result", entry.result), ("error", entry.error),

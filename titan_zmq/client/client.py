@@ -377,10 +377,10 @@ class TitanClient:
         )  # fmt: skip
         return self.submit_specs([spec])[0]
 
-    def submit_specs(self, specs: list[dict[str, Any]], watch: bool = True) -> list[JobHandle]:
+    def submit_specs(self, specs: list[dict[str, Any]], watch: bool = True, lean: bool = False) -> list[JobHandle]:
         """Submit prepared specs in one message, all or nothing."""
         blobs = {s["blob"]: self._blobs[s["blob"]] for s in specs if s.get("blob") in self._blobs}
-        data = self.request(P.Submit, jobs=specs, blobs=blobs, watch=watch)
+        data = self.request(P.Submit, jobs=specs, blobs=blobs, watch=watch, lean=lean)
         if watch:
             self._watched.update(data["ids"])
         return [JobHandle(self, i) for i in data["ids"]]
@@ -619,7 +619,7 @@ class TitanClient:
                 if not batch:
                     exhausted = True
                     break
-                for h in self.submit_specs(batch):
+                for h in self.submit_specs(batch, lean=True):
                     order.append(h.id)
                     pending.add(h.id)
             with self._lock:
