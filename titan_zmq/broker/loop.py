@@ -97,6 +97,7 @@ class Broker:
         self.events.setsockopt(zmq.SNDHWM, 10_000)
         self._subs: set[bytes] = set()  # topic prefixes someone subscribes to
         self._wanted: dict[bytes, bool] = {}  # topic -> whether a subscription matches it (cleared on change)
+        self._track_changes()
         # CURVE (--keys): every socket encrypted; ZAP admits the allowed keys, a monitor logs refusals.
         self.keys = Keys(cfg.keys) if cfg.keys else None
         self.guard: Guard | None = None
@@ -434,6 +435,12 @@ class Broker:
             else:
                 self._subs.discard(msg[1:])
             self._wanted.clear()
+            self._track_changes()
+
+    def _track_changes(self) -> None:
+        """Job changes are collected for the journal and for subscribers: while there are neither,
+        the scheduler need not collect them."""
+        self.sched.track_changes = self.data is not None or bool(self._subs)
 
     def wants(self, topic: bytes) -> bool:
         """Whether any subscriber would receive ``topic`` (a subscription is a prefix of it)."""

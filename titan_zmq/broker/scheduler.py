@@ -259,6 +259,9 @@ class Scheduler:
         # Jobs whose state changed this turn (journaled and published), and, when journaling (a data
         # directory is set), the turn's other journal ops in order.
         self._dirty: dict[str, Entry] = {}
+        # Whether changes are kept for take_changes(); the broker turns it off while nothing would
+        # read them (no journal, no subscriber to job events).
+        self.track_changes = True
         self.ops: list[list[Any]] | None = None
         # After a restart: jobs that were running, by when their worker must have come back.
         self.orphans: dict[str, float] = {}
@@ -271,7 +274,8 @@ class Scheduler:
         self.ops = []
 
     def _touch(self, entry: Entry) -> None:
-        self._dirty[entry.job.id] = entry
+        if self.track_changes:
+            self._dirty[entry.job.id] = entry
 
     def take_changes(self) -> list[Entry]:
         """The jobs whose state changed since the last call."""
@@ -753,21 +757,17 @@ class Scheduler:
 
     def on_result(self, w: WorkerInfo, res: dict[str, Any]) -> str | None:
         """Apply one attempt's outcome from worker ``w``. Returns the id to acknowledge."""
-        jid = res.get("id")
-        outcome = res.get("outcome")
+        get = res.get
+        jid = get("id")
+        outcome = get("outcome")
         if not isinstance(jid, str) or outcome not in OUTCOMES:
             log.warning("worker %s sent a malformed result %r; dropped", w.name, str(res)[:200])
             return jid if isinstance(jid, str) else None
         entry = self.jobs.get(jid)
-        newer_here = (
-            entry is not None
-            and entry.worker == w.ident
-            and entry.state is JobState.RUNNING
-            and res.get("lease") != entry.lease
-        )
-        if not newer_here:  # an old lease's reply must not free the slot its new lease holds
-            w.running.discard(jid)
-        runtime = res.get("runtime")
+        lease = get("lease")
+        if entry is None or entry.worker != w.ident or entry.state is not JobState.RUNNING or lease == entry.lease:
+            w.running.discard(jid)  # (an old lease's reply must not free the slot its new lease holds)
+        runtime = get("runtime")
         if outcome == OUT_RETURNED:  # jobs there got long: close its window until they are short again
             w.ewma = max(w.ewma or 0.0, self.prefetch_below)
             w.adapt(self.prefetch_below)
@@ -777,7 +777,7 @@ class Scheduler:
         if entry is None:
             log.warning("worker %s reported job %s, which the broker does not know; acknowledged", w.name, jid)
             return jid
-        this_lease = entry.worker == w.ident and res.get("lease") == entry.lease
+        this_lease = entry.worker == w.ident and lease == entry.lease
         mine = this_lease and entry.state is JobState.RUNNING
         if entry.state in FINAL_STATES:
             if entry.state is JobState.CANCELLED and this_lease:

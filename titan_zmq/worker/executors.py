@@ -140,8 +140,8 @@ class Task:
     """One running attempt of a job."""
 
     __slots__ = (
-        "arrived", "attempt", "child", "deadline", "err", "err_fd", "id", "job", "kill_reason", "out", "out_fd",
-        "popen", "started",
+        "_err", "_logs", "_out", "_tail", "arrived", "attempt", "child", "deadline", "err_fd", "id", "job",
+        "kill_reason", "out_fd", "popen", "started",
     )  # fmt: skip
 
     def __init__(self, job: dict[str, Any], tail: int, logs: LogSink | None = None) -> None:
@@ -151,13 +151,38 @@ class Task:
         self.started = self.arrived = time.monotonic()
         timeout = job.get("timeout")
         self.deadline: float | None = self.started + timeout if timeout else None
-        self.out = Tail(tail, logs, self.id, "out")
-        self.err = Tail(tail, logs, self.id, "err")
+        self._tail = tail
+        self._logs = logs
+        self._out: Tail | None = None  # made when the job first writes (most short jobs never do)
+        self._err: Tail | None = None
         self.popen: subprocess.Popen[bytes] | ForkedProcess | None = None
         self.child: ChildProc | None = None
         self.out_fd: int | None = None
         self.err_fd: int | None = None
         self.kill_reason: str | None = None
+
+    @property
+    def out(self) -> Tail:
+        if self._out is None:
+            self._out = Tail(self._tail, self._logs, self.id, "out")
+        return self._out
+
+    @property
+    def err(self) -> Tail:
+        if self._err is None:
+            self._err = Tail(self._tail, self._logs, self.id, "err")
+        return self._err
+
+    def output(self) -> tuple[str, str]:
+        """What it wrote to stdout and stderr (the tails), its last partial lines sent to the live log."""
+        texts = []
+        for tail in (self._out, self._err):
+            if tail is None:
+                texts.append("")
+            else:
+                tail.flush()
+                texts.append(tail.text())
+        return texts[0], texts[1]
 
 
 class Executor:
@@ -475,13 +500,14 @@ class Executor:
 
     def _on_child_results(self, child: ChildProc) -> None:
         frames, alive = child.read_results()
-        if frames and child.task is not None:
+        queue = child.queue
+        if frames and queue:
             # Descriptor-level output written before these outcomes: the running job's, as far as
             # the pipes tell (a batch of short pipelined jobs shares one read, not two per job).
-            _read_available(child.out_fd, child.task.out)
-            _read_available(child.err_fd, child.task.err)
+            _read_available(child.out_fd, queue[0].out)
+            _read_available(child.err_fd, queue[0].err)
         for res in frames:
-            task = child.task
+            task = queue[0] if queue else None
             if "o" in res:  # a job's own output, written before its outcome
                 if task is not None:
                     (task.out if res["o"] == "out" else task.err).add(res.get("d") or b"")
@@ -691,15 +717,14 @@ class Executor:
             return
         if "inputs" in task.job and task.job["kind"] != "call":
             (self.cache.root.parent / "inputs" / f"{task.id}.json").unlink(missing_ok=True)
-        task.out.flush()
-        task.err.flush()
+        stdout, stderr = task.output()
         res = {
             "id": task.id,
             "attempt": task.attempt,
             "lease": task.job.get("lease", 0),
             "outcome": outcome,
-            "stdout": task.out.text(),
-            "stderr": task.err.text(),
+            "stdout": stdout,
+            "stderr": stderr,
             "runtime": time.monotonic() - task.started,
         }
         res.update(fields)
