@@ -742,7 +742,7 @@ def test_final_record_pushed_to_watchers_reads_as_the_full_record(sched: Schedul
     assert sched.final_record(sched.entry("child"))["depends_on"] == ["plain"]
 
 
-def test_trusted_job_construction_equals_the_dataclass_one() -> None:
+def test_job_from_wire_equals_the_dataclass_and_is_frozen() -> None:
     wire = spec("j", args=[1], env={"A": "1"}, priority=2, timeout=5, depends_on=["p"], affinity="parent")
     job = Job.from_wire(wire)
     assert job == Job(id="j", kind="call", target="tests.jobs:noop", args=[1], env={"A": "1"}, priority=2,
