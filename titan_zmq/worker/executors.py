@@ -356,14 +356,12 @@ class Executor:
 
     def _start_call(self, task: Task, pipelined: ChildProc | None = None) -> None:
         job = task.job
-        msg: dict[str, Any] = {
-            "id": task.id,
-            "target": job["target"],
-            "args": job.get("args", []),
-            "kwargs": job.get("kwargs", {}),
-            "env": job.get("env") or {},
-            "attempt": task.attempt,
-        }
+        msg: dict[str, Any] = {"id": task.id, "target": job["target"], "args": job.get("args", [])}
+        for key in ("kwargs", "env"):  # only what a job has: every key is packed and unpacked
+            if job.get(key):
+                msg[key] = job[key]
+        if task.attempt != 1:
+            msg["attempt"] = task.attempt
         if job.get("dag"):
             msg["dag"] = job["dag"]
         if job.get("labels"):
@@ -723,10 +721,12 @@ class Executor:
             "attempt": task.attempt,
             "lease": task.job.get("lease", 0),
             "outcome": outcome,
-            "stdout": stdout,
-            "stderr": stderr,
             "runtime": time.monotonic() - task.started,
         }
+        if stdout:  # the broker takes a missing stream as empty
+            res["stdout"] = stdout
+        if stderr:
+            res["stderr"] = stderr
         res.update(fields)
         self.finished.append(res)
 
