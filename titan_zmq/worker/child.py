@@ -375,7 +375,8 @@ def main(argv: list[str]) -> int:
     sys.stdout = JobStream("out", outbox, 1)
     sys.stderr = JobStream("err", outbox, 2)
     while True:
-        inbox.pull(block=not inbox.jobs)  # further jobs that arrived meanwhile
+        if not inbox.jobs:  # what the worker sent ahead is read in one go, not a read per job
+            inbox.pull(block=True)
         job = inbox.next()
         if job is None:
             if not inbox.open:
