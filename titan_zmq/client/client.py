@@ -44,7 +44,7 @@ from titan_zmq.errors import (
     UnknownJob,
     WaitTimeout,
 )
-from titan_zmq.job import JobRecord, JobState, new_job_id
+from titan_zmq.job import JobRecord, JobState, new_job_id, new_job_ids
 from titan_zmq.security import Keys
 
 log = logging.getLogger(__name__)
@@ -613,9 +613,10 @@ class TitanClient:
                 batch = []
                 for item in itertools.islice(items, min(chunk, window - len(pending))):
                     spec = dict(template)
-                    spec["id"] = new_job_id()
                     spec["args"] = [item]
                     batch.append(spec)
+                for spec, jid in zip(batch, new_job_ids(len(batch)), strict=True):
+                    spec["id"] = jid
                 if not batch:
                     exhausted = True
                     break
