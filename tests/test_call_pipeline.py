@@ -171,3 +171,20 @@ def test_a_full_pipe_does_not_block_the_worker(ex: Executor) -> None:
     out = _run_until(ex, _all(3))
     assert out["job2"]["outcome"] == "succeeded" and out["job2"]["result"] == big
     assert out["job3"]["result"] == 3
+
+
+def test_split_frames_takes_whole_frames_and_leaves_a_partial_one() -> None:
+    import struct
+
+    import msgpack
+
+    from titan_zmq.worker.child import split_frames
+
+    frames = [msgpack.packb({"id": f"j{i}", "args": [i] * i}) for i in range(5)]
+    data = bytearray(b"".join(struct.pack("!I", len(f)) + f for f in frames))
+    cut = len(data) - 3  # the last frame arrives in two reads
+    msgs, used = split_frames(bytearray(data[:cut]))
+    assert [m["id"] for m in msgs] == ["j0", "j1", "j2", "j3"] and used == cut - (len(frames[4]) + 4 - 3)
+    rest = bytearray(data[used:])
+    assert split_frames(rest) == ([{"id": "j4", "args": [4, 4, 4, 4]}], len(rest))
+    assert split_frames(bytearray(b"\x00\x00")) == ([], 0)

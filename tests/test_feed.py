@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,31 @@ def test_a_stalled_subscriber_does_not_slow_the_broker(cluster: LocalCluster) ->
         stalled.close()
     print(f"no-op chatty jobs/s: {base:.0f} alone, {stalled_rate:.0f} with a stalled subscriber")
     assert stalled_rate > 0.5 * base
+
+
+def test_the_broker_builds_events_only_for_topics_someone_subscribes_to() -> None:
+    from titan_zmq.broker import Broker
+    from titan_zmq.config import BrokerConfig
+
+    broker = Broker(BrokerConfig(host="127.0.0.1", front=0, back=0, events=0))
+    ports = broker.bind()
+    thread = threading.Thread(target=broker.run, name="test-broker", daemon=True)
+    thread.start()
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    try:
+        assert not broker.sched.track_changes  # no journal, no subscriber: job changes are not collected
+        assert not broker.wants(b"event.job") and not broker.wants(b"stats")
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(f"tcp://127.0.0.1:{ports['events']}")
+        sub.setsockopt(zmq.SUBSCRIBE, b"event.")
+        wait_for(lambda: broker.sched.track_changes, 10, "the broker to hear of the subscription")
+        assert broker.wants(b"event.job") and broker.wants(b"event.worker") and not broker.wants(b"stats")
+        sub.setsockopt(zmq.UNSUBSCRIBE, b"event.")
+        wait_for(lambda: not broker.sched.track_changes, 10, "the broker to hear of the unsubscription")
+        assert not broker.wants(b"event.job")
+    finally:
+        sub.close(0)
+        broker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
