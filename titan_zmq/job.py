@@ -140,10 +140,18 @@ class Job:
             d["env"] = self.env
         if self.requires:
             d["requires"] = sorted(self.requires)
-        for name in ("priority", "delay", "timeout", "retries", "idempotency_key", "blob"):
-            v = getattr(self, name)
-            if v:
-                d[name] = v
+        if self.priority:  # one test per field: a getattr loop costs more, once per lease
+            d["priority"] = self.priority
+        if self.delay:
+            d["delay"] = self.delay
+        if self.timeout:
+            d["timeout"] = self.timeout
+        if self.retries:
+            d["retries"] = self.retries
+        if self.idempotency_key:
+            d["idempotency_key"] = self.idempotency_key
+        if self.blob:
+            d["blob"] = self.blob
         if self.backoff != 1.0:
             d["backoff"] = self.backoff
         if self.labels:
