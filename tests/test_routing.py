@@ -72,16 +72,17 @@ def test_custom_tags_route_and_busy_reason(cluster: LocalCluster) -> None:
     assert waiting.result(20) is None
 
 
-def test_priority_first_then_fifo(cluster: LocalCluster) -> None:
+def test_priority_first_then_fifo(cluster: LocalCluster, tmp_path: Path) -> None:
     client = cluster.client()
     # No worker yet: everything queues, then one single-slot worker drains the queue in order.
     order = [("low-1", 0), ("high-1", 5), ("low-2", 0), ("mid", 2), ("high-2", 5)]
+    runs = tmp_path / "runs.log"  # each job appends its name as it runs: the order they ran in
     for name, prio in order:
-        client.submit("tests.jobs:noop", args=[name], priority=prio, id=f"prio-{name}")
+        client.submit("tests.jobs:log_run", args=[str(runs), name], priority=prio, id=f"prio-{name}")
     cluster.add_worker(name="solo", slots=1)
-    recs = client.wait([f"prio-{n}" for n, _ in order], timeout=30)
-    ran = sorted(recs.values(), key=lambda r: r.started_at)
-    assert [r.result for r in ran] == ["high-1", "high-2", "mid", "low-1", "low-2"]
+    client.wait([f"prio-{n}" for n, _ in order], timeout=30)
+    ran = [line.split()[0] for line in runs.read_text().splitlines()]
+    assert ran == ["high-1", "high-2", "mid", "low-1", "low-2"]
 
 
 def test_delay_holds_a_job_back(shared_cluster: LocalCluster) -> None:
