@@ -770,3 +770,21 @@ def test_lean_watchers_hear_of_successes_by_id_state_and_result_only(sched: Sche
     with pytest.raises(dataclasses.FrozenInstanceError):
         full.priority = 4  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(full)) == full
+
+
+def test_final_records_keep_empty_results_and_lean_goes_only_to_the_map_that_asked(sched: Scheduler) -> None:
+    w = add_worker(sched, "w", slots=3)
+    sched.submit([spec("empty-str"), spec("empty-map"), spec("shared")], {}, watcher=b"map", lean=True)
+    sched.watch(b"other", ["shared"])  # another client waits on one of the map's jobs
+    dispatch(sched)
+    report(sched, w, "empty-str", result="", runtime=0.01)
+    report(sched, w, "empty-map", result={}, runtime=0.01)
+    report(sched, w, "shared", result=7, runtime=0.01)
+    to_map = {r["id"]: r for r in sched.fx.done[b"map"]}
+    assert to_map["empty-str"]["result"] == "" and to_map["empty-map"]["result"] == {}
+    assert to_map["shared"] == {"id": "shared", "state": "succeeded", "result": 7}
+    (to_other,) = sched.fx.done[b"other"]
+    rec = JobRecord.from_dict(to_other)  # a full record: it reads as one
+    assert rec.result == 7 and rec.kind == "call" and rec.target == "tests.jobs:noop"
+    for jid, value in (("empty-str", ""), ("empty-map", {})):
+        assert JobRecord.from_dict(sched.final_record(sched.entry(jid))).result == value

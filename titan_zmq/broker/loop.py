@@ -330,11 +330,13 @@ class Broker:
                 nxt = min(nxt, heap[0][0])
         return max(0, min(1000, int((nxt - now) * 1000) + 1))
 
-    def _drain(self, sock: zmq.Socket[bytes], handler: Callable[[list[bytes]], None]) -> None:
-        """Handle what ``sock`` holds: at most ``batch`` messages, and no more than DRAIN_BUDGET of
-        time (what is left waits a turn: a burst of submissions must not hold up dispatch)."""
+    def _drain(
+        self, sock: zmq.Socket[bytes], handler: Callable[[list[bytes]], None], budget: float = DRAIN_BUDGET
+    ) -> None:
+        """Handle what ``sock`` holds: at most ``batch`` messages, and no more than ``budget`` seconds
+        (what is left waits a turn: a burst of submissions must not hold up dispatch)."""
         recv = P.recv_frames
-        until = time.monotonic() + DRAIN_BUDGET
+        until = time.monotonic() + budget
         for _ in range(self.config.batch):
             if time.monotonic() >= until:
                 return
@@ -359,8 +361,8 @@ class Broker:
             sched.expire_gates()
         if now >= self._next_expiry:
             # Read what workers sent before judging them: a long turn (a huge submission) must not
-            # expire workers whose heartbeats are waiting unread.
-            self._drain(self.back, self.handle_worker)
+            # expire workers whose heartbeats are waiting unread. No time budget here.
+            self._drain(self.back, self.handle_worker, budget=float("inf"))
             self._next_expiry = min(sched.expire_workers(), now + self.config.heartbeat_interval)
             if sched.orphans:
                 sched.expire_orphans()

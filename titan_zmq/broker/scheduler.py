@@ -100,7 +100,7 @@ class Entry:
         self.finished_at: float | None = None
         self.not_before = 0.0  # monotonic time before which it may not run (delay, backoff)
         self.watchers: list[bytes] | None = None
-        self.lean = False  # its watchers hear of a success as id, state and result only
+        self.lean: bytes | None = None  # the watcher (a map) that hears of a success as id, state and result only
         self.children: list[str] | None = None  # jobs waiting on this one
         self.inputs: dict[str, Any] | None = None  # parents' results, for a job with parents
         self.waiting_on = 0  # parents not ended yet
@@ -346,7 +346,8 @@ class Scheduler:
                         self.fx.done.setdefault(watcher, []).append(rec)
                 continue
             entry = self._accept(job, blobs, watcher)
-            entry.lean = lean
+            if lean and watcher is not None:
+                entry.lean = watcher
             if owner is not None and not entry.state.final:
                 entry.owner = owner
                 self.pending[owner] = self.pending.get(owner, 0) + 1
@@ -886,13 +887,15 @@ class Scheduler:
                 if slot[1] <= 0:
                     del self.blobs[sha]
         if entry.watchers:
-            if entry.lean and state is JobState.SUCCEEDED:
-                rec = {"id": entry.job.id, "state": "succeeded", "result": entry.result}
-            else:
-                rec = self.final_record(entry)
-            for ident in entry.watchers:
+            full = None
+            for ident in entry.watchers:  # a lean record only for the map that asked for one
+                if ident == entry.lean and state is JobState.SUCCEEDED:
+                    rec = {"id": entry.job.id, "state": "succeeded", "result": entry.result}
+                else:
+                    rec = full = full or self.final_record(entry)
                 self.fx.done.setdefault(ident, []).append(rec)
             entry.watchers = None
+            entry.lean = None
         self._finished.append(entry.job.id)
         entry.inputs = None
         if propagate and entry.children:
@@ -1033,20 +1036,25 @@ class Scheduler:
 
     def final_record(self, entry: Entry) -> dict[str, Any]:
         """The record pushed to a watching client when the job ends: :meth:`record` without the
-        fields that are empty or at their default (the client's JobRecord fills those in), so a
-        short job's record is a few bytes to pack, send and unpack."""
+        fields that hold the client's JobRecord default (it fills those in again), so a short job's
+        record is a few bytes to pack, send and unpack. The result always goes, whatever it is."""
         j = entry.job
         rec: dict[str, Any] = {"id": j.id, "kind": j.kind, "target": j.target, "state": entry.state._value_,
-                               "attempts": entry.attempts}  # fmt: skip
+                               "attempts": entry.attempts, "result": entry.result}  # fmt: skip
         for key, value in (
-            ("worker", entry.worker_name), ("result", entry.result), ("error", entry.error),
-            ("error_type", entry.error_type), ("traceback", entry.traceback), ("exit_code", entry.exit_code),
-            ("stdout", entry.stdout), ("stderr", entry.stderr), ("submitted_at", entry.submitted_at),
+            ("worker", entry.worker_name), ("error", entry.error), ("error_type", entry.error_type),
+            ("traceback", entry.traceback), ("exit_code", entry.exit_code), ("submitted_at", entry.submitted_at),
             ("queued_at", entry.queued_at), ("started_at", entry.started_at), ("finished_at", entry.finished_at),
-            ("labels", j.labels), ("dag", j.dag),
+            ("dag", j.dag),
         ):  # fmt: skip
-            if value is not None and value != "" and value != {}:
+            if value is not None:  # their default is None
                 rec[key] = value
+        if entry.stdout:  # default ""
+            rec["stdout"] = entry.stdout
+        if entry.stderr:
+            rec["stderr"] = entry.stderr
+        if j.labels:  # default {}
+            rec["labels"] = j.labels
         if j.requires:
             rec["requires"] = sorted(j.requires)
         if j.priority:

@@ -259,13 +259,15 @@ class Executor:
             job, arrived = next(iter(self.waiting.values()))
             if running < self.slots:
                 child = None
-                running += 1  # at most: a job that fails to start frees its slot at the next fill
+                running += 1
             else:
                 child = self._pipeline_to(job, now)
                 if child is None:
                     break
             del self.waiting[job["id"]]
             self.start(job, child, arrived)
+            if child is None and job["id"] not in self.tasks:
+                running -= 1  # it could not start (a cache miss, a start error): its slot is free
         self._flush_sends()
 
     def running(self) -> int:
