@@ -252,7 +252,7 @@ class Broker:
                     if self.guard is None:
                         self._drain(self.front, self.handle_client)
                     else:
-                        self._drain_front_secure()
+                        self._drain(self.front, self._handle_client_secure, recv=P.recv_frames_user)
                 self._tick_flush()
         finally:
             self.close()
@@ -301,26 +301,16 @@ class Broker:
                         break
                     log.warning("%s", describe_failure(event, name))
 
-    def _drain_front_secure(self) -> None:
-        """Like ``_drain`` on the front, knowing each sender's key: a worker key may only say HELLO."""
+    def _handle_client_secure(self, received: tuple[list[bytes], str | None]) -> None:
+        """``handle_client`` knowing the sender's key: a worker key may only say HELLO."""
+        frames, user = received
         assert self.guard is not None
-        until = time.monotonic() + DRAIN_BUDGET
-        for _ in range(self.config.batch):
-            if time.monotonic() >= until:
-                return
-            try:
-                frames, user = P.recv_frames_user(self.front)
-            except zmq.Again:
-                return
-            try:
-                if self.guard.is_worker_only(user) and not _is_hello(frames):
-                    self._error(self.front, frames[0], P.peek_rid(frames[1:]), P.E_FORBIDDEN,
-                                "this connection authenticated with a worker key: it may only ask for the broker's "
-                                "ports (HELLO); submit and query with a client key (client.key_secret)")  # fmt: skip
-                    continue
-                self.handle_client(frames)
-            except Exception:  # a handler bug must never take the broker down
-                log.exception("internal error handling a message; the broker carries on")
+        if self.guard.is_worker_only(user) and not _is_hello(frames):
+            self._error(self.front, frames[0], P.peek_rid(frames[1:]), P.E_FORBIDDEN,
+                        "this connection authenticated with a worker key: it may only ask for the broker's "
+                        "ports (HELLO); submit and query with a client key (client.key_secret)")  # fmt: skip
+            return
+        self.handle_client(frames)
 
     def _timeout_ms(self) -> int:
         now = self.clock()
@@ -331,11 +321,12 @@ class Broker:
         return max(0, min(1000, int((nxt - now) * 1000) + 1))
 
     def _drain(
-        self, sock: zmq.Socket[bytes], handler: Callable[[list[bytes]], None], budget: float = DRAIN_BUDGET
-    ) -> None:
-        """Handle what ``sock`` holds: at most ``batch`` messages, and no more than ``budget`` seconds
-        (what is left waits a turn: a burst of submissions must not hold up dispatch)."""
-        recv = P.recv_frames
+        self, sock: zmq.Socket[bytes], handler: Callable[[Any], None], budget: float = DRAIN_BUDGET,
+        recv: Callable[[zmq.Socket[bytes]], Any] = P.recv_frames,
+    ) -> None:  # fmt: skip
+        """Hand ``handler`` what ``recv`` takes from ``sock``: at most ``batch`` messages, and no more
+        than ``budget`` seconds (what is left waits a turn: a burst of submissions must not hold up
+        dispatch)."""
         until = time.monotonic() + budget
         for _ in range(self.config.batch):
             if time.monotonic() >= until:
