@@ -156,11 +156,10 @@ class WorkerInfo:
         """Size the prefetch window from its jobs' average runtime: enough to keep each slot busy
         for about ``horizon`` seconds, at most what it announced, and none while its jobs are long."""
         ewma = self.ewma
-        self.short = ewma is not None and ewma < horizon
-        if not self.short or ewma is None:
-            self.window = 0
+        if ewma is not None and ewma < horizon:
+            self.short, self.window = True, min(self.prefetch, int(self.slots * horizon / max(ewma, 1e-6)))
         else:
-            self.window = min(self.prefetch, int(self.slots * horizon / max(ewma, 1e-6)))
+            self.short, self.window = False, 0
 
     def describe(self, now: float, interval: float, liveness: int) -> dict[str, Any]:
         return {
