@@ -322,12 +322,10 @@ class Inbox:
             if not chunk:
                 return
             buf += chunk
-            while len(buf) >= 4:
-                (n,) = _HEADER.unpack_from(buf)
-                if len(buf) < 4 + n:
-                    break
-                jid = msgpack.unpackb(bytes(buf[4 : 4 + n]), raw=False)["skip"]
-                del buf[: 4 + n]
+            requests, used = split_frames(buf)
+            del buf[:used]
+            for request in requests:
+                jid = request["skip"]
                 with self.lock:
                     if jid in self.started_set or jid in self.skip:
                         continue  # it runs or ran: the worker hears of it as usual
