@@ -152,6 +152,27 @@ BAD_CLIENT_MESSAGES = [
         "SUBMIT field 'jobs' must be a list of a map",
     ),
     (
+        "template item that is not [id, args]",
+        [P.VERSION, P.SUBMIT, body(rid=18, template={"kind": "call", "target": "tests.jobs:noop"}, items=[["a"]])],
+        P.E_BAD_JOB,
+        18,
+        "template item #0 must be a list [id, args]",
+    ),
+    (
+        "template that names an id",
+        [P.VERSION, P.SUBMIT, body(rid=19, template=noop_job("t"), items=[["a", []]])],
+        P.E_BAD_JOB,
+        19,
+        "each item gives its own id and args",
+    ),
+    (
+        "template items with jobs as well",
+        [P.VERSION, P.SUBMIT, body(rid=20, jobs=[noop_job("j")], template={"kind": "call"}, items=[["a", []]])],
+        P.E_PROTOCOL,
+        20,
+        "either 'jobs' or 'template' and 'items'",
+    ),
+    (
         "list of a bogus state",
         [P.VERSION, P.LIST, body(rid=15, state="sleeping")],
         "bad_request",

@@ -755,15 +755,15 @@ def test_job_from_wire_equals_the_dataclass_and_is_frozen() -> None:
         job.id = "x"  # type: ignore[misc]
 
 
-def test_lean_watchers_hear_of_successes_by_id_state_and_result_only(sched: Scheduler) -> None:
+def test_lean_watchers_hear_of_successes_by_id_and_result_only(sched: Scheduler) -> None:
     w = add_worker(sched, "w", slots=2)
     sched.submit([spec("ok"), spec("bad")], {}, watcher=b"map", lean=True)
     dispatch(sched)
     report(sched, w, "ok", result={"x": 1}, runtime=0.01)
     report(sched, w, "bad", "failed", error="ValueError: no", error_type="ValueError", traceback="tb")
-    pushed = {r["id"]: r for r in sched.fx.done[b"map"]}
-    assert pushed["ok"] == {"id": "ok", "state": "succeeded", "result": {"x": 1}}
-    assert pushed["bad"]["traceback"] == "tb" and pushed["bad"]["state"] == "failed"  # a failure says it all
+    assert sched.fx.ok[b"map"] == [["ok", {"x": 1}]]
+    (bad,) = sched.fx.done[b"map"]
+    assert bad["id"] == "bad" and bad["traceback"] == "tb" and bad["state"] == "failed"  # a failure says it all
     full = Job.from_wire(spec("f", priority=3, requires=["gpu"], timeout=2))
     assert type(full) is Job and full == Job(id="f", kind="call", target="tests.jobs:noop", priority=3,
                                              requires=frozenset({"gpu"}), timeout=2.0)  # fmt: skip
@@ -780,11 +780,69 @@ def test_final_records_keep_empty_results_and_lean_goes_only_to_the_map_that_ask
     report(sched, w, "empty-str", result="", runtime=0.01)
     report(sched, w, "empty-map", result={}, runtime=0.01)
     report(sched, w, "shared", result=7, runtime=0.01)
-    to_map = {r["id"]: r for r in sched.fx.done[b"map"]}
-    assert to_map["empty-str"]["result"] == "" and to_map["empty-map"]["result"] == {}
-    assert to_map["shared"] == {"id": "shared", "state": "succeeded", "result": 7}
+    assert sched.fx.ok[b"map"] == [["empty-str", ""], ["empty-map", {}], ["shared", 7]]
+    assert b"map" not in sched.fx.done
     (to_other,) = sched.fx.done[b"other"]
     rec = JobRecord.from_dict(to_other)  # a full record: it reads as one
     assert rec.result == 7 and rec.kind == "call" and rec.target == "tests.jobs:noop"
     for jid, value in (("empty-str", ""), ("empty-map", {})):
         assert JobRecord.from_dict(sched.final_record(sched.entry(jid))).result == value
+
+
+# ---- template submissions (map) ----------------------------------------------------------------
+
+
+def test_template_items_make_the_jobs_their_full_specs_would(sched: Scheduler) -> None:
+    template = {"kind": "call", "target": "tests.jobs:noop", "priority": 3, "requires": ["gpu"], "timeout": 2}
+    items = [["a", [1]], ["b", [2, "x"]], ["c", []]]
+    jobs = Job.from_template(template, items)
+    assert jobs == [Job.from_wire({**template, "id": jid, "args": args}) for jid, args in items]
+    shell = Job.from_template({"kind": "shell", "target": "echo"}, [["s", [1, 2.5, "x"]]])
+    assert shell[0].args == ["1", "2.5", "x"]  # arguments of a command line are strings
+    w = add_worker(sched, "w", slots=3, tags=["gpu"])
+    assert sched.submit_items(template, items, {}, watcher=b"map", lean=True) == ["a", "b", "c"]
+    sched.fx.clear()
+    sched.dispatch()
+    wires = {j["id"]: j for j in sched.fx.assign[b"w"]}
+    for job in jobs:  # what the worker gets: the job's own wire map, with its attempt and lease
+        wire = wires[job.id]
+        assert {k: v for k, v in wire.items() if k not in ("attempt", "lease")} == job.to_wire()
+        assert wire["lease"] == sched.entry(job.id).lease and wire["attempt"] == 1
+    report(sched, w, "b", result=[2, "x"], runtime=0.01)
+    assert sched.fx.ok[b"map"] == [["b", [2, "x"]]]
+    assert sched.record(sched.entry("b"))["state"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("template", "items", "error"),
+    [
+        ({"kind": "call", "target": "m:f", "id": "x"}, [["a", []]], "each item gives its own id and args"),
+        ({"kind": "call", "target": "m:f", "args": [1]}, [["a", []]], "each item gives its own id and args"),
+        ({"kind": "call", "target": "m:f", "idempotency_key": "k"}, [["a", []]], "an idempotency key names one job"),
+        ({"kind": "call", "target": "no-colon"}, [["a", []]], "job template: call target 'no-colon'"),
+        ({"kind": "call", "target": "m:f"}, [["a", []], "b"], "template item #1 must be a list [id, args]"),
+        ({"kind": "call", "target": "m:f"}, [["bad id", []]], "template item #0: job id 'bad id' is invalid"),
+        ({"kind": "call", "target": "m:f"}, [["a", "notalist"]], "job a: 'args' must be a list"),
+        ({"kind": "shell", "target": "echo"}, [["a", [{"x": 1}]]], "arguments of a shell job must be strings"),
+        ({"kind": "approval", "target": "ok?"}, [["a", [1]]], "an approval gate takes no args"),
+        ({"kind": "call", "target": "m:f", "depends_on": ["a"]}, [["a", []]], "job a depends on itself"),
+        ("not a map", [["a", []]], "a job template must be a map"),
+        ({"kind": "call", "target": "m:f"}, {"a": []}, "template items must be a list of [id, args]"),
+    ],
+)
+def test_bad_templates_and_items_are_refused_by_name(sched: Scheduler, template: Any, items: Any, error: str) -> None:
+    with pytest.raises(JobError, match=error.replace("[", r"\[").replace("]", r"\]").replace("?", r"\?")):
+        sched.submit_items(template, items, {})
+    assert not sched.jobs  # all or nothing
+
+
+def test_template_jobs_are_journaled_whole_and_resubmission_is_idempotent(sched: Scheduler) -> None:
+    sched.journaled()
+    template = {"kind": "call", "target": "tests.jobs:noop", "labels": {"team": "a"}}
+    sched.submit_items(template, [["a", [1]], ["b", [2]]], {})
+    accepted = [op[1] for op in sched.take_ops() if op[0] == "A"]
+    assert [Job.from_journal(w) for w in accepted] == Job.from_template(template, [["a", [1]], ["b", [2]]])
+    assert sched.submit_items(template, [["a", [1]], ["c", [3]]], {}) == ["a", "c"]  # a is the same job: kept
+    with pytest.raises(BrokerError, match="already taken by a different job"):
+        sched.submit_items(template, [["a", [9]]], {})
+    assert sched.pending == {} and len(sched.jobs) == 3

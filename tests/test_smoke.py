@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from titan_zmq.client import JobFailed, JobState
+from titan_zmq.errors import JobError
 from titan_zmq.local import LocalCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,6 +58,12 @@ def test_failure_carries_the_remote_traceback(shared_cluster: LocalCluster) -> N
 def test_map_keeps_order(shared_cluster: LocalCluster) -> None:
     client = shared_cluster.client()
     assert client.map("tests.jobs:noop", range(500)) == list(range(500))
+    # Options go to every job (one template per chunk); per-job ones are refused by name.
+    assert client.map("tests.jobs:noop", ["a", {"k": [1]}], priority=5, labels={"m": "1"}, chunk=1) == ["a", {"k": [1]}]
+    with pytest.raises(JobError, match="an idempotency key names one job"):
+        client.map("tests.jobs:noop", range(3), idempotency_key="once")
+    with pytest.raises(JobError, match="arguments come from the iterable"):
+        client.map("tests.jobs:noop", range(3), args=[1])
 
 
 def test_map_failure_carries_the_remote_traceback(shared_cluster: LocalCluster) -> None:

@@ -206,14 +206,26 @@ class Hello(Message):
 
 @dataclass(frozen=True)
 class Submit(Message):
-    """Submit jobs. ``blobs`` carries script contents keyed by sha256."""
+    """Submit jobs. ``blobs`` carries script contents keyed by sha256.
+
+    Jobs that differ only in id and arguments (``map``) may come as one ``template`` (every other
+    field) and ``items``, each ``[id, args]``, instead of ``jobs``: each key is sent and checked
+    once, not once per job."""
 
     CODE = SUBMIT
     rid: int
-    jobs: list[dict[str, Any]]
+    jobs: list[dict[str, Any]] = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
     watch: bool = False
-    lean: bool = False  # with watch: a job that succeeds is announced with its id, state and result only
+    lean: bool = False  # with watch: a job that succeeds is announced in Done.ok, as [id, result]
+    template: dict[str, Any] = field(default_factory=dict)
+    items: list[Any] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.items and self.jobs:
+            raise ProtocolError("SUBMIT carries either 'jobs' or 'template' and 'items', not both")
+        if bool(self.items) != bool(self.template):
+            raise ProtocolError("SUBMIT 'template' and 'items' go together: the template's fields, one job per item")
 
 
 @dataclass(frozen=True)
@@ -398,7 +410,8 @@ class Done(Message):
     """Pushed to a watching client: the final records of jobs that ended."""
 
     CODE = DONE
-    records: list[dict[str, Any]]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    ok: list[Any] = field(default_factory=list)  # [id, result] of each success a lean watcher (map) hears of
 
 
 # ---- worker <-> broker ------------------------------------------------------------

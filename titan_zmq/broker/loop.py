@@ -468,8 +468,9 @@ class Broker:
                 acks=[a[0] for a in acks], ack_leases=[a[1] for a in acks],
             )  # fmt: skip
             self._to_worker(ident, msg.encode())
-        for ident, records in fx.done.items():
-            self._outbox.append((self.front, [ident, *P.Done(records=records).encode()]))
+        for ident in (fx.done.keys() | fx.ok.keys()) if fx.ok else fx.done:
+            done = P.Done(records=fx.done.get(ident, []), ok=fx.ok.get(ident, []))
+            self._outbox.append((self.front, [ident, *done.encode()]))
         for kind, body in fx.events:
             self._publish(b"event." + kind.encode(), body)
         fx.clear()
@@ -534,7 +535,12 @@ class Broker:
     def _client_request(self, ident: bytes, msg: P.Message) -> Any:
         sched = self.sched
         if isinstance(msg, P.Submit):
-            return {"ids": sched.submit(msg.jobs, msg.blobs, ident if msg.watch else None, owner=ident, lean=msg.lean)}
+            watcher = ident if msg.watch else None
+            if msg.items:
+                ids = sched.submit_items(msg.template, msg.items, msg.blobs, watcher, owner=ident, lean=msg.lean)
+            else:
+                ids = sched.submit(msg.jobs, msg.blobs, watcher, owner=ident, lean=msg.lean)
+            return {"ids": ids}
         if isinstance(msg, P.Watch):
             return {"done": sched.watch(ident, msg.ids)}
         if isinstance(msg, P.Status):

@@ -72,6 +72,7 @@ class Entry:
         "traceback",
         "waiting_on",
         "watchers",
+        "wire",
         "worker",
         "worker_name",
     )  # fmt: skip
@@ -100,7 +101,7 @@ class Entry:
         self.finished_at: float | None = None
         self.not_before = 0.0  # monotonic time before which it may not run (delay, backoff)
         self.watchers: list[bytes] | None = None
-        self.lean: bytes | None = None  # the watcher (a map) that hears of a success as id, state and result only
+        self.lean: bytes | None = None  # the watcher (a map) that hears of a success as [id, result] only
         self.children: list[str] | None = None  # jobs waiting on this one
         self.inputs: dict[str, Any] | None = None  # parents' results, for a job with parents
         self.waiting_on = 0  # parents not ended yet
@@ -108,6 +109,8 @@ class Entry:
         self.pin_soft = False
         self.level = 0  # fallback level: 0 the job as written, n its n-th fallback
         self.fb_base = 0  # attempts made before this level (retries count per level)
+        # The wire map of every field but id and args, shared by the jobs of one template (None: to_wire()).
+        self.wire: dict[str, Any] | None = None
 
 
 def state_op(e: Entry, now: float, wall: float) -> list[Any]:
@@ -191,6 +194,7 @@ class Effects:
     acks: dict[bytes, list[tuple[str, int]]] = field(default_factory=dict)
     kill: dict[bytes, list[tuple[str, int]]] = field(default_factory=dict)
     done: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
+    ok: dict[bytes, list[list[Any]]] = field(default_factory=dict)  # [id, result] of successes, for lean watchers
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def add_kill(self, ident: bytes, job_id: str, lease: int = 0) -> None:
@@ -203,7 +207,24 @@ class Effects:
         self.acks.clear()
         self.kill.clear()
         self.done.clear()
+        self.ok.clear()
         self.events.clear()
+
+
+def _load(w: WorkerInfo, blob: str | None) -> tuple[float, bool, int, int]:
+    """How busy ``w`` is, for placing a job whose content is ``blob``: least loaded first; among
+    equals, one that already holds the content, then one with fewer jobs held and done."""
+    held = len(w.running)
+    return held / w.slots, blob is not None and blob not in w.cached, held, w.done
+
+
+def _plain(job: Job) -> bool:
+    """Whether a new job goes straight to a queue: no parents, delay, condition, gate, fallback, pin,
+    content to keep, idempotency key or DAG to note."""
+    return not (
+        job.depends_on or job.delay > 0 or job.kind == "approval" or job.fallback or job.wait is not None
+        or job.node is not None or job.blob is not None or job.idempotency_key is not None or job.dag is not None
+    )  # fmt: skip
 
 
 def _fmt_tags(tags: Iterable[str]) -> str:
@@ -306,38 +327,60 @@ class Scheduler:
         """Validate and accept a batch of jobs, all or nothing. Returns the job ids.
 
         ``owner`` is the client connection submitting them: its unfinished jobs count against
-        ``max_pending_per_client``. With ``lean``, ``watcher`` hears of a success as its id, state
-        and result only (``map`` needs no more)."""
+        ``max_pending_per_client``. With ``lean``, ``watcher`` hears of a success as its id and
+        result only (``map`` needs no more)."""
         jobs: list[Job] = []
-        seen: set[str] = set()
         for i, spec in enumerate(specs):
             try:
-                job = Job.from_wire(spec)
+                jobs.append(Job.from_wire(spec))
             except JobError as exc:
                 raise JobError(f"job #{i} of the batch: {exc}") from None
-            if job.id in seen:
-                raise JobError(f"job id {job.id!r} appears twice in one submission")
-            seen.add(job.id)
+        return self._admit(jobs, blobs, watcher, owner, lean)
+
+    def submit_items(
+        self, template: dict[str, Any], items: list[Any], blobs: dict[str, bytes], watcher: bytes | None = None,
+        owner: bytes | None = None, lean: bool = False,
+    ) -> list[str]:  # fmt: skip
+        """Like :meth:`submit`, for jobs given as a template and ``[id, args]`` items (see Job.from_template)."""
+        return self._admit(Job.from_template(template, items), blobs, watcher, owner, lean, uniform=True)
+
+    def _admit(
+        self, jobs: list[Job], blobs: dict[str, bytes], watcher: bytes | None, owner: bytes | None, lean: bool,
+        uniform: bool = False,
+    ) -> list[str]:  # fmt: skip
+        """Accept validated jobs, all or nothing: the checks between them and against the broker first.
+        ``uniform``: they differ only in id and args (a template's), so one of them tells if all are plain."""
+        seen: set[str] = set()
+        known_jobs = self.jobs
+        resubmitted = False
+        for job in jobs:
+            jid = job.id
+            if jid in seen:
+                raise JobError(f"job id {jid!r} appears twice in one submission")
+            seen.add(jid)
             if job.blob is not None and job.blob not in blobs and job.blob not in self.blobs:
-                raise JobError(f"job {job.id}: its content (blob {job.blob[:12]}...) was not sent with it")
-            existing = self.jobs.get(job.id)
-            if existing is not None and existing.job != job:
-                raise BrokerError(
-                    f"job id {job.id!r} is already taken by a different job; choose another id", "conflict"
-                )
-            jobs.append(job)
+                raise JobError(f"job {jid}: its content (blob {job.blob[:12]}...) was not sent with it")
+            existing = known_jobs.get(jid)
+            if existing is not None:
+                if existing.job != job:
+                    raise BrokerError(f"job id {jid!r} is already taken by a different job; choose another id",
+                                      "conflict")  # fmt: skip
+                resubmitted = True
         for sha, content in blobs.items():
             if hashlib.sha256(content).hexdigest() != sha:
                 raise JobError(f"blob {sha[:12]}... does not match its sha256; the content was damaged")
         if any(job.depends_on for job in jobs):
             jobs = self._check_graph(jobs)
         self._check_limits(jobs, owner)
+        if not resubmitted and (all(map(_plain, jobs[:1] if uniform else jobs))):
+            self._accept_plain(jobs, watcher, owner, lean, uniform)
+            return [job.id for job in jobs]
         ids = []
         for job in jobs:
-            known = self.jobs.get(job.id)
+            known = known_jobs.get(job.id)
             if known is None and job.idempotency_key is not None:
                 prior = self.idempotency.get(job.idempotency_key)
-                known = self.jobs.get(prior) if prior else None
+                known = known_jobs.get(prior) if prior else None
             if known is not None:  # idempotent resubmission: same job, same answer
                 ids.append(known.job.id)
                 if watcher is not None:
@@ -352,6 +395,48 @@ class Scheduler:
                 self.pending[owner] = self.pending.get(owner, 0) + 1
             ids.append(job.id)
         return ids
+
+    def _accept_plain(
+        self, jobs: list[Job], watcher: bytes | None, owner: bytes | None, lean: bool, uniform: bool = False
+    ) -> None:
+        """What :meth:`_accept` and :meth:`_enqueue` do, for new jobs that go straight to a queue (see
+        ``_plain``), without the tests that cannot apply to them: most jobs, at tens of thousands a second.
+        ``uniform`` jobs (a template's) share one wire map of the fields they have in common."""
+        shared = None
+        if uniform and jobs:
+            shared = jobs[0].to_wire()
+            del shared["id"]
+            shared.pop("args", None)
+        wall = self.wall()
+        seq = self._seq
+        table = self.jobs
+        ops = self.ops
+        dirty = self._dirty if self.track_changes else None
+        lean_to = watcher if lean else None
+        queues = self._queues
+        push = heapq.heappush
+        for job in jobs:
+            jid = job.id
+            entry = Entry(job, next(seq), wall)
+            table[jid] = entry
+            if ops is not None:
+                ops.append(["A", job.to_wire(), wall])
+            if dirty is not None:
+                dirty[jid] = entry
+            if watcher is not None:
+                entry.watchers = [watcher]
+                entry.lean = lean_to
+            entry.owner = owner
+            entry.queued_at = wall
+            entry.wire = shared
+            key = (job.requires, None)
+            q = queues.get(key)
+            if q is None:
+                q = queues[key] = []
+            push(q, (-job.priority, entry.seq, jid))
+        self.counters["submitted"] += len(jobs)
+        if owner is not None and jobs:
+            self.pending[owner] = self.pending.get(owner, 0) + len(jobs)
 
     def _check_limits(self, jobs: list[Job], owner: bytes | None) -> None:
         """Refuse a batch that would take a DAG past ``max_dag_jobs`` or a client past ``max_pending_per_client``."""
@@ -572,6 +657,7 @@ class Scheduler:
 
     def _edge(self, p: Entry, c: Entry) -> None:
         c.job = dataclasses.replace(c.job, depends_on=(*c.job.depends_on, p.job.id))
+        c.wire = None  # its fields are no longer its template's
         self._touch(c)
         if c.state is JobState.QUEUED:  # its queue item goes stale: it waits on this parent now
             c.not_before = 0.0
@@ -715,10 +801,13 @@ class Scheduler:
             entry = self.jobs[best_item[2]]
             blob = entry.job.blob
             # Least loaded first; among equals, one that already holds the job's script.
-            w = ws[0] if len(ws) == 1 else min(
-                ws, key=lambda x: (len(x.running) / x.slots, blob is not None and blob not in x.cached,
-                                   len(x.running), x.done),
-            )  # fmt: skip
+            w = ws[0]
+            if len(ws) > 1:
+                best = _load(w, blob)
+                for x in ws[1:]:
+                    k = _load(x, blob)
+                    if k < best:
+                        w, best = x, k
             self._lease(entry, w, now_wall)
             n += 1
             if w.free <= 0:
@@ -729,15 +818,23 @@ class Scheduler:
         return n
 
     def _lease(self, entry: Entry, w: WorkerInfo, now_wall: float) -> None:
-        self._touch(entry)
+        if self.track_changes:
+            self._dirty[entry.job.id] = entry
         entry.state = JobState.RUNNING
         entry.attempts += 1
         entry.worker = w.ident
         entry.worker_name = w.name
         entry.started_at = now_wall
-        w.running.add(entry.job.id)
+        job = entry.job
+        w.running.add(job.id)
         entry.lease = self.last_lease = next(self._leases)
-        wire = entry.job.to_wire()
+        if entry.wire is not None:  # a template's job: its shared fields, then its own
+            wire = entry.wire.copy()
+            wire["id"] = job.id
+            if job.args:
+                wire["args"] = job.args
+        else:
+            wire = job.to_wire()
         if entry.level:  # a fallback: its requirements and timeout
             req, timeout, _ = entry.job.level(entry.level)
             wire["requires"] = sorted(req)
@@ -760,6 +857,13 @@ class Scheduler:
         get = res.get
         jid = get("id")
         outcome = get("outcome")
+        entry = self.jobs.get(jid) if type(jid) is str else None
+        if (
+            outcome == OUT_SUCCEEDED and entry is not None and entry.state is JobState.RUNNING
+            and entry.worker == w.ident and get("lease") == entry.lease
+        ):  # fmt: skip
+            self._succeeded(w, entry, res)  # the current attempt succeeded: most results
+            return jid
         if not isinstance(jid, str) or outcome not in OUTCOMES:
             log.warning("worker %s sent a malformed result %r; dropped", w.name, str(res)[:200])
             return jid if isinstance(jid, str) else None
@@ -835,6 +939,25 @@ class Scheduler:
             self._fail_attempt(entry)
         return jid
 
+    def _succeeded(self, w: WorkerInfo, entry: Entry, res: dict[str, Any]) -> None:
+        """What :meth:`on_result` does when the current attempt of a running job succeeded."""
+        get = res.get
+        w.running.discard(entry.job.id)
+        runtime = get("runtime")
+        if isinstance(runtime, (int, float)):
+            w.ewma = runtime if w.ewma is None else w.ewma + _EWMA * (runtime - w.ewma)
+            w.adapt(self.prefetch_below)
+            if runtime >= 0:  # it may have waited in the worker's prefetch queue: it started ``runtime`` ago
+                entry.started_at = max(entry.started_at or 0.0, self.wall() - runtime)
+        entry.exit_code = get("exit_code")  # _fill_output (_finish marks it changed)
+        entry.stdout = get("stdout") or ""
+        entry.stderr = get("stderr") or ""
+        entry.worker_name = w.name
+        w.done += 1
+        entry.result = get("result")
+        entry.error = entry.error_type = entry.traceback = None
+        self._finish(entry, JobState.SUCCEEDED)
+
     def _fill_output(self, entry: Entry, res: dict[str, Any]) -> None:
         self._touch(entry)
         entry.exit_code = res.get("exit_code")
@@ -887,12 +1010,12 @@ class Scheduler:
                     del self.blobs[sha]
         if entry.watchers:
             full = None
-            for ident in entry.watchers:  # a lean record only for the map that asked for one
+            for ident in entry.watchers:  # id and result only, for the map that asked for that
                 if ident == entry.lean and state is JobState.SUCCEEDED:
-                    rec = {"id": entry.job.id, "state": "succeeded", "result": entry.result}
-                else:
-                    rec = full = full or self.final_record(entry)
-                self.fx.done.setdefault(ident, []).append(rec)
+                    self.fx.ok.setdefault(ident, []).append([entry.job.id, entry.result])
+                    continue
+                full = full or self.final_record(entry)
+                self.fx.done.setdefault(ident, []).append(full)
             entry.watchers = None
             entry.lean = None
         self._finished.append(entry.job.id)

@@ -219,6 +219,9 @@ class TitanClient:
                 for rec in msg.records:
                     self._done[rec["id"]] = rec
                     self._watched.discard(rec["id"])
+                for jid, result in msg.ok:  # successes of a map's jobs: [id, result]
+                    self._done[jid] = {"id": jid, "state": "succeeded", "result": result}
+                    self._watched.discard(jid)
                 while len(self._done) > _MAX_DONE:
                     self._done.popitem(last=False)
             elif isinstance(msg, (P.Reply, P.Error)):
@@ -597,8 +600,13 @@ class TitanClient:
         job fails, JobFailed for the first failing item is raised once all have ended.
         """
         items = iter(iterable)
+        if options.get("idempotency_key") is not None:
+            raise JobError("map: an idempotency key names one job, not many; submit such jobs one by one")
+        if options.get("args") is not None:
+            raise JobError("map: each job's arguments come from the iterable, one item each; pass no args=")
         template = self.build(fn, **options)
         template.pop("id")
+        blobs = {template["blob"]: self._blobs[template["blob"]]} if template.get("blob") in self._blobs else {}
         order: list[str] = []
         pending: set[str] = set()
         results: dict[str, dict[str, Any]] = {}  # raw records: only failures become JobRecords
@@ -610,19 +618,19 @@ class TitanClient:
             if restarts != self._restarts:
                 restarts, next_watch = self._restarts, 0.0
             while not exhausted and len(pending) < window:
-                batch = []
-                for item in itertools.islice(items, min(chunk, window - len(pending))):
-                    spec = dict(template)
-                    spec["args"] = [item]
-                    batch.append(spec)
-                for spec, jid in zip(batch, new_job_ids(len(batch)), strict=True):
-                    spec["id"] = jid
+                # One template and [id, [item]] per job: the shared fields go (and are checked) once.
+                batch: list[list[Any]] = [
+                    [None, [item]] for item in itertools.islice(items, min(chunk, window - len(pending)))
+                ]
                 if not batch:
                     exhausted = True
                     break
-                for h in self.submit_specs(batch, lean=True):
-                    order.append(h.id)
-                    pending.add(h.id)
+                for pair, jid in zip(batch, new_job_ids(len(batch)), strict=True):
+                    pair[0] = jid
+                ids = self.request(P.Submit, template=template, items=batch, blobs=blobs, watch=True, lean=True)["ids"]
+                self._watched.update(ids)
+                order.extend(ids)
+                pending.update(ids)
             with self._lock:
                 for jid in [j for j in self._done if j in pending]:
                     results[jid] = self._done.pop(jid)
