@@ -67,8 +67,9 @@ def fail_until(path: str, succeed_on: int) -> int:
 
 
 def write_pid_and_sleep(path: str, seconds: float) -> int:
-    with open(path, "w") as fh:
+    with open(path + ".tmp", "w") as fh:  # then renamed: a test that sees the file sees the whole pid
         fh.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
     time.sleep(seconds)
     return os.getpid()
 
@@ -192,3 +193,10 @@ def wire_later(path: str) -> list[str]:
 def raw_write(text: str) -> int:
     """Write to descriptor 1 directly, as C code or a subprocess would, bypassing sys.stdout."""
     return os.write(1, text.encode())
+
+
+def append_line(path: str, line: str) -> str:
+    """Append ``line`` to the file at ``path`` (the order jobs ran in); returns it."""
+    with open(path, "a") as fh:
+        fh.write(line + "\n")
+    return line

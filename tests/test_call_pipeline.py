@@ -188,3 +188,30 @@ def test_split_frames_takes_whole_frames_and_leaves_a_partial_one() -> None:
     rest = bytearray(data[used:])
     assert split_frames(rest) == ([{"id": "j4", "args": [4, 4, 4, 4]}], len(rest))
     assert split_frames(bytearray(b"\x00\x00")) == ([], 0)
+
+
+def test_a_batch_goes_as_one_frame_and_runs_in_order(ex: Executor, tmp_path: Path) -> None:
+    log = tmp_path / "order"
+    ex.submit(_job(1, "tests.jobs:sleep", 0.2))  # holds the slot: the rest queue behind it
+    for i in range(2, 6):  # the fixture's pipeline takes four behind the running one
+        ex.submit(_job(i, "tests.jobs:append_line", str(log), f"job{i}"), fill=False)
+    ex.fill()  # one write of one frame for the four
+    (child,) = ex.children
+    assert [t.id for t in child.queue] == [f"job{i}" for i in range(1, 6)] and not child.batch
+    out = _run_until(ex, _all(5))
+    assert all(r["outcome"] == "succeeded" for r in out.values())
+    assert log.read_text().split() == [f"job{i}" for i in range(2, 6)]
+
+
+def test_jobs_never_written_to_a_dead_executor_go_back_unstarted(ex: Executor) -> None:
+    ex.submit(_job(1, "tests.jobs:sleep", 5))
+    out = _run_until(ex, lambda _: bool(ex.children) and ex.children[0].task is not None, 10)
+    (child,) = ex.children
+    child.popen.kill()
+    child.popen.wait(5)
+    for i in range(2, 4):
+        ex.submit(_job(i, "tests.jobs:noop", i), fill=False)
+    ex.fill()
+    out = _run_until(ex, _all(3))
+    assert out["job1"]["outcome"] == "failed"  # its process died under it
+    assert {out[j]["outcome"] for j in ("job2", "job3")} <= {"returned", "succeeded"}

@@ -846,3 +846,32 @@ def test_template_jobs_are_journaled_whole_and_resubmission_is_idempotent(sched:
     with pytest.raises(BrokerError, match="already taken by a different job"):
         sched.submit_items(template, [["a", [9]]], {})
     assert sched.pending == {} and len(sched.jobs) == 3
+
+
+def test_bare_successes_count_like_full_results(sched: Scheduler) -> None:
+    w = add_worker(sched, "w", slots=3)
+    other = add_worker(sched, "other", slots=1)
+    submit(sched, spec("a"), spec("b"), spec("c"))
+    dispatch(sched)
+    lease_a = sched.entry("a").lease
+    assert sched.on_success(w, "a", lease_a, 0.01, {"v": 1}) == "a"
+    rec = sched.record(sched.entry("a"))
+    assert rec["state"] == "succeeded" and rec["result"] == {"v": 1}
+    assert rec["stdout"] == "" and rec["exit_code"] is None
+    assert "a" not in w.running and w.done == 1
+    # A stale lease's success still counts (the work is done) and goes through the general path.
+    assert sched.on_success(w, "b", sched.entry("b").lease + 100, 0.01, 2) == "b"
+    assert state(sched, "b") is JobState.SUCCEEDED
+    assert sched.on_success(other, "nope", 1, 0.01, None) == "nope"  # unknown: acknowledged, nothing else
+    assert sched.on_success(w, ["not", "an", "id"], 1, 0.01, None) is None  # malformed: dropped
+    assert state(sched, "c") is JobState.RUNNING
+
+
+def test_the_worker_sends_bare_successes_compactly() -> None:
+    from titan_zmq.worker.connection import result_message
+
+    bare = {"id": "a", "attempt": 1, "lease": 7, "outcome": "succeeded", "runtime": 0.5, "result": [1]}
+    printed = {**bare, "id": "b", "stdout": "hi\n"}
+    failed = {"id": "c", "attempt": 2, "lease": 8, "outcome": "failed", "runtime": 0.1, "error": "x"}
+    msg = result_message([bare, printed, failed])
+    assert msg.ok == [["a", 7, 0.5, [1]]] and msg.results == [printed, failed]

@@ -466,7 +466,9 @@ class Result(Message):
     """Outcomes of finished attempts, a batch at a time."""
 
     CODE = RESULT
-    results: list[dict[str, Any]]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    # Successes with nothing else to say (no output, no exit code), as [id, lease, runtime, result].
+    ok: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

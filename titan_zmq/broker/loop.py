@@ -644,6 +644,8 @@ class Broker:
         sched.seen(w)
         if isinstance(msg, P.Result):
             self._results(w, msg.results)
+            if msg.ok:
+                self._successes(w, msg.ok)
         elif isinstance(msg, P.Log):
             for jid, lines in self.logs.add(msg.lines, _Known(sched.jobs, self.services)).items():
                 self._publish(b"log." + jid.encode(), {"id": jid, "lines": [list(line) for line in lines]})
@@ -668,6 +670,19 @@ class Broker:
             jid = self.sched.on_result(w, res)
             if jid is not None:
                 lease = res.get("lease")
+                acks.append((jid, lease if isinstance(lease, int) else 0))
+
+
+    def _successes(self, w: WorkerInfo, ok: list[Any]) -> None:
+        acks = self.sched.fx.acks.setdefault(w.ident, [])
+        on_success = self.sched.on_success
+        for item in ok:
+            if type(item) is not list or len(item) != 4:
+                log.warning("worker %s sent a malformed success %r; dropped", w.name, str(item)[:200])
+                continue
+            jid = on_success(w, *item)
+            if jid is not None:
+                lease = item[1]
                 acks.append((jid, lease if isinstance(lease, int) else 0))
 
 

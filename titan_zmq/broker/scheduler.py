@@ -782,7 +782,11 @@ class Scheduler:
             eligible[key] = [w for w in free if tags <= w.tags and (pin is None or w.name == pin)]
         n = 0
         now_wall = self.wall()
-        while True:
+        live = [key for key, ws in eligible.items() if ws]
+        if len(live) == 1:  # one queue has workers to go to: no heads to compare
+            n = self._drain_queue(self._queues[live[0]], eligible[live[0]], now_wall)
+            eligible.clear()
+        while eligible:
             best_key = None
             best_item: tuple[int, int, str] | None = None
             for key, ws in eligible.items():
@@ -815,6 +819,32 @@ class Scheduler:
                     if w in lst:
                         lst.remove(w)
         self.counters["dispatched"] += n
+        return n
+
+    def _drain_queue(self, q: list[tuple[int, int, str]], ws: list[WorkerInfo], now_wall: float) -> int:
+        """What :meth:`dispatch` does when only queue ``q`` has free workers (``ws``) to go to: lease
+        its jobs in order, each to the least loaded of them, until they are full or it is empty."""
+        jobs = self.jobs
+        pop = heapq.heappop
+        queued = JobState.QUEUED
+        n = 0
+        while ws and q:
+            item = pop(q)
+            e = jobs.get(item[2])
+            if e is None or e.state is not queued or e.not_before or e.seq != item[1]:
+                continue  # cancelled, held or queued again since: a stale item
+            w = ws[0]
+            if len(ws) > 1:
+                blob = e.job.blob
+                best = _load(w, blob)
+                for x in ws[1:]:
+                    k = _load(x, blob)
+                    if k < best:
+                        w, best = x, k
+            self._lease(e, w, now_wall)
+            n += 1
+            if w.free <= 0:
+                ws.remove(w)
         return n
 
     def _lease(self, entry: Entry, w: WorkerInfo, now_wall: float) -> None:
@@ -862,7 +892,7 @@ class Scheduler:
             outcome == OUT_SUCCEEDED and entry is not None and entry.state is JobState.RUNNING
             and entry.worker == w.ident and get("lease") == entry.lease
         ):  # fmt: skip
-            self._succeeded(w, entry, res)  # the current attempt succeeded: most results
+            self._succeeded(w, entry, get("runtime"), get("result"), res)  # the current attempt succeeded
             return jid
         if not isinstance(jid, str) or outcome not in OUTCOMES:
             log.warning("worker %s sent a malformed result %r; dropped", w.name, str(res)[:200])
@@ -939,22 +969,37 @@ class Scheduler:
             self._fail_attempt(entry)
         return jid
 
-    def _succeeded(self, w: WorkerInfo, entry: Entry, res: dict[str, Any]) -> None:
-        """What :meth:`on_result` does when the current attempt of a running job succeeded."""
-        get = res.get
+    def on_success(self, w: WorkerInfo, jid: Any, lease: Any, runtime: Any, result: Any) -> str | None:
+        """:meth:`on_result` for a success with no output or exit code to record (the worker sends
+        those as ``[id, lease, runtime, result]``). Returns the id to acknowledge."""
+        entry = self.jobs.get(jid) if type(jid) is str else None
+        if entry is not None and entry.state is JobState.RUNNING and entry.worker == w.ident and lease == entry.lease:
+            self._succeeded(w, entry, runtime, result, None)
+            return jid
+        res = {"id": jid, "lease": lease, "outcome": OUT_SUCCEEDED, "runtime": runtime, "result": result}
+        return self.on_result(w, res)
+
+    def _succeeded(
+        self, w: WorkerInfo, entry: Entry, runtime: Any, result: Any, res: dict[str, Any] | None
+    ) -> None:
+        """What :meth:`on_result` does when the current attempt of a running job succeeded; ``res``
+        holds its output and exit code, if it has any."""
         w.running.discard(entry.job.id)
-        runtime = get("runtime")
         if isinstance(runtime, (int, float)):
             w.ewma = runtime if w.ewma is None else w.ewma + _EWMA * (runtime - w.ewma)
             w.adapt(self.prefetch_below)
             if runtime >= 0:  # it may have waited in the worker's prefetch queue: it started ``runtime`` ago
                 entry.started_at = max(entry.started_at or 0.0, self.wall() - runtime)
-        entry.exit_code = get("exit_code")  # _fill_output (_finish marks it changed)
-        entry.stdout = get("stdout") or ""
-        entry.stderr = get("stderr") or ""
+        if res is None:  # what _fill_output does (_finish marks it changed)
+            entry.exit_code, entry.stdout, entry.stderr = None, "", ""
+        else:
+            get = res.get
+            entry.exit_code = get("exit_code")
+            entry.stdout = get("stdout") or ""
+            entry.stderr = get("stderr") or ""
         entry.worker_name = w.name
         w.done += 1
-        entry.result = get("result")
+        entry.result = result
         entry.error = entry.error_type = entry.traceback = None
         self._finish(entry, JobState.SUCCEEDED)
 

@@ -53,9 +53,11 @@ class ChildProc:
         self.err_fd = self.popen.stderr.fileno()
         for fd in (self.res_r, self.out_fd, self.err_fd, self.job_w):
             os.set_blocking(fd, False)
-        self.outbuf = bytearray()  # job messages not written yet
+        self.outbuf = bytearray()  # job frames not written yet
+        self.batch: list[dict[str, Any]] = []  # job messages not framed yet (one frame per flush)
+        self.batch_tasks: list[Task] = []
         self.sent = self.written = 0  # bytes queued and written since it started
-        self.ends: deque[tuple[Task, int]] = deque()  # where each unwritten task's message ends
+        self.ends: deque[tuple[Task, int]] = deque()  # where each unwritten task's frame ends
         self.buf = bytearray()
         self.queue: deque[Task] = deque()
         self.dead = False
@@ -75,15 +77,23 @@ class ChildProc:
         return self.popen.pid
 
     def send(self, msg: dict[str, Any], task: Task) -> None:
-        """Queue ``task``'s job message; :meth:`flush` writes what is queued, many jobs in one write."""
-        body = msgpack.packb(msg, use_bin_type=True)
+        """Queue ``task``'s job message; :meth:`flush` writes what is queued: the messages queued
+        since the last flush as one frame (a list of them), in one write."""
+        self.batch.append(msg)
+        self.batch_tasks.append(task)
+
+    def _frame_batch(self) -> None:
+        body = msgpack.packb(self.batch, use_bin_type=True)
         self.outbuf += _HEADER.pack(len(body))
         self.outbuf += body
         self.sent += 4 + len(body)
-        self.ends.append((task, self.sent))
+        self.ends.extend((task, self.sent) for task in self.batch_tasks)
+        self.batch, self.batch_tasks = [], []
 
     def flush(self) -> bool:
         """Write what the pipe takes without blocking; True once nothing is left. OSError if it is broken."""
+        if self.batch:
+            self._frame_batch()
         while self.outbuf:
             try:
                 n = os.write(self.job_w, self.outbuf)
@@ -96,8 +106,8 @@ class ChildProc:
         return not self.outbuf
 
     def undelivered(self) -> list[Task]:
-        """Tasks whose job message did not reach the pipe whole."""
-        return [task for task, end in self.ends if end > self.written]
+        """Tasks whose job message did not reach the pipe whole (or was never written)."""
+        return [task for task, end in self.ends if end > self.written] + self.batch_tasks
 
     @staticmethod
     def _write(fd: int, msg: dict[str, Any]) -> None:

@@ -2,8 +2,8 @@
 
 It is started by the worker with three pipe descriptors: it reads jobs from the
 first, writes outcomes to the second, and reads skip requests from the third, each
-a ``[u32 length][msgpack]`` frame. A job that crashes or hangs this process costs
-the worker nothing but a new child.
+a ``[u32 length][msgpack]`` frame (a job frame holds one job, or a list of them). A
+job that crashes or hangs this process costs the worker nothing but a new child.
 
 The worker may send several jobs ahead (a pipeline, for short jobs): they run in
 order. A thread reads ``{"skip": id}`` requests as they come, even while a long job
@@ -293,11 +293,12 @@ class Inbox:
             msgs, used = split_frames(self.buf)
             del self.buf[:used]
             with self.lock:
-                for msg in msgs:
-                    if msg["id"] in self.skip:
-                        self.skip.discard(msg["id"])
-                    else:
-                        self.jobs.append(msg)
+                for frame in msgs:
+                    for msg in frame if type(frame) is list else (frame,):  # the worker frames a batch as a list
+                        if msg["id"] in self.skip:
+                            self.skip.discard(msg["id"])
+                        else:
+                            self.jobs.append(msg)
 
     def next(self) -> dict[str, Any] | None:
         """The next job to run, now counted as started."""

@@ -61,6 +61,21 @@ def host_load() -> dict[str, Any]:
     }
 
 
+_BARE = frozenset({"id", "attempt", "lease", "outcome", "runtime", "result"})  # a success with nothing else to say
+
+
+def result_message(results: list[dict[str, Any]]) -> P.Result:
+    """RESULT for these outcomes: successes with no output or exit code as ``[id, lease, runtime,
+    result]`` (most of them, packed and read without a map each), the others whole."""
+    ok, full = [], []
+    for r in results:
+        if r["outcome"] == "succeeded" and r.keys() == _BARE:
+            ok.append([r["id"], r["lease"], r["runtime"], r["result"]])
+        else:
+            full.append(r)
+    return P.Result(results=full, ok=ok)
+
+
 class Worker:
     """A titan_zmq worker. ``run()`` blocks until ``stop()``."""
 
@@ -353,7 +368,7 @@ class Worker:
             if self._outgoing and (
                 not ex.tasks or len(self._outgoing) >= 256 or now - self._outgoing_since >= _RESULT_LINGER
             ):
-                self._send(P.Result(results=self._outgoing))
+                self._send(result_message(self._outgoing))
                 self._outgoing = []
             if now - self._last_heard > silence:
                 log.warning("broker silent for %.1fs; reconnecting", now - self._last_heard)
