@@ -211,6 +211,17 @@ class Effects:
         self.events.clear()
 
 
+def _least_loaded(ws: list[WorkerInfo], blob: str | None) -> WorkerInfo:
+    """Where a job whose content is ``blob`` goes among ``ws`` (see :func:`_load`)."""
+    w = ws[0]
+    best = _load(w, blob)
+    for x in ws[1:]:
+        k = _load(x, blob)
+        if k < best:
+            w, best = x, k
+    return w
+
+
 def _load(w: WorkerInfo, blob: str | None) -> tuple[float, bool, int, int]:
     """How busy ``w`` is, for placing a job whose content is ``blob``: least loaded first; among
     equals, one that already holds the content, then one with fewer jobs held and done."""
@@ -803,15 +814,7 @@ class Scheduler:
             heapq.heappop(self._queues[best_key])
             ws = eligible[best_key]
             entry = self.jobs[best_item[2]]
-            blob = entry.job.blob
-            # Least loaded first; among equals, one that already holds the job's script.
-            w = ws[0]
-            if len(ws) > 1:
-                best = _load(w, blob)
-                for x in ws[1:]:
-                    k = _load(x, blob)
-                    if k < best:
-                        w, best = x, k
+            w = ws[0] if len(ws) == 1 else _least_loaded(ws, entry.job.blob)
             self._lease(entry, w, now_wall)
             n += 1
             if w.free <= 0:
@@ -833,14 +836,7 @@ class Scheduler:
             e = jobs.get(item[2])
             if e is None or e.state is not queued or e.not_before or e.seq != item[1]:
                 continue  # cancelled, held or queued again since: a stale item
-            w = ws[0]
-            if len(ws) > 1:
-                blob = e.job.blob
-                best = _load(w, blob)
-                for x in ws[1:]:
-                    k = _load(x, blob)
-                    if k < best:
-                        w, best = x, k
+            w = ws[0] if len(ws) == 1 else _least_loaded(ws, e.job.blob)
             self._lease(e, w, now_wall)
             n += 1
             if w.free <= 0:
