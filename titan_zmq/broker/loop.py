@@ -672,8 +672,8 @@ class Broker:
                 lease = res.get("lease")
                 acks.append((jid, lease if isinstance(lease, int) else 0))
 
-
     def _successes(self, w: WorkerInfo, ok: list[Any]) -> None:
+        """RESULT.ok: bare successes, ``[id, lease, runtime, result]`` each."""
         acks = self.sched.fx.acks.setdefault(w.ident, [])
         on_success = self.sched.on_success
         for item in ok:
