@@ -18,7 +18,7 @@ import ast
 import operator
 from typing import Any
 
-from titan_zmq.errors import JobError
+from titan_zmq.errors import ExprError
 
 MAX_LENGTH = 2000
 MAX_RESULT = 1_000_000  # items (characters, elements) a condition may build with * or +
@@ -31,10 +31,6 @@ _BIN = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, as
 _CMP = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
         ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b,
         ast.NotIn: lambda a, b: a not in b}  # fmt: skip
-
-
-class ExprError(JobError):
-    """A ``when:`` expression is not allowed, or failed to evaluate."""
 
 
 def parse(text: str) -> ast.Expression:

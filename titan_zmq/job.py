@@ -36,6 +36,25 @@ class JobState(str, enum.Enum):
 
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.DEAD})
 
+
+class Outcome(str, enum.Enum):
+    """How one attempt of a job ended, as a worker reports it (RESULT's ``outcome``) and the broker
+    applies it. The wire carries the value; a ``str`` enum compares equal to it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # the worker stopped it while shutting down
+    CACHE_MISS = "cache_miss"  # the worker lacked a script blob it was thought to hold
+    RETURNED = "returned"  # a prefetched job waited too long for a slot there and came back unstarted
+
+    def __str__(self) -> str:
+        return self.value
+
+
+OUTCOMES = frozenset(o.value for o in Outcome)
+
 KINDS = ("call", "shell", "script", "archive", "approval")  # approval: target is the question asked
 FUTURE_KINDS = ("service",)
 

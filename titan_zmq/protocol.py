@@ -22,7 +22,16 @@ from typing import Any, ClassVar
 import msgpack
 import zmq
 
-from titan_zmq.errors import PayloadTooLarge, ProtocolError
+from titan_zmq.errors import (
+    Conflict,
+    Forbidden,
+    JobError,
+    KVTypeError,
+    LimitExceeded,
+    PayloadTooLarge,
+    ProtocolError,
+    UnknownJob,
+)
 
 VERSION = b"TZ1"
 
@@ -74,15 +83,16 @@ MAX_PREFETCH = 1000 * MAX_SLOTS
 # the few more levels of a reply, an event or a journal record. 512 leaves room for any of them.
 MAX_DEPTH = 512
 
-# Error codes carried by ERROR bodies; the client maps them to exception classes.
-E_PROTOCOL = "protocol"
-E_TOO_LARGE = "too_large"
-E_UNKNOWN_JOB = "unknown_job"
-E_BAD_JOB = "bad_job"
-E_CONFLICT = "conflict"
-E_KV_TYPE = "kv_type"
-E_LIMIT = "limit"  # a configured limit refused the request
-E_FORBIDDEN = "forbidden"  # the sender's key may not make this request
+# Error codes carried by ERROR bodies are the ``code`` attributes of the classes in ``errors.py``
+# (``errors.from_wire`` turns one back into its exception); these names are short aliases of them.
+E_PROTOCOL = ProtocolError.code
+E_TOO_LARGE = PayloadTooLarge.code
+E_UNKNOWN_JOB = UnknownJob.code
+E_BAD_JOB = JobError.code
+E_CONFLICT = Conflict.code
+E_KV_TYPE = KVTypeError.code
+E_LIMIT = LimitExceeded.code  # a configured limit refused the request
+E_FORBIDDEN = Forbidden.code  # the sender's key may not make this request
 
 
 def packb(obj: Any) -> bytes:

@@ -17,8 +17,7 @@ from typing import Any
 
 import msgpack
 
-from titan_zmq.errors import BrokerError, KVTypeError, LimitExceeded
-from titan_zmq.protocol import E_KV_TYPE, E_LIMIT
+from titan_zmq.errors import BadRequest, BrokerError, KVTypeError, LimitExceeded
 
 MAX_KEY = 1024  # bytes of a key, UTF-8
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what msgpack can carry
@@ -29,7 +28,7 @@ Journal = Callable[[list[Any]], None]
 
 
 def _bad(message: str) -> BrokerError:
-    return BrokerError(message, "bad_request")
+    return BadRequest(message)
 
 
 def _check_key(key: Any) -> str:
@@ -86,8 +85,7 @@ class KVStore:
                 raise LimitExceeded(
                     f"KV {op} of key {key[:100]!r}: the value is {size} bytes, over the limit of {self.max_value} "
                     "(max_kv_value); keep large data in files or artifacts and store a reference, or raise "
-                    "max_kv_value (TITAN_MAX_KV_VALUE)",
-                    E_LIMIT,
+                    "max_kv_value (TITAN_MAX_KV_VALUE)"
                 )
         if op == "keys":
             return self.keys(key)
@@ -110,7 +108,7 @@ class KVStore:
     def get(self, key: str, default: Any = None) -> Any:
         value = self._live(key)
         if isinstance(value, set):
-            raise KVTypeError(f"key {key!r} holds a set; read it with smembers", E_KV_TYPE)
+            raise KVTypeError(f"key {key!r} holds a set; read it with smembers")
         return default if value is None and key not in self.data else value
 
     def exists(self, key: str) -> bool:
@@ -122,7 +120,7 @@ class KVStore:
         if value is None and key not in self.data:
             return []
         if not isinstance(value, set):
-            raise KVTypeError(f"key {key!r} holds {_kind(value)}, not a set; read it with get", E_KV_TYPE)
+            raise KVTypeError(f"key {key!r} holds {_kind(value)}, not a set; read it with get")
         return sorted(value, key=_sort_key)
 
     def keys(self, prefix: str = "") -> list[str]:
@@ -175,8 +173,7 @@ class KVStore:
             value = 0
         if not isinstance(value, int) or isinstance(value, bool):
             raise KVTypeError(
-                f"key {key!r} holds {_kind(value)}, not an integer; incr works on integers and missing keys",
-                E_KV_TYPE,
+                f"key {key!r} holds {_kind(value)}, not an integer; incr works on integers and missing keys"
             )
         value += by
         if not _INT_MIN <= value <= _INT_MAX:
@@ -191,7 +188,7 @@ class KVStore:
         value = self._live(key)
         present = key in self.data
         if isinstance(value, set):
-            raise KVTypeError(f"key {key!r} holds a set; cas works on plain values", E_KV_TYPE)
+            raise KVTypeError(f"key {key!r} holds a set; cas works on plain values")
         if (expected is None and present) or (expected is not None and (not present or not _same(value, expected))):
             return False
         deadline = self.expires.get(key)
@@ -204,7 +201,7 @@ class KVStore:
         if value is None and key not in self.data:
             return None
         if not isinstance(value, set):
-            raise KVTypeError(f"key {key!r} holds {_kind(value)}, not a set", E_KV_TYPE)
+            raise KVTypeError(f"key {key!r} holds {_kind(value)}, not a set")
         return value
 
     def sadd(self, key: str, *members: Any) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 import msgpack
 
-from titan_zmq.errors import AOFCorrupt, TitanError
+from titan_zmq.errors import AOFCorrupt, JournalWriteError
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +183,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class JournalWriteError(TitanError):
-    """The journal could not be written; nothing unwritten was acknowledged."""
 
 
 class AppendLog:

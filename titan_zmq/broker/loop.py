@@ -37,7 +37,7 @@ from titan_zmq.broker.schedules import ScheduleManager
 from titan_zmq.broker.services import ServiceManager
 from titan_zmq.broker.stats import StatsFeed
 from titan_zmq.config import BrokerConfig, tcp_endpoint
-from titan_zmq.errors import BrokerError, JobError, PayloadTooLarge, ProtocolError, TitanError, UnknownJob
+from titan_zmq.errors import BadRequest, BrokerError, JobError, PayloadTooLarge, ProtocolError, TitanError, UnknownJob
 from titan_zmq.job import FINAL_STATES
 from titan_zmq.process import Waker
 from titan_zmq.security import HANDSHAKE_FAILURES, Guard, Keys, describe_failure
@@ -523,11 +523,7 @@ class Broker:
         rid: int = getattr(msg, "rid", 0)
         try:
             data = self._client_request(ident, msg)
-        except UnknownJob as exc:
-            self._error(self.front, ident, rid, P.E_UNKNOWN_JOB, str(exc))
-        except JobError as exc:
-            self._error(self.front, ident, rid, P.E_BAD_JOB, str(exc))
-        except BrokerError as exc:
+        except (BrokerError, JobError) as exc:  # a refusal: its class names its code
             self._error(self.front, ident, rid, exc.code, str(exc))
         else:
             self._reply(ident, P.Reply(rid=rid, data=data, epoch=self.epoch))
@@ -578,7 +574,7 @@ class Broker:
                 return self.schedules.remove(msg.name)
             if msg.op == "ls":
                 return self.schedules.describe_all()
-            raise BrokerError(f"unknown schedule operation {msg.op!r}; one of add, rm, ls", "bad_request")
+            raise BadRequest(f"unknown schedule operation {msg.op!r}; one of add, rm, ls")
         if isinstance(msg, P.Approve):
             by = msg.by.strip() or "unknown"
             return sched.decide(msg.id, msg.approve, by[:200], msg.note[:2000])
@@ -586,8 +582,7 @@ class Broker:
             return sched.pressure(msg.tags)
         if isinstance(msg, P.Notify):
             if msg.kind not in ("autoscale",):
-                raise BrokerError(f"cannot publish event.{msg.kind}: only event.autoscale comes from clients",
-                                  "bad_request")  # fmt: skip
+                raise BadRequest(f"cannot publish event.{msg.kind}: only event.autoscale comes from clients")
             self._publish(b"event." + msg.kind.encode(), msg.body)
             return None
         if isinstance(msg, P.Hello):
@@ -607,8 +602,7 @@ class Broker:
         entry = self.sched.jobs.get(msg.id)
         replica = self.services.replica(msg.id) if entry is None else None
         if entry is None and replica is None and not self.logs.has(msg.id):
-            raise UnknownJob(f"unknown job id {msg.id!r}: no such job or service replica, and no log kept for it",
-                             P.E_UNKNOWN_JOB)  # fmt: skip
+            raise UnknownJob(f"unknown job id {msg.id!r}: no such job or service replica, and no log kept for it")
         lines, more = self.logs.read(msg.id, max(0, msg.after), max(1, min(msg.limit, 10_000)))
         if entry is not None:
             state, ended = entry.state.value, entry.state in FINAL_STATES

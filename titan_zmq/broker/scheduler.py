@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from titan_zmq.errors import BrokerError, JobError, LimitExceeded, UnknownJob
+from titan_zmq.errors import BadRequest, Conflict, JobError, LimitExceeded, UnknownJob
 from titan_zmq.job import FINAL_STATES, Job, JobState, backoff_delay
-from titan_zmq.protocol import E_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +373,7 @@ class Scheduler:
             existing = known_jobs.get(jid)
             if existing is not None:
                 if existing.job != job:
-                    raise BrokerError(f"job id {jid!r} is already taken by a different job; choose another id",
-                                      "conflict")  # fmt: skip
+                    raise Conflict(f"job id {jid!r} is already taken by a different job; choose another id")
                 resubmitted = True
         for sha, content in blobs.items():
             if hashlib.sha256(content).hexdigest() != sha:
@@ -461,8 +459,7 @@ class Scheduler:
             if have + n > self.max_dag_jobs:
                 raise LimitExceeded(
                     f"DAG {dag!r} would hold {have + n} jobs, over the limit of {self.max_dag_jobs} (max_dag_jobs); "
-                    "split the work into several DAGs, or raise max_dag_jobs (TITAN_MAX_DAG_JOBS)",
-                    E_LIMIT,
+                    "split the work into several DAGs, or raise max_dag_jobs (TITAN_MAX_DAG_JOBS)"
                 )
         if owner is not None and new:
             have = self.pending.get(owner, 0)
@@ -470,8 +467,7 @@ class Scheduler:
                 raise LimitExceeded(
                     f"this client already has {have} unfinished jobs; {len(new)} more would pass the limit of "
                     f"{self.max_pending_per_client} (max_pending_per_client): wait for some to finish, or raise "
-                    "max_pending_per_client (TITAN_MAX_PENDING_PER_CLIENT)",
-                    E_LIMIT,
+                    "max_pending_per_client (TITAN_MAX_PENDING_PER_CLIENT)"
                 )
 
     def _check_graph(self, jobs: list[Job]) -> list[Job]:
@@ -646,11 +642,11 @@ class Scheduler:
         """Make ``child`` wait for ``parent`` as well. The child must not have started; no cycle."""
         p, c = self.entry(parent), self.entry(child)
         if c.state not in (JobState.PENDING, JobState.QUEUED) or c.lease:
-            raise BrokerError(f"cannot add an edge into job {child}: it is {c.state.value} "
-                              f"{'(it ran before)' if c.lease else ''}".rstrip(), "conflict")  # fmt: skip
+            raise Conflict(f"cannot add an edge into job {child}: it is {c.state.value} "
+                              f"{'(it ran before)' if c.lease else ''}".rstrip())  # fmt: skip
         if parent == child or parent in c.job.depends_on:
-            raise BrokerError(f"job {child} already depends on {parent}" if parent != child else
-                              f"job {child} cannot depend on itself", "conflict")  # fmt: skip
+            raise Conflict(f"job {child} already depends on {parent}" if parent != child else
+                              f"job {child} cannot depend on itself")  # fmt: skip
         seen, work = set(), [parent]  # is the child an ancestor of the parent?
         while work:
             jid = work.pop()
@@ -699,9 +695,9 @@ class Scheduler:
         """Approve or reject an approval gate (a person's decision, journaled with who made it)."""
         entry = self.entry(jid)
         if entry.job.kind != "approval":
-            raise BrokerError(f"job {jid} is not an approval gate (it is a {entry.job.kind} job)", "bad_request")
+            raise BadRequest(f"job {jid} is not an approval gate (it is a {entry.job.kind} job)")
         if entry.state is not JobState.AWAITING:
-            raise BrokerError(f"approval gate {jid} is {entry.state.value}, not awaiting a decision", "conflict")
+            raise Conflict(f"approval gate {jid} is {entry.state.value}, not awaiting a decision")
         self._decided(entry, approve, by, note)
         return self.record(entry)
 
@@ -1090,8 +1086,7 @@ class Scheduler:
         if e is None:
             raise UnknownJob(
                 f"unknown job id {jid!r}: it was never submitted to this broker, or it ended long ago "
-                "and was forgotten (max_finished_jobs)",
-                "unknown_job",
+                "and was forgotten (max_finished_jobs)"
             )
         return e
 
@@ -1106,7 +1101,7 @@ class Scheduler:
         """Cancel every job of a DAG that has not ended. Returns the DAG's records."""
         members = self.dags.get(dag_id)
         if members is None:
-            raise UnknownJob(f"unknown job or DAG id {dag_id!r}", "unknown_job")
+            raise UnknownJob(f"unknown job or DAG id {dag_id!r}")
         for jid in list(members):
             e = self.jobs.get(jid)
             if e is not None and e.state not in FINAL_STATES:
@@ -1230,7 +1225,7 @@ class Scheduler:
 
     def list_jobs(self, state: str | None, limit: int) -> list[dict[str, Any]]:
         if state is not None and state not in {s.value for s in JobState}:
-            raise BrokerError(f"unknown state {state!r}; one of {', '.join(s.value for s in JobState)}", "bad_request")
+            raise BadRequest(f"unknown state {state!r}; one of {', '.join(s.value for s in JobState)}")
         out = []
         for entry in reversed(self.jobs.values()):
             if state is None or entry.state.value == state:

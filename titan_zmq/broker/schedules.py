@@ -26,7 +26,7 @@ from typing import Any
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-from titan_zmq.errors import BrokerError, JobError
+from titan_zmq.errors import BrokerError, Conflict, JobError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class ScheduleManager:
         if not isinstance(specs, list) or not specs or not all(isinstance(s, dict) and s.get("id") for s in specs):
             raise JobError(f"schedule {name}: give one job spec or the specs of a DAG, each with an id")
         if name in self.schedules:
-            raise BrokerError(f"schedule {name!r} exists; `titan schedule rm {name}` first", "conflict")
+            raise Conflict(f"schedule {name!r} exists; `titan schedule rm {name}` first")
         self._check(name, specs)
         needed = {s["blob"] for s in specs if s.get("blob")}
         blobs = {k: v for k, v in (blobs or {}).items() if k in needed}

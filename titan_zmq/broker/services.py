@@ -25,7 +25,7 @@ from typing import Any
 
 from titan_zmq.broker.scheduler import Scheduler, WorkerInfo
 from titan_zmq.config import SERVICE_PORTS
-from titan_zmq.errors import BrokerError, JobError
+from titan_zmq.errors import BrokerError, Conflict, JobError
 from titan_zmq.job import check_tags
 
 log = logging.getLogger(__name__)
@@ -210,16 +210,16 @@ class ServiceManager:
         if old is not None and not old.stopping:
             if old.spec == spec:
                 return self.record(old)  # the same deployment again: nothing to do
-            raise BrokerError(f"service {spec.name!r} is already deployed with another spec; `titan stop "
-                              f"{spec.name}` first, or deploy under another name", "conflict")  # fmt: skip
+            raise Conflict(f"service {spec.name!r} is already deployed with another spec; `titan stop "
+                              f"{spec.name}` first, or deploy under another name")  # fmt: skip
         if old is not None:
-            raise BrokerError(f"service {spec.name!r} is still stopping; deploy it again once `titan services` "
-                              "no longer lists it", "conflict")  # fmt: skip
+            raise Conflict(f"service {spec.name!r} is still stopping; deploy it again once `titan services` "
+                              "no longer lists it")  # fmt: skip
         if spec.port is not None:
             for other in self.services.values():  # a stopping service keeps its port until it is gone
                 if other.spec.port == spec.port and other.spec.name != spec.name:
-                    raise BrokerError(f"port {spec.port} is already given to service {other.spec.name!r}; "
-                                      "choose another --port, or none to get a free one", "conflict")  # fmt: skip
+                    raise Conflict(f"port {spec.port} is already given to service {other.spec.name!r}; "
+                                      "choose another --port, or none to get a free one")  # fmt: skip
         svc = Service(spec, blob)
         self.services[spec.name] = svc
         self.changed = True

@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from titan_zmq import errors
 from titan_zmq import protocol as P
 from titan_zmq.client.dag import Dag, DagRun
 from titan_zmq.client.feed import LogLine, Subscription, read_logs
@@ -30,34 +31,20 @@ from titan_zmq.config import parse_address, resolve_broker, tcp_endpoint
 from titan_zmq.errors import (
     BrokerError,
     BrokerUnavailable,
-    Forbidden,
     JobCancelled,
     JobError,
     JobFailed,
     JobTimeout,
-    KVTypeError,
-    LimitExceeded,
     PayloadTooLarge,
     ProtocolError,
     ServiceFailed,
     TitanError,
-    UnknownJob,
     WaitTimeout,
 )
 from titan_zmq.job import JobRecord, JobState, new_job_id, new_job_ids
 from titan_zmq.security import Keys
 
 log = logging.getLogger(__name__)
-
-_ERRORS: dict[str, type[BrokerError] | type[Exception]] = {
-    P.E_UNKNOWN_JOB: UnknownJob,
-    P.E_BAD_JOB: JobError,
-    P.E_TOO_LARGE: PayloadTooLarge,
-    P.E_PROTOCOL: ProtocolError,
-    P.E_KV_TYPE: KVTypeError,
-    P.E_LIMIT: LimitExceeded,
-    P.E_FORBIDDEN: Forbidden,
-}
 
 _REWATCH = 3.0  # seconds between re-sent WATCHes while waiting (survives a broker restart)
 _MAX_DONE = 100_000  # final records kept for later wait()s
@@ -245,10 +232,7 @@ class TitanClient:
                 self._pump(left)
             reply = self._replies.pop(rid)
         if isinstance(reply, P.Error):
-            cls = _ERRORS.get(reply.code, BrokerError)
-            if issubclass(cls, BrokerError):
-                raise cls(reply.message, reply.code)
-            raise cls(reply.message)
+            raise errors.from_wire(reply.code, reply.message)
         assert isinstance(reply, P.Reply)
         return reply.data
 

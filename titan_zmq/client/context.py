@@ -24,14 +24,10 @@ from typing import Any
 
 from titan_zmq.client.client import TitanClient
 from titan_zmq.client.kv import KV
-from titan_zmq.errors import JobError, TitanError
+from titan_zmq.errors import IterationLimit, TitanError
 from titan_zmq.job import new_job_id
 
 ITERATION_LABEL = "titan.iteration"
-
-
-class IterationLimit(JobError):
-    """A feedback loop reached its bound: the successor was not spawned."""
 
 
 class JobContext:

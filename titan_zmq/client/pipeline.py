@@ -50,13 +50,9 @@ from typing import Any
 import yaml
 
 from titan_zmq.client.dag import Dag
-from titan_zmq.errors import JobError
+from titan_zmq.errors import PipelineError
 
 __all__ = ["Pipeline", "PipelineError", "load_pipeline"]
-
-
-class PipelineError(JobError):
-    """A YAML pipeline is malformed; the message names the file, the line and the key."""
 
 
 @dataclass(frozen=True)

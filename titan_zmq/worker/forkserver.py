@@ -35,6 +35,7 @@ from typing import Any, NoReturn
 
 import msgpack
 
+from titan_zmq.errors import ForkServerError
 from titan_zmq.process import die_with_parent, kill_tree
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,6 @@ def startup_env(env: dict[str, str]) -> dict[str, str]:
 
 
 # ---- the worker's side --------------------------------------------------------------------
-
-
-class ForkServerError(RuntimeError):
-    """The fork server could not start a job; the caller spawns it fresh instead."""
 
 
 class ForkServer:
