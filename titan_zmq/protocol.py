@@ -8,6 +8,9 @@ The identity frames are added and removed by ROUTER sockets; DEALER peers send
 the last three frames only. Command codes and the version tag live here and
 nowhere else. Bodies decode into frozen dataclasses; anything that does not fit
 raises :class:`~titan_zmq.errors.ProtocolError`, whose text names the problem.
+
+The bytes themselves (msgpack, frames on sockets, the nesting check) are :mod:`titan_zmq.wire`'s;
+its names are re-exported here (``P.packb``, ``P.send_frames``, ``P.peek_rid``...).
 """
 
 from __future__ import annotations
@@ -19,9 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import msgpack
-import zmq
-
 from titan_zmq.errors import (
     Conflict,
     Forbidden,
@@ -31,6 +31,15 @@ from titan_zmq.errors import (
     PayloadTooLarge,
     ProtocolError,
     UnknownJob,
+)
+from titan_zmq.wire import (  # peek_rid and the frame loops are re-exported: peers call P.<name>
+    packb,
+    peek_rid,  # noqa: F401
+    recv_frames,  # noqa: F401
+    recv_frames_user,  # noqa: F401
+    send_frames,  # noqa: F401
+    too_deep,
+    unpackb,
 )
 
 VERSION = b"TZ1"
@@ -93,19 +102,6 @@ E_CONFLICT = Conflict.code
 E_KV_TYPE = KVTypeError.code
 E_LIMIT = LimitExceeded.code  # a configured limit refused the request
 E_FORBIDDEN = Forbidden.code  # the sender's key may not make this request
-
-
-def packb(obj: Any) -> bytes:
-    """Encode a value as msgpack, the way every titan_zmq peer does."""
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def unpackb(data: bytes) -> Any:
-    """Decode msgpack bytes; raise ProtocolError when they are not msgpack."""
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises several unrelated exception types
-        raise ProtocolError(f"body is not valid msgpack ({type(exc).__name__}: {exc})") from None
 
 
 def _checker(tp: Any) -> tuple[Callable[[Any], bool], str]:
@@ -601,123 +597,3 @@ def decode(
             f"{cls.__name__.upper()} body nests deeper than {max_depth} levels of lists and maps; flatten the data"
         )
     return cls.from_body(value)
-
-
-_NOT_CONTAINER = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
-
-
-def _nested_lists(depth: int) -> Any:
-    value: Any = None
-    for _ in range(depth):
-        value = [value]
-    return value
-
-
-def _pack_limit() -> int:
-    """The most levels of nesting msgpack's packer takes (1,024 with msgpack 1.x), found by bisection."""
-    lo, hi = 1, 1 << 16  # packs lo levels; hi: not known to
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        try:
-            msgpack.packb(_nested_lists(mid))
-        except (ValueError, RecursionError):
-            hi = mid
-        else:
-            lo = mid
-    return lo
-
-
-_PACK_LIMIT = _pack_limit()
-
-
-def too_deep(body: bytes, value: Any, max_depth: int) -> bool:
-    """Whether ``value`` (decoded from ``body``) nests more than ``max_depth`` levels of lists and maps."""
-    # Each level opens with a list or map header byte: a body with few such bytes is shallow (no cost
-    # beyond one C pass over it for the messages of every day).
-    if len(body) <= max_depth or len(body.translate(None, _NOT_CONTAINER)) <= max_depth:
-        return False
-    if max_depth < _PACK_LIMIT:  # pack it again under the levels it may not use: msgpack refuses, in C
-        try:
-            msgpack.packb(_wrap(value, _PACK_LIMIT - max_depth), use_bin_type=True)
-        except ValueError:
-            return True
-        return False
-    stack = [(value, 1)]  # a packer with a lower limit: walk it
-    while stack:
-        node, depth = stack.pop()
-        if depth > max_depth:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (list, dict)))
-    return False
-
-
-def _wrap(value: Any, levels: int) -> Any:
-    for _ in range(levels):
-        value = [value]
-    return value
-
-
-_MORE = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
-_NOBLOCK = int(zmq.NOBLOCK)
-
-
-def send_frames(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
-    """Send a multipart message without blocking (raises zmq.Again when the peer's queue is full).
-
-    A hand-rolled loop with plain int flags: about three times faster than
-    ``send_multipart``, which matters at tens of thousands of messages a second.
-    """
-    send = sock.send
-    last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        send(frame, _MORE if i < last else _NOBLOCK)
-
-
-def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
-    """Receive one whole multipart message without blocking (raises zmq.Again when there is none)."""
-    recv = sock.recv
-    frame = recv(_NOBLOCK, copy=False)
-    out = [frame.bytes]
-    while frame.more:
-        frame = recv(_NOBLOCK, copy=False)
-        out.append(frame.bytes)
-    return out
-
-
-def recv_frames_user(sock: zmq.Socket[bytes]) -> tuple[list[bytes], str | None]:
-    """Like :func:`recv_frames`, with the sender's authenticated user id (its CURVE public key, Z85)."""
-    recv = sock.recv
-    frame = recv(_NOBLOCK, copy=False)
-    try:
-        got = frame.get("User-Id")
-        user = got if isinstance(got, str) else None
-    except zmq.ZMQError:  # no authentication on this socket
-        user = None
-    out = [frame.bytes]
-    while frame.more:
-        frame = recv(_NOBLOCK, copy=False)
-        out.append(frame.bytes)
-    return out, user
-
-
-def peek_rid(frames: list[bytes]) -> int:
-    """Best-effort request id of a message that failed to decode, for the error reply.
-
-    Reads only as far as the ``rid`` key (clients send it first), skipping other values
-    without building them, so even a body over the size limit gets a matching error.
-    """
-    if len(frames) != 3:
-        return 0
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(len(frames[2]), 1024))
-    try:
-        unpacker.feed(frames[2])
-        for _ in range(min(unpacker.read_map_header(), 16)):
-            key = unpacker.unpack()
-            if key == "rid":
-                rid = unpacker.unpack()
-                return rid if isinstance(rid, int) and not isinstance(rid, bool) else 0
-            unpacker.skip()
-    except Exception:
-        return 0
-    return 0
