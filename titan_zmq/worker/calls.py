@@ -16,7 +16,7 @@ from titan_zmq.process import die_with_parent, kill_tree
 from titan_zmq.worker.child import split_frames
 
 if TYPE_CHECKING:
-    from titan_zmq.worker.executors import Task
+    from titan_zmq.worker.attempts import Task
 
 log = logging.getLogger(__name__)
 

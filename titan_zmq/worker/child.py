@@ -35,9 +35,15 @@ from typing import Any
 
 import msgpack
 
+from titan_zmq.job import Outcome
+
 _HEADER = struct.Struct("!I")
 _RECENT = 4096  # started job ids remembered, to tell a late skip request from an early one
 _main_modules: dict[str, ModuleType] = {}
+# A queued job this process will not run, answered at once to a skip request: the worker's word with
+# its call executor, not an Outcome (the worker settles the job: handed back, cancelled...).
+SKIPPED = "skipped"
+_SUCCEEDED, _FAILED = Outcome.SUCCEEDED, Outcome.FAILED  # bound once: Outcome.X is a lookup per job
 
 
 def read_frame(fd: int) -> bytes | None:
@@ -160,13 +166,13 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         if "inputs" in job and _takes_inputs(fn):
             kwargs = {**kwargs, "inputs": job["inputs"]}  # parents' results, by parent id
         value = fn(*job.get("args", ()), **kwargs)
-        return {"outcome": "succeeded", "result": value}
+        return {"outcome": _SUCCEEDED, "result": value}
     except BaseException as exc:  # the job's own failure, whatever it is, is its outcome
         if isinstance(exc, KeyboardInterrupt):
             raise
         tb = traceback.format_exc()
         return {
-            "outcome": "failed",
+            "outcome": _FAILED,
             "error": f"{type(exc).__name__}: {exc}",
             "error_type": type(exc).__name__,
             "traceback": tb,
@@ -335,7 +341,7 @@ class Inbox:
                         self.skip.add(jid)  # still in the job pipe: dropped when read
                     else:
                         self.jobs = deque(kept)
-                    self.outbox.send({"id": jid, "outcome": "skipped"})
+                    self.outbox.send({"id": jid, "outcome": SKIPPED})
 
 
 def _packed(out: dict[str, Any]) -> bytes:
@@ -346,7 +352,7 @@ def _packed(out: dict[str, Any]) -> bytes:
         return msgpack.packb(
             {
                 "id": out["id"],
-                "outcome": "failed",
+                "outcome": _FAILED,
                 "error": f"the result of type {type(value).__name__} cannot be sent back ({exc}); "
                 "return msgpack values: None, bool, int, float, str, bytes, list, dict",
                 "error_type": "ResultNotSerializable",

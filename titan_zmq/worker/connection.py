@@ -24,6 +24,7 @@ import zmq
 from titan_zmq import protocol as P
 from titan_zmq.config import WorkerConfig, parse_address, tcp_endpoint
 from titan_zmq.errors import ProtocolError
+from titan_zmq.job import Outcome
 from titan_zmq.process import Waker
 from titan_zmq.security import Keys
 from titan_zmq.worker.cache import BlobCache
@@ -62,6 +63,7 @@ def host_load() -> dict[str, Any]:
 
 
 _BARE = frozenset({"id", "attempt", "lease", "outcome", "runtime", "result"})  # a success with nothing else to say
+_SUCCEEDED = Outcome.SUCCEEDED  # bound once: Outcome.SUCCEEDED is a class attribute lookup, once per result
 
 
 def result_message(results: list[dict[str, Any]]) -> P.Result:
@@ -69,7 +71,7 @@ def result_message(results: list[dict[str, Any]]) -> P.Result:
     result]`` (most of them, packed and read without a map each), the others whole."""
     ok, full = [], []
     for r in results:
-        if r["outcome"] == "succeeded" and r.keys() == _BARE:
+        if r["outcome"] == _SUCCEEDED and r.keys() == _BARE:
             ok.append([r["id"], r["lease"], r["runtime"], r["result"]])
         else:
             full.append(r)
@@ -147,8 +149,8 @@ class Worker:
         self.services.shutdown()
         stopped = self.executor.shutdown()
         finished = self.executor.take_finished()
-        stopped_ids = [r["id"] for r in finished if r["outcome"] == "interrupted"]
-        done = [r for r in finished if r["outcome"] != "interrupted"]
+        stopped_ids = [r["id"] for r in finished if r["outcome"] == Outcome.INTERRUPTED]
+        done = [r for r in finished if r["outcome"] != Outcome.INTERRUPTED]
         if self.sock is not None:
             for r in done:
                 self.unacked[r["id"]] = r
@@ -354,15 +356,7 @@ class Worker:
             if self.services.states:
                 self._send(P.SvcState(states=self.services.take_states()))
             if self.draining:
-                if not self._drain_sent:
-                    self._send(P.Drain())
-                    self._drain_sent = True
-                    for res in ex.take_waiting():
-                        self.unacked[res["id"]] = res
-                        self._outgoing.append(res)
-                if not ex.tasks and not ex.waiting and not self._outgoing and not self.unacked:
-                    log.info("worker %s drained: no job left; leaving", self.config.name)
-                    self._stopping.set()
+                self._draining()
             # Group results: while other jobs still run, wait up to _RESULT_LINGER for their results
             # to share one message; with nothing else running, send at once (no added latency).
             if self._outgoing and (
@@ -381,7 +375,21 @@ class Worker:
             elif now - self._last_sent >= beat:
                 self._send(P.Heartbeat())
 
+    def _draining(self) -> None:
+        """While draining: tell the broker once and hand back the jobs not started; leave once none is held."""
+        ex = self.executor
+        if not self._drain_sent:
+            self._send(P.Drain())
+            self._drain_sent = True
+            for res in ex.take_waiting():
+                self.unacked[res["id"]] = res
+                self._outgoing.append(res)
+        if not ex.tasks and not ex.waiting and not self._outgoing and not self.unacked:
+            log.info("worker %s drained: no job left; leaving", self.config.name)
+            self._stopping.set()
+
     def _drain(self) -> None:
+        """Read and handle every message the broker has sent (the socket is readable)."""
         assert self.sock is not None
         while True:
             try:
@@ -403,7 +411,7 @@ class Worker:
             except Exception as exc:  # a job that needs it reports a cache miss and runs elsewhere
                 log.error("could not cache blob %s: %s", sha[:12], exc)
 
-    def handle(self, msg: P.Message) -> None:
+    def handle(self, msg: P.Message) -> None:  # noqa: C901, RUF100 - one dispatch on message type; Assign (every job) inline
         """One message from the broker."""
         if isinstance(msg, P.Assign):
             self._cache_blobs(msg.blobs)
@@ -419,12 +427,14 @@ class Worker:
                 if have == lease:
                     continue  # already has this very lease: a duplicate after a reconnect
                 if have is not None:  # an older lease of the same job: the broker wants this one
-                    self.executor.kill(job["id"], "interrupted")
+                    self.executor.kill(job["id"], Outcome.INTERRUPTED)
                 self.executor.submit(job, fill=False)
             if msg.jobs:
                 self.executor.fill()  # the whole batch: one write per call executor
         elif isinstance(msg, P.Kill):
-            reason = "cancelled" if msg.reason == "cancelled" else "interrupted"
+            # The kill reason maps 1:1 to the attempt's outcome: "cancelled" (Kill's default) ends it
+            # cancelled; any other reason (the job was leased elsewhere) ends it interrupted.
+            reason = Outcome.CANCELLED if msg.reason == Outcome.CANCELLED else Outcome.INTERRUPTED
             leases = msg.leases + [0] * (len(msg.ids) - len(msg.leases))
             for jid, lease in zip(msg.ids, leases, strict=False):
                 if lease and self.executor.lease_of(jid) != lease:

@@ -24,7 +24,7 @@ from typing import Any
 from titan_zmq.config import SERVICE_PORTS
 from titan_zmq.process import die_with_parent, kill_tree
 from titan_zmq.worker.cache import BlobCache
-from titan_zmq.worker.executors import LogSink, Tail, _read_available
+from titan_zmq.worker.output import LogSink, Tail, read_available
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,8 @@ class ServiceRunner:
         now = time.monotonic()
         for rid, r in list(self.replicas.items()):
             assert r.popen.stdout is not None and r.popen.stderr is not None
-            _read_available(r.popen.stdout.fileno(), r.out)
-            _read_available(r.popen.stderr.fileno(), r.err)
+            read_available(r.popen.stdout.fileno(), r.out)
+            read_available(r.popen.stderr.fileno(), r.err)
             code = r.popen.poll()
             if code is not None:
                 r.close()
