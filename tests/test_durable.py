@@ -75,7 +75,7 @@ def test_a_restart_rebuilds_every_job_as_it_was(clock: FakeClock) -> None:
     assert s2.waiting_reason(s2.jobs["later"]) == "delayed: runs in 30.0s"
     assert "before the broker restarted" in (s2.waiting_reason(s2.jobs["run"]) or "")
     # Lease ids go on from where they were: an old worker's result can never match a new lease.
-    assert next(s2._leases) > max(e.lease for e in s.jobs.values())
+    assert next(s2.leases) > max(e.lease for e in s.jobs.values())
 
 
 def test_a_snapshot_rebuilds_the_same_state_as_the_journal(clock: FakeClock) -> None:
@@ -238,7 +238,7 @@ def test_lease_ids_never_repeat_after_a_compaction(clock: FakeClock) -> None:
     for op in capture(s, KVStore()):
         r.apply(op)
     r.finish()
-    assert next(s3._leases) == issued + 1
+    assert next(s3.leases) == issued + 1
 
 
 def test_a_broker_closed_before_its_first_turn_keeps_the_replayed_state(tmp_path: Any) -> None:

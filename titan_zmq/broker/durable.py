@@ -19,10 +19,7 @@ passes and they are queued again with the attempt counted.
 from __future__ import annotations
 
 import gc
-import heapq
-import itertools
 import logging
-from collections import deque
 from typing import Any
 
 from titan_zmq.aof.kv import KVStore
@@ -84,7 +81,7 @@ class Restorer:
 
     def _forget(self, op: list[Any]) -> None:
         jid = op[1]
-        finished = self.sched._finished
+        finished = self.sched.finished
         if finished and finished[0] == jid:  # the usual case: the oldest ended job goes
             finished.popleft()
         elif jid in finished:
@@ -104,7 +101,8 @@ class Restorer:
 
     def _order(self, op: list[Any]) -> None:
         jobs = self.sched.jobs
-        self.sched._finished = deque(j for j in op[1] if j in jobs)
+        self.sched.finished.clear()
+        self.sched.finished.extend(j for j in op[1] if j in jobs)
 
     def _state(self, op: list[Any]) -> None:
         sched = self.sched
@@ -129,7 +127,7 @@ class Restorer:
                 sched.counters["succeeded"] += 1
             elif e.state is not JobState.CANCELLED:
                 sched.counters["failed"] += 1
-            sched._finished.append(e.job.id)  # forgetting is journaled (F), never re-decided here
+            sched.finished.append(e.job.id)  # forgetting is journaled (F), never re-decided here
 
     def finish(self) -> dict[str, int]:
         """Queue what was queued, hold what was held, wait for the workers of what was running."""
@@ -151,34 +149,31 @@ class Restorer:
             nb_wall, e.not_before = e.not_before, 0.0
             known = self.inputs.get(e.job.id)
             if st is JobState.PENDING:
-                sched._wire_parents(e, known)
+                sched.graph.wire_parents(e, known)
                 counts["pending"] += 1
                 continue
             if e.job.depends_on:
                 e.inputs = {**_inputs(sched, e), **(known or {})}
             if st is JobState.AWAITING:  # a gate: still waiting for its person, its deadline kept
-                sched._await(e, max(0.001, nb_wall - wall) if nb_wall else None)
+                sched.timers.await_gate(e, max(0.001, nb_wall - wall) if nb_wall else None)
                 counts["queued"] += 1
             elif st is JobState.RUNNING:
                 e.worker = None
                 sched.orphans[e.job.id] = now + self.orphan_wait
                 counts["orphaned"] += 1
             elif nb_wall > wall:
-                e.not_before = now + (nb_wall - wall)
-                heapq.heappush(sched._held, (e.not_before, e.seq, e.job.id))
+                sched.timers.hold(e, now + (nb_wall - wall))
                 counts["held"] += 1
             else:
                 if e.pin is not None and e.pin_soft:
                     e.pin = None  # its parent's worker is not known to be back: any eligible one will do
                 queued_at = e.queued_at
-                sched._enqueue(e)
+                sched.queues.enqueue(e)
                 e.queued_at = queued_at or e.queued_at
                 counts["queued"] += 1
         for sha in [s for s, slot in sched.blobs.items() if slot[1] <= 0]:
             del sched.blobs[sha]
-        sched._seq = itertools.count(self.seq)
-        sched._leases = itertools.count(self.max_lease + 1)
-        sched.last_lease = self.max_lease
+        sched.restart_counters(self.seq, self.max_lease)
         return counts
 
 
@@ -220,7 +215,7 @@ def _capture(sched: Scheduler, kv: KVStore) -> list[list[Any]]:
             blobs_done.add(sha)
         ops.append(["A", e.job.to_wire(), e.submitted_at])
         ops.append(state_op(e, now, wall))
-    ops.append(["O", list(sched._finished)])
+    ops.append(["O", list(sched.finished)])
     ops.append(["L", sched.last_lease])
     ops.extend(kv.capture())
     return ops

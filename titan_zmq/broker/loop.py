@@ -315,9 +315,9 @@ class Broker:
     def _timeout_ms(self) -> int:
         now = self.clock()
         nxt = min(self._next_beat, self._next_expiry, self._next_stats)
-        for heap in (self.sched._held, self.sched._unpin, self.sched._gates, self.sched._fb_waits):
-            if heap:
-                nxt = min(nxt, heap[0][0])
+        due = self.sched.next_deadline()
+        if due is not None:
+            nxt = min(nxt, due)
         return max(0, min(1000, int((nxt - now) * 1000) + 1))
 
     def _drain(
@@ -346,9 +346,9 @@ class Broker:
         """Once per turn: release held jobs, expire workers, dispatch, heartbeat, stats."""
         sched = self.sched
         now = self.clock()
-        if sched._held or sched._unpin or sched._fb_waits:
+        due = sched.next_deadline()
+        if due is not None and due <= now:  # a delay, backoff, pin, fallback wait or gate ran out
             sched.release_held()
-        if sched._gates:
             sched.expire_gates()
         if now >= self._next_expiry:
             # Read what workers sent before judging them: a long turn (a huge submission) must not

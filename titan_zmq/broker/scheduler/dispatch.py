@@ -1,0 +1,190 @@
+"""Dispatch: ready queues by placement, leases, and the choice of worker.
+
+A ready queue holds the jobs that need the same tags (and pin); within it, higher priority
+first, then FIFO. Each turn leases the best head among the queues that have a free eligible
+worker to the least loaded of those workers. Queue items go stale (a job cancelled, held or
+queued again); :meth:`Dispatch.live` is the one test of whether an item still stands.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from titan_zmq.broker.scheduler.state import Entry, Part, QueueItem, QueueKey, WorkerInfo
+from titan_zmq.job import JobState
+
+
+def least_loaded(ws: list[WorkerInfo], blob: str | None) -> WorkerInfo:
+    """Where a job whose content is ``blob`` goes among ``ws`` (see :func:`load`)."""
+    w = ws[0]
+    best = load(w, blob)
+    for x in ws[1:]:
+        k = load(x, blob)
+        if k < best:
+            w, best = x, k
+    return w
+
+
+def load(w: WorkerInfo, blob: str | None) -> tuple[float, bool, int, int]:
+    """How busy ``w`` is, for placing a job whose content is ``blob``: least loaded first; among
+    equals, one that already holds the content, then one with fewer jobs held and done."""
+    held = len(w.running)
+    return held / w.slots, blob is not None and blob not in w.cached, held, w.done
+
+
+class Dispatch(Part):
+    """Ready queues and leases."""
+
+    fast_paths = True  # tests turn the lone-queue path off to check it ends where the general one does
+
+    # ---- queues ---------------------------------------------------------------------------
+
+    def enqueue(self, entry: Entry) -> None:
+        """Queue a job that may run now (a gate instead waits for its person)."""
+        st = self.st
+        st.touch(entry)
+        if entry.job.kind == "approval":  # a gate runs nowhere: it waits for a person
+            st.timers.await_gate(entry, entry.job.timeout)
+            return
+        entry.state = JobState.QUEUED
+        entry.not_before = 0.0
+        entry.queued_at = st.wall()
+        requires, _, wait = entry.job.level(entry.level)
+        if wait is not None and entry.level < len(entry.job.fallback):
+            st.timers.fallback_wait(entry, wait)
+        if entry.pin is not None and entry.pin_soft:
+            st.timers.unpin_after(entry, entry.job.affinity_wait)
+        self._push(entry, (requires, entry.pin))
+
+    def enqueue_plain(self, entry: Entry, wall: float) -> None:
+        """:meth:`enqueue` for a new plain job (queued, no gate, fallback or pin: see ``admission.is_plain``)."""
+        entry.queued_at = wall
+        self._push(entry, (entry.job.requires, None))
+
+    def _push(self, entry: Entry, key: QueueKey) -> None:
+        queues = self.st.queues_by_key
+        q = queues.get(key)
+        if q is None:
+            q = queues[key] = []
+        heapq.heappush(q, (-entry.job.priority, entry.seq, entry.job.id))
+
+    def live(self, item: QueueItem) -> Entry | None:
+        """The job of a queue item, or None if the item is stale (cancelled, held or queued again since)."""
+        e = self.st.jobs.get(item[2])
+        if e is None or e.state is not JobState.QUEUED or e.not_before or e.seq != item[1]:
+            return None
+        return e
+
+    def _head(self, q: list[QueueItem]) -> QueueItem | None:
+        """The first live item of a queue, dropping stale ones."""
+        while q:
+            item = q[0]
+            if self.live(item) is not None:
+                return item
+            heapq.heappop(q)
+        return None
+
+    def queued_count(self) -> int:
+        return sum(1 for e in self.st.jobs.values() if e.state in (JobState.QUEUED, JobState.RETRYING))
+
+    # ---- dispatch -----------------------------------------------------------------------------
+
+    def dispatch(self) -> int:
+        """Lease queued jobs to free workers: priority first, FIFO within it, least loaded worker."""
+        st = self.st
+        queues = st.queues_by_key
+        free = [w for w in st.workers.values() if w.free > 0]
+        if not free or not queues:
+            return 0
+        eligible: dict[QueueKey, list[WorkerInfo]] = {}
+        for key in list(queues):
+            if self._head(queues[key]) is None:
+                del queues[key]
+                continue
+            tags, pin = key
+            eligible[key] = [w for w in free if tags <= w.tags and (pin is None or w.name == pin)]
+        n = 0
+        now_wall = st.wall()
+        live = [key for key, ws in eligible.items() if ws]
+        if len(live) == 1 and self.fast_paths:  # one queue has workers to go to: no heads to compare
+            n = self._drain_queue(queues[live[0]], eligible[live[0]], now_wall)
+            eligible.clear()
+        while eligible:
+            best_key = None
+            best_item: QueueItem | None = None
+            for key, ws in eligible.items():
+                if not ws:
+                    continue
+                item = self._head(queues[key])
+                if item is None:
+                    ws.clear()
+                    continue
+                if best_item is None or item < best_item:
+                    best_key, best_item = key, item
+            if best_key is None or best_item is None:
+                break
+            heapq.heappop(queues[best_key])
+            w = self._place(st.jobs[best_item[2]], eligible[best_key], now_wall)
+            n += 1
+            if w.free <= 0:
+                for lst in eligible.values():
+                    if w in lst:
+                        lst.remove(w)
+        st.counters["dispatched"] += n
+        return n
+
+    def _place(self, e: Entry, ws: list[WorkerInfo], now_wall: float) -> WorkerInfo:
+        """Lease ``e`` to the least loaded of ``ws``; returns that worker."""
+        w = ws[0] if len(ws) == 1 else least_loaded(ws, e.job.blob)
+        self.lease(e, w, now_wall)
+        return w
+
+    def _drain_queue(self, q: list[QueueItem], ws: list[WorkerInfo], now_wall: float) -> int:
+        """What :meth:`dispatch` does when only queue ``q`` has free workers (``ws``) to go to: lease
+        its jobs in order, each to the least loaded of them, until they are full or it is empty."""
+        pop = heapq.heappop
+        live = self.live
+        n = 0
+        while ws and q:
+            e = live(pop(q))
+            if e is None:
+                continue
+            w = self._place(e, ws, now_wall)
+            n += 1
+            if w.free <= 0:
+                ws.remove(w)
+        return n
+
+    def lease(self, entry: Entry, w: WorkerInfo, now_wall: float) -> None:
+        """Give ``entry`` to worker ``w``: a new lease, its wire spec in this turn's ASSIGN to it."""
+        st = self.st
+        st.touch(entry)
+        entry.state = JobState.RUNNING
+        entry.attempts += 1
+        entry.worker = w.ident
+        entry.worker_name = w.name
+        entry.started_at = now_wall
+        job = entry.job
+        w.running.add(job.id)
+        entry.lease = st.last_lease = next(st.leases)
+        if entry.wire is not None:  # a template's job: its shared fields, then its own
+            wire = entry.wire.copy()
+            wire["id"] = job.id
+            if job.args:
+                wire["args"] = job.args
+        else:
+            wire = job.to_wire()
+        if entry.level:  # a fallback: its requirements and timeout
+            req, timeout, _ = job.level(entry.level)
+            wire["requires"] = sorted(req)
+            if timeout is not None:
+                wire["timeout"] = timeout
+        wire["attempt"] = entry.attempts
+        wire["lease"] = entry.lease
+        if entry.inputs is not None:
+            wire["inputs"] = entry.inputs
+        st.fx.assign.setdefault(w.ident, []).append(wire)
+        sha = job.blob
+        if sha is not None and sha not in w.cached:
+            st.fx.blobs.setdefault(w.ident, {})[sha] = st.blobs[sha][0]
+            w.cached.add(sha)
