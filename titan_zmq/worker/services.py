@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from titan_zmq.config import SERVICE_PORTS
+from titan_zmq.errors import ServiceFailed
 from titan_zmq.process import die_with_parent, kill_tree
 from titan_zmq.worker.cache import BlobCache
 from titan_zmq.worker.output import LogSink, Tail, read_available
@@ -137,7 +138,7 @@ class ServiceRunner:
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
                 start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, ServiceFailed) as exc:  # ValueError: Popen's, for a bad argument
             self._report(spec, "start_failed", error=f"could not start: {exc}")
             return
         assert popen.stdout is not None and popen.stderr is not None
@@ -155,7 +156,7 @@ class ServiceRunner:
             return ["/bin/sh", "-c", spec["target"], "titan-service", *args], None
         sha = spec["blob"]
         if not self.cache.has(sha):
-            raise ValueError("its script is not in the cache")
+            raise ServiceFailed("its script is not in the cache")
         if kind == "archive":
             cwd = str(self.cache.extract(sha))
             return [sys.executable, os.path.join(cwd, spec["target"]), *args], cwd
