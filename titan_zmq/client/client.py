@@ -8,11 +8,9 @@ here, so a submission retried after a timeout is recognised by the broker, not r
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -26,22 +24,22 @@ from titan_zmq import errors
 from titan_zmq import protocol as P
 from titan_zmq.client.dag import Dag, DagRun
 from titan_zmq.client.feed import LogLine, Subscription, read_logs
+from titan_zmq.client.handle import JobHandle, raise_for
 from titan_zmq.client.kv import KV
+from titan_zmq.client.specs import SpecBuilder, zip_folder  # noqa: F401 - zip_folder re-exported
 from titan_zmq.config import parse_address, resolve_broker, tcp_endpoint
 from titan_zmq.errors import (
     BrokerError,
     BrokerUnavailable,
-    JobCancelled,
     JobError,
     JobFailed,
-    JobTimeout,
     PayloadTooLarge,
     ProtocolError,
     ServiceFailed,
     TitanError,
     WaitTimeout,
 )
-from titan_zmq.job import JobRecord, JobState, new_job_id, new_job_ids
+from titan_zmq.job import JobRecord, JobState, new_job_ids
 from titan_zmq.security import Keys
 
 log = logging.getLogger(__name__)
@@ -50,49 +48,7 @@ _REWATCH = 3.0  # seconds between re-sent WATCHes while waiting (survives a brok
 _MAX_DONE = 100_000  # final records kept for later wait()s
 
 
-def raise_for(record: JobRecord) -> None:
-    """Raise the exception that matches a job that did not succeed."""
-    if record.state is JobState.SUCCEEDED:
-        return
-    where = f" on {record.worker}" if record.worker else ""
-    msg = f"job {record.id} {record.state.value}{where} after {record.attempts} attempt(s): {record.error}"
-    if record.traceback:
-        msg += "\n--- remote traceback ---\n" + record.traceback.rstrip()
-    if record.state is JobState.CANCELLED:
-        raise JobCancelled(msg, record)
-    if record.error_type == "Timeout":
-        raise JobTimeout(msg, record)
-    raise JobFailed(msg, record)
-
-
-class JobHandle:
-    """A submitted job: its id, and ways to wait for it, ask about it, or cancel it."""
-
-    def __init__(self, client: TitanClient, job_id: str) -> None:
-        self.client = client
-        self.id = job_id
-
-    def __repr__(self) -> str:
-        return f"JobHandle({self.id!r})"
-
-    def wait(self, timeout: float | None = None) -> JobRecord:
-        """Block until the job ends; return its final record whatever the outcome."""
-        return self.client.wait([self.id], timeout)[self.id]
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Block until the job ends; return its result or raise JobFailed / JobTimeout / JobCancelled."""
-        rec = self.wait(timeout)
-        raise_for(rec)
-        return rec.result
-
-    def status(self) -> JobRecord:
-        return self.client.status(self.id)
-
-    def cancel(self) -> JobRecord:
-        return self.client.cancel(self.id)
-
-
-class TitanClient:
+class TitanClient(SpecBuilder):
     """A connection to a titan_zmq broker.
 
     ``broker`` is ``HOST[:PORT]`` of its front socket; without it ``TITAN_BROKER``, else
@@ -236,101 +192,7 @@ class TitanClient:
         assert isinstance(reply, P.Reply)
         return reply.data
 
-    # ---- building jobs ------------------------------------------------------------------
-
-    def _blob(self, content: bytes) -> str:
-        sha = hashlib.sha256(content).hexdigest()
-        self._blobs[sha] = content
-        return sha
-
-    def _call_target(self, fn: str | Callable[..., Any], spec: dict[str, Any]) -> None:
-        if isinstance(fn, str):
-            spec["target"] = fn
-            return
-        module = getattr(fn, "__module__", None)
-        qual = getattr(fn, "__qualname__", None)
-        if not module or not qual or "<" in qual:
-            raise JobError(
-                f"{fn!r} cannot be found by name on a worker (lambdas and nested functions cannot); "
-                "define it at the top level of a module"
-            )
-        spec["target"] = f"{module}:{qual}"
-        if module == "__main__":
-            if os.environ.get("TITAN_JOB_ID"):
-                raise JobError(
-                    f"{qual} comes from a script shipped to this job; inside a job, name functions by "
-                    "'package.module:function' (importable on the workers)"
-                )
-            main_file = getattr(sys.modules["__main__"], "__file__", None)
-            if not main_file:
-                raise JobError(
-                    f"{qual} is defined in an interactive session; workers can only import functions "
-                    "from files: put it in a module"
-                )
-            spec["blob"] = self._blob(Path(main_file).read_bytes())
-
-    def build(
-        self,
-        call: str | Callable[..., Any] | None = None,
-        *,
-        shell: str | None = None,
-        script: str | Path | None = None,
-        args: Iterable[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        id: str | None = None,
-        project: str | Path | None = None,
-        approval: str | None = None,
-        **options: Any,
-    ) -> dict[str, Any]:
-        """A job spec as the broker takes it (used by ``submit`` and ``map``). ``approval="question?"``
-        makes an approval gate: it runs nowhere, and holds the jobs after it until a person decides."""
-        if project is not None and script is None:
-            raise JobError("project= ships a folder: name its entry point with script= (a path inside the folder)")
-        given = [n for n, v in (("call", call), ("shell", shell), ("script", script), ("approval", approval))
-                 if v is not None]  # fmt: skip
-        if len(given) != 1:
-            got = ", ".join(given) or "none"
-            raise JobError(f"give exactly one of call=, shell=, script= or approval= (got {got})")
-        spec: dict[str, Any] = {"id": id or new_job_id()}
-        if approval is not None:
-            spec["kind"] = "approval"
-            spec["target"] = approval
-        elif call is not None:
-            spec["kind"] = "call"
-            self._call_target(call, spec)
-        elif shell is not None:
-            spec["kind"] = "shell"
-            spec["target"] = shell
-        elif project is not None:
-            folder = Path(str(project))
-            entry = Path(str(script))
-            if entry.is_absolute() or ".." in entry.parts or not (folder / entry).is_file():
-                raise JobError(f"the entry point {str(entry)!r} must be a file inside the project folder {folder}")
-            spec["kind"] = "archive"
-            spec["target"] = entry.as_posix()
-            spec["blob"] = self._blob(zip_folder(folder))
-        else:
-            path = Path(str(script))
-            try:
-                content = path.read_bytes()
-            except OSError as exc:
-                raise JobError(f"cannot read script {path}: {exc.strerror}") from None
-            spec["kind"] = "script"
-            spec["target"] = path.name
-            spec["blob"] = self._blob(content)
-        if args is not None:
-            spec["args"] = list(args)
-        if kwargs:
-            spec["kwargs"] = dict(kwargs)
-        for key, value in options.items():
-            if value is None:
-                continue
-            if key == "requires":
-                value = [t.strip() for t in value.split(",")] if isinstance(value, str) else sorted(value)
-            spec[key] = value
-        return spec
-
-    # ---- jobs -----------------------------------------------------------------------------
+    # ---- jobs (``build``, the spec of one, is SpecBuilder's) ------------------------------
 
     def submit(
         self,
@@ -602,17 +464,8 @@ class TitanClient:
             if restarts != self._restarts:
                 restarts, next_watch = self._restarts, 0.0
             while not exhausted and len(pending) < window:
-                # One template and [id, [item]] per job: the shared fields go (and are checked) once.
-                batch: list[list[Any]] = [
-                    [None, [item]] for item in itertools.islice(items, min(chunk, window - len(pending)))
-                ]
-                if not batch:
-                    exhausted = True
-                    break
-                for pair, jid in zip(batch, new_job_ids(len(batch)), strict=True):
-                    pair[0] = jid
-                ids = self.request(P.Submit, template=template, items=batch, blobs=blobs, watch=True, lean=True)["ids"]
-                self._watched.update(ids)
+                ids = self._submit_items(template, blobs, items, min(chunk, window - len(pending)))
+                exhausted = not ids
                 order.extend(ids)
                 pending.update(ids)
             with self._lock:
@@ -631,35 +484,33 @@ class TitanClient:
                     with self._lock:
                         for rec in self.request(P.Watch, ids=list(pending))["done"]:
                             self._done[rec["id"]] = rec
-        out = []
-        ok = JobState.SUCCEEDED.value
-        failed = [j for j in order if results[j]["state"] != ok]
-        if failed:
-            first = JobRecord.from_dict(results[failed[0]])
-            try:
-                raise_for(first)
-            except JobFailed as exc:
-                raise type(exc)(f"{len(failed)} of {len(order)} map job(s) failed; first: {exc}", first) from None
-        for jid in order:
-            out.append(results[jid].get("result"))
-        return out
+        return _map_results(order, results)
+
+    def _submit_items(
+        self, template: dict[str, Any], blobs: dict[str, bytes], items: Iterator[Any], n: int
+    ) -> list[str]:
+        """Submit the next ``n`` items (or fewer: [] once none is left) of a map as jobs, watched, lean:
+        one ``template`` and ``[id, [item]]`` per job, so the shared fields go (and are checked) once."""
+        batch: list[list[Any]] = [[None, [item]] for item in itertools.islice(items, n)]
+        if not batch:
+            return []
+        for pair, jid in zip(batch, new_job_ids(len(batch)), strict=True):
+            pair[0] = jid
+        ids: list[str] = self.request(
+            P.Submit, template=template, items=batch, blobs=blobs, watch=True, lean=True
+        )["ids"]
+        self._watched.update(ids)
+        return ids
 
 
-def zip_folder(folder: Path) -> bytes:
-    """A folder as zip bytes, the same bytes for the same files (sorted, fixed times), so its
-    content address is stable and workers reuse what they unpacked. Skips caches and hidden files."""
-    import io
-    import zipfile
-
-    if not folder.is_dir():
-        raise JobError(f"project folder {folder} does not exist")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(folder.rglob("*")):
-            rel = path.relative_to(folder)
-            if any(part.startswith(".") or part == "__pycache__" for part in rel.parts) or not path.is_file():
-                continue
-            info = zipfile.ZipInfo(rel.as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = (path.stat().st_mode & 0o777) << 16
-            zf.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
-    return buf.getvalue()
+def _map_results(order: list[str], results: dict[str, dict[str, Any]]) -> list[Any]:
+    """The results of a map's jobs in ``order``; JobFailed (or its kind) for the first that failed."""
+    ok = JobState.SUCCEEDED.value
+    failed = [j for j in order if results[j]["state"] != ok]
+    if failed:
+        first = JobRecord.from_dict(results[failed[0]])
+        try:
+            raise_for(first)
+        except JobFailed as exc:
+            raise type(exc)(f"{len(failed)} of {len(order)} map job(s) failed; first: {exc}", first) from None
+    return [results[jid].get("result") for jid in order]

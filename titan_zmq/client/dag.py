@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from titan_zmq.client.handle import raise_for
 from titan_zmq.errors import JobError
 from titan_zmq.job import JobRecord, JobState, new_job_id
 
@@ -104,8 +105,6 @@ class DagRun:
 
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """One job's result (raises JobFailed and friends like ``JobHandle.result``)."""
-        from titan_zmq.client.client import raise_for
-
         rec = self.client.wait([job_id], timeout)[job_id]
         raise_for(rec)
         return rec.result
