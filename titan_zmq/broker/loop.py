@@ -31,13 +31,14 @@ from titan_zmq import protocol as P
 from titan_zmq.aof.journal import DataDir, LoadReport
 from titan_zmq.aof.kv import KVStore
 from titan_zmq.broker.durable import Restorer, capture
+from titan_zmq.broker.handlers import ClientRequests, WorkerMessages
 from titan_zmq.broker.logs import LogStore
-from titan_zmq.broker.scheduler import Entry, Scheduler, WorkerInfo
+from titan_zmq.broker.scheduler import Entry, Scheduler
 from titan_zmq.broker.schedules import ScheduleManager
 from titan_zmq.broker.services import ServiceManager
 from titan_zmq.broker.stats import StatsFeed
 from titan_zmq.config import BrokerConfig, tcp_endpoint
-from titan_zmq.errors import BadRequest, BrokerError, JobError, PayloadTooLarge, ProtocolError, TitanError, UnknownJob
+from titan_zmq.errors import BrokerError, JobError, PayloadTooLarge, ProtocolError, TitanError
 from titan_zmq.job import FINAL_STATES
 from titan_zmq.process import Waker
 from titan_zmq.security import HANDSHAKE_FAILURES, Guard, Keys, describe_failure
@@ -46,16 +47,6 @@ log = logging.getLogger(__name__)
 
 DRAIN_BUDGET = 0.002  # s: one socket's messages handled per turn before dispatch and sends run
 _HARD_SLACK = 64 * 1024  # frames this far above the limit still get a clear error, larger ones a disconnect
-
-
-class _Known:
-    """Ids whose output lines the broker keeps: jobs and service replicas."""
-
-    def __init__(self, jobs: dict[str, Any], services: ServiceManager) -> None:
-        self.jobs, self.services = jobs, services
-
-    def __contains__(self, jid: object) -> bool:
-        return jid in self.jobs or (isinstance(jid, str) and self.services.replica(jid) is not None)
 
 
 class Broker:
@@ -87,6 +78,8 @@ class Broker:
         log_root = Path(cfg.data_dir) / "logs" if cfg.data_dir else None
         self.logs = LogStore(cfg.log_tail_lines, cfg.log_memory_lines, log_root, cfg.max_log_line)
         self.feed = StatsFeed(self.sched)
+        self.requests = ClientRequests(self)
+        self.from_workers = WorkerMessages(self)
         self.ctx = zmq.Context()
         self.front = self._router()
         self.back = self._router()
@@ -175,14 +168,14 @@ class Broker:
         # Published before the journal commit of the same turn: subscribers may see a change that a
         # crash in the next microseconds takes back. Replies and acks, which promise, wait for it.
         if self.wants(b"event.job"):
-            self._publish(b"event.job", {"changes": [
+            self.publish(b"event.job", {"changes": [
                 {"id": e.job.id, "state": e.state.value, "worker": e.worker_name, "attempts": e.attempts,
                  "dag": e.job.dag} for e in changed
             ]})  # fmt: skip
         tails = self.logs.tails
         for e in changed:
             if e.state in FINAL_STATES and e.job.id in tails:
-                self._publish(b"log." + e.job.id.encode(), {"id": e.job.id, "end": e.state.value})
+                self.publish(b"log." + e.job.id.encode(), {"id": e.job.id, "end": e.state.value})
 
     def _router(self) -> zmq.Socket[bytes]:
         s = self.ctx.socket(zmq.ROUTER)
@@ -369,7 +362,7 @@ class Broker:
             self._next_beat = now + self.config.heartbeat_interval
         if now >= self._next_stats:
             if self.wants(b"stats"):
-                self._publish(b"stats", self.stats())
+                self.publish(b"stats", self.stats())
             self._next_stats = now + self.config.stats_interval
 
     def _heartbeat(self, now: float) -> None:
@@ -377,7 +370,7 @@ class Broker:
         due = now - self.config.heartbeat_interval * 0.9
         for w in list(self.sched.workers.values()):
             if w.last_sent <= due:
-                self._to_worker(w.ident, frames)
+                self.to_worker(w.ident, frames)
 
     def stats(self) -> dict[str, Any]:
         cfg = self.config
@@ -407,7 +400,7 @@ class Broker:
     def _error(self, sock: zmq.Socket[bytes], ident: bytes, rid: int, code: str, text: str) -> None:
         self._outbox.append((sock, [ident, *P.Error(rid=rid, code=code, message=text).encode()]))
 
-    def _to_worker(self, ident: bytes, frames: list[bytes]) -> None:
+    def to_worker(self, ident: bytes, frames: list[bytes]) -> None:
         self._outbox.append((self.back, [ident, *frames]))
         w = self.sched.workers.get(ident)
         if w is not None:
@@ -445,7 +438,7 @@ class Broker:
             self._wanted[topic] = hit
         return hit
 
-    def _publish(self, topic: bytes, body: Any) -> None:
+    def publish(self, topic: bytes, body: Any) -> None:
         if not self.wants(topic):
             return
         try:
@@ -460,29 +453,29 @@ class Broker:
         self._commit()
         fx = self.sched.fx
         for ident, kills in fx.kill.items():  # kills first: a worker must stop an old lease before a new one
-            self._to_worker(ident, P.Kill(ids=[k[0] for k in kills], leases=[k[1] for k in kills]).encode())
+            self.to_worker(ident, P.Kill(ids=[k[0] for k in kills], leases=[k[1] for k in kills]).encode())
         for ident in fx.assign.keys() | fx.acks.keys():
             acks = fx.acks.get(ident, [])
             msg = P.Assign(
                 jobs=fx.assign.get(ident, []), blobs=fx.blobs.get(ident, {}),
                 acks=[a[0] for a in acks], ack_leases=[a[1] for a in acks],
             )  # fmt: skip
-            self._to_worker(ident, msg.encode())
+            self.to_worker(ident, msg.encode())
         for ident in (fx.done.keys() | fx.ok.keys()) if fx.ok else fx.done:
             done = P.Done(records=fx.done.get(ident, []), ok=fx.ok.get(ident, []))
             self._outbox.append((self.front, [ident, *done.encode()]))
         for kind, body in fx.events:
-            self._publish(b"event." + kind.encode(), body)
+            self.publish(b"event." + kind.encode(), body)
         fx.clear()
         svc = self.services
         for ident, starts in svc.start.items():
             for wire, blobs in starts:
-                self._to_worker(ident, P.SvcStart(spec=wire, blobs=blobs).encode())
+                self.to_worker(ident, P.SvcStart(spec=wire, blobs=blobs).encode())
         for ident, stops in svc.stop_ids.items():
             for grace in sorted({s[1] for s in stops}):  # each service's own grace period
-                self._to_worker(ident, P.SvcStop(ids=[s[0] for s in stops if s[1] == grace], grace=grace).encode())
+                self.to_worker(ident, P.SvcStop(ids=[s[0] for s in stops if s[1] == grace], grace=grace).encode())
         for body in svc.events:
-            self._publish(b"event.service", body)
+            self.publish(b"event.service", body)
         svc.start, svc.stop_ids, svc.events = {}, {}, []
         if not self._outbox:
             return
@@ -522,95 +515,11 @@ class Broker:
             return
         rid: int = getattr(msg, "rid", 0)
         try:
-            data = self._client_request(ident, msg)
+            data = self.requests.handle(ident, msg)
         except (BrokerError, JobError) as exc:  # a refusal: its class names its code
             self._error(self.front, ident, rid, exc.code, str(exc))
         else:
             self._reply(ident, P.Reply(rid=rid, data=data, epoch=self.epoch))
-
-    def _client_request(self, ident: bytes, msg: P.Message) -> Any:
-        sched = self.sched
-        if isinstance(msg, P.Submit):
-            watcher = ident if msg.watch else None
-            if msg.items:
-                ids = sched.submit_items(msg.template, msg.items, msg.blobs, watcher, owner=ident, lean=msg.lean)
-            else:
-                ids = sched.submit(msg.jobs, msg.blobs, watcher, owner=ident, lean=msg.lean)
-            return {"ids": ids}
-        if isinstance(msg, P.Watch):
-            return {"done": sched.watch(ident, msg.ids)}
-        if isinstance(msg, P.Status):
-            if len(msg.ids) == 1:
-                dag = sched.dag_records(msg.ids[0]) if msg.ids[0] not in sched.jobs else None
-                if dag is not None:
-                    return {"records": dag, "missing": [], "dag": msg.ids[0]}
-                return {"records": [sched.record(sched.entry(msg.ids[0]))], "missing": []}
-            found = [sched.record(sched.jobs[j]) for j in msg.ids if j in sched.jobs]
-            return {"records": found, "missing": [j for j in msg.ids if j not in sched.jobs]}
-        if isinstance(msg, P.Cancel):
-            return sched.cancel(msg.id)
-        if isinstance(msg, P.Workers):
-            now = self.clock()
-            cfg = self.config
-            return [w.describe(now, cfg.heartbeat_interval, cfg.heartbeat_liveness) for w in sched.workers.values()]
-        if isinstance(msg, P.List):
-            return sched.list_jobs(msg.state, max(1, min(msg.limit, 10_000)))
-        if isinstance(msg, P.Kv):
-            return self.kv.request(msg.op, msg.key, msg.args)
-        if isinstance(msg, P.Logs):
-            return self._read_logs(msg)
-        if isinstance(msg, P.Deploy):
-            return self.services.deploy(msg.spec, msg.blobs)
-        if isinstance(msg, P.Services):
-            return self.services.records(msg.name)
-        if isinstance(msg, P.Stop):
-            return self.services.stop(msg.name)
-        if isinstance(msg, P.Edge):
-            return sched.add_edge(msg.parent, msg.child)
-        if isinstance(msg, P.Schedule):
-            if msg.op == "add":
-                return self.schedules.add(msg.name, msg.cron, msg.jobs, msg.catchup, msg.blobs)
-            if msg.op == "rm":
-                return self.schedules.remove(msg.name)
-            if msg.op == "ls":
-                return self.schedules.describe_all()
-            raise BadRequest(f"unknown schedule operation {msg.op!r}; one of add, rm, ls")
-        if isinstance(msg, P.Approve):
-            by = msg.by.strip() or "unknown"
-            return sched.decide(msg.id, msg.approve, by[:200], msg.note[:2000])
-        if isinstance(msg, P.Pressure):
-            return sched.pressure(msg.tags)
-        if isinstance(msg, P.Notify):
-            if msg.kind not in ("autoscale",):
-                raise BadRequest(f"cannot publish event.{msg.kind}: only event.autoscale comes from clients")
-            self._publish(b"event." + msg.kind.encode(), msg.body)
-            return None
-        if isinstance(msg, P.Hello):
-            return {
-                "version": P.VERSION.decode(),
-                "pid": os.getpid(),
-                "max_message_size": self.config.max_message_size,
-                "heartbeat_interval": self.config.heartbeat_interval,
-                "heartbeat_liveness": self.config.heartbeat_liveness,
-                "durable": self.data is not None,
-                "fsync": self.config.fsync if self.data is not None else None,
-                **self.ports,
-            }
-        raise ProtocolError(f"{type(msg).__name__} is not a client request")
-
-    def _read_logs(self, msg: P.Logs) -> dict[str, Any]:
-        entry = self.sched.jobs.get(msg.id)
-        replica = self.services.replica(msg.id) if entry is None else None
-        if entry is None and replica is None and not self.logs.has(msg.id):
-            raise UnknownJob(f"unknown job id {msg.id!r}: no such job or service replica, and no log kept for it")
-        lines, more = self.logs.read(msg.id, max(0, msg.after), max(1, min(msg.limit, 10_000)))
-        if entry is not None:
-            state, ended = entry.state.value, entry.state in FINAL_STATES
-        elif replica is not None:
-            state, ended = replica.state, replica.state in ("stopped", "failed")
-        else:
-            state, ended = None, True
-        return {"lines": [list(line) for line in lines], "more": more, "state": state, "ended": ended}
 
     # ---- worker handlers ---------------------------------------------------------------
 
@@ -623,61 +532,18 @@ class Broker:
             log.info("bad message from worker %s: %s", ident.hex(), exc)
             self._error(self.back, ident, 0, P.E_PROTOCOL, str(exc))
             return
-        sched = self.sched
         if isinstance(msg, P.Ready):
-            joined = sched.worker_ready(ident, msg.__dict__)
-            sched.seen(joined)
-            self.services.worker_ready(joined, msg.services)
-            self._to_worker(ident, P.Heartbeat().encode())
+            self.from_workers.ready(ident, msg)
             return
-        w = sched.workers.get(ident)
-        if w is None:
+        w = self.sched.workers.get(ident)
+        if w is None:  # not registered (the broker restarted, or expired it): it must say READY first
             if not isinstance(msg, P.Bye):
-                self._to_worker(ident, P.Reregister().encode())
+                self.to_worker(ident, P.Reregister().encode())
             return
-        sched.seen(w)
-        if isinstance(msg, P.Result):
-            self._results(w, msg.results)
-            if msg.ok:
-                self._successes(w, msg.ok)
-        elif isinstance(msg, P.Log):
-            for jid, lines in self.logs.add(msg.lines, _Known(sched.jobs, self.services)).items():
-                self._publish(b"log." + jid.encode(), {"id": jid, "lines": [list(line) for line in lines]})
-        elif isinstance(msg, P.Heartbeat):
-            if msg.load:
-                w.load = msg.load
-        elif isinstance(msg, P.SvcState):
-            for st in msg.states:
-                if isinstance(st, dict):
-                    self.services.on_state(w, st)
-        elif isinstance(msg, P.Drain):
-            w.draining = True
-            log.info("worker %s drains: no new jobs for it", w.name)
-        elif isinstance(msg, P.Bye):
-            sched.worker_gone(ident, "it left", stopped=msg.running)
-
-    def _results(self, w: WorkerInfo, results: list[dict[str, Any]]) -> None:
-        acks = self.sched.fx.acks.setdefault(w.ident, [])
-        for res in results:
-            if not isinstance(res, dict):
-                continue
-            jid = self.sched.on_result(w, res)
-            if jid is not None:
-                lease = res.get("lease")
-                acks.append((jid, lease if isinstance(lease, int) else 0))
-
-    def _successes(self, w: WorkerInfo, ok: list[Any]) -> None:
-        """RESULT.ok: bare successes, ``[id, lease, runtime, result]`` each."""
-        acks = self.sched.fx.acks.setdefault(w.ident, [])
-        on_success = self.sched.on_success
-        for item in ok:
-            if type(item) is not list or len(item) != 4:
-                log.warning("worker %s sent a malformed success %r; dropped", w.name, str(item)[:200])
-                continue
-            jid = on_success(w, *item)
-            if jid is not None:
-                lease = item[1]
-                acks.append((jid, lease if isinstance(lease, int) else 0))
+        self.sched.seen(w)
+        handler = self.from_workers.table.get(type(msg))
+        if handler is not None:
+            handler(w, msg)
 
 
 def _is_hello(frames: list[bytes]) -> bool:
