@@ -1,5 +1,5 @@
 """Hostile input, the short run: every command on both sockets, hypothesis-made frames, and the bugs the
-fuzzer found. The machinery is in tests/fuzz.py; the long run is ``python -m tests.fuzz --inputs 100000``."""
+fuzzer found. The machinery is the package tests/fuzz/; the long run is ``python -m tests.fuzz --inputs 100000``."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def test_a_worker_name_cannot_forge_log_lines() -> None:
 def test_nesting_deeper_than_the_broker_can_pass_on_is_refused(harness: fuzz.Harness) -> None:
     # Was: a HEARTBEAT whose load nested 1,022 levels decoded (msgpack takes 1,024), and the stats message,
     # three levels deeper, could not be packed: ValueError in the loop's timers, the broker exited.
-    deep_load = fuzz.pack_deep({"load": {"cpu": fuzz._PLACEHOLDER}}, 1022, "list")
+    deep_load = fuzz.pack_deep({"load": {"cpu": fuzz.PLACEHOLDER}}, 1022, "list")
     harness.check([
         fuzz.FuzzInput("back", tuple(_ready(name="fuzz-deep").encode()), "READY/deep"),
         fuzz.FuzzInput("back", (P.VERSION, P.HEARTBEAT, deep_load), "HEARTBEAT/deep"),
@@ -171,8 +171,8 @@ def test_nesting_deeper_than_the_broker_can_pass_on_is_refused(harness: fuzz.Har
         P.decode([P.VERSION, P.HEARTBEAT, deep_load], P.BACK_COMMANDS)
     _stats_published(harness)
     # The limit, exactly: MAX_DEPTH levels pass, one more does not; peers' decoding keeps msgpack's own limit.
-    ok = fuzz.pack_deep({"rid": 1, "op": "set", "key": "deep", "args": fuzz._PLACEHOLDER}, P.MAX_DEPTH - 1, "list")
-    bad = fuzz.pack_deep({"rid": 1, "op": "set", "key": "deep", "args": fuzz._PLACEHOLDER}, P.MAX_DEPTH, "list")
+    ok = fuzz.pack_deep({"rid": 1, "op": "set", "key": "deep", "args": fuzz.PLACEHOLDER}, P.MAX_DEPTH - 1, "list")
+    bad = fuzz.pack_deep({"rid": 1, "op": "set", "key": "deep", "args": fuzz.PLACEHOLDER}, P.MAX_DEPTH, "list")
     assert isinstance(P.decode([P.VERSION, P.KV, ok], P.FRONT_COMMANDS), P.Kv)
     with pytest.raises(ProtocolError, match="nests deeper"):
         P.decode([P.VERSION, P.KV, bad], P.FRONT_COMMANDS)
