@@ -17,6 +17,17 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# Heartbeats of every broker and worker the tests start (LocalCluster, `titan` subprocesses: they
+# inherit this environment). The defaults (0.5 s x 4 = 2 s) are too tight for a busy 2-core
+# machine: a worker or a broker stalled for a second or two must not be taken for gone. A
+# silence of HEARTBEAT_WINDOW seconds is; a test that waits for an expiry waits longer than that.
+# Tests of the heartbeat machinery itself set their own values.
+HEARTBEAT_INTERVAL = 0.5
+HEARTBEAT_LIVENESS = 10
+HEARTBEAT_WINDOW = HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS
+os.environ["TITAN_HEARTBEAT_INTERVAL"] = str(HEARTBEAT_INTERVAL)
+os.environ["TITAN_HEARTBEAT_LIVENESS"] = str(HEARTBEAT_LIVENESS)
+
 
 @pytest.fixture(scope="module")
 def shared_cluster() -> Iterator[LocalCluster]:
@@ -32,4 +43,4 @@ def cluster() -> Iterator[LocalCluster]:
         yield c
 
 
-__all__ = ["wait_for"]
+__all__ = ["HEARTBEAT_INTERVAL", "HEARTBEAT_LIVENESS", "HEARTBEAT_WINDOW", "wait_for"]

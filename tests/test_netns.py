@@ -26,11 +26,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, HEARTBEAT_WINDOW
 from tests.test_crash import _executions
 from titan_zmq.client import Dag, JobState, TitanClient
 from titan_zmq.errors import TitanError
@@ -42,8 +44,9 @@ pytestmark = pytest.mark.timeout(90)
 PREFIX = "tznet"  # namespace names: tznet-<pytest pid>-<random>-<role>
 HOSTS = ("hostA", "hostB")
 FRONT, BACK, EVENTS = 5555, 5556, 5557  # a fresh namespace has every port free
-HEARTBEAT = 0.25  # seconds; with the default liveness of 4 a silent worker is expired after 1 s
-ORPHAN_WAIT = 5.0  # after a broker restart, jobs that were running wait this long for their worker
+# Heartbeats as in the rest of the suite (tests/conftest.py): a worker or broker silent for HEARTBEAT_WINDOW
+# seconds is given up, wide enough for a busy machine; a cut link is noticed by that silence alone.
+ORPHAN_WAIT = 2 * HEARTBEAT_WINDOW  # after a broker restart, jobs that were running wait this long for their worker
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -127,7 +130,8 @@ class Grid:
         self.data = tmp / "data"
         # Only the settings named here: none inherited from this process's TITAN_* variables.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TITAN_")}
-        self.env.update({"TITAN_HEARTBEAT_INTERVAL": str(HEARTBEAT), "TITAN_ORPHAN_WAIT": str(ORPHAN_WAIT),
+        self.env.update({"TITAN_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
+                         "TITAN_HEARTBEAT_LIVENESS": str(HEARTBEAT_LIVENESS), "TITAN_ORPHAN_WAIT": str(ORPHAN_WAIT),
                          "TITAN_GPU_PROBE": "false", "TITAN_LOG_LEVEL": "INFO"})  # fmt: skip
         self.broker: subprocess.Popen[bytes] | None = None
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
@@ -305,8 +309,9 @@ def test_a_dag_runs_across_hosts(grid: Grid) -> None:
     assert records[total].worker == "hostB"
     assert records[last].worker == "hostA" and records[last].result["worker"] == "hostA"
     assert (records[total].started_at or 0.0) >= max(records[m].finished_at or 0.0 for m in maps) - 0.001
-    by_host = {w["name"]: w for w in client.workers()}
-    assert by_host["hostA"]["done"] >= 4 and by_host["hostB"]["done"] >= 4
+    # Where the jobs ran, from their own records (a worker's count in the broker's listing starts again
+    # if it reconnects): four on each host.
+    assert Counter(r.worker for r in records.values()) == {"hostA": 4, "hostB": 4}
 
 
 @pytest.mark.parametrize("end", ["host", "bridge"])
@@ -318,7 +323,7 @@ def test_a_cut_link_reruns_the_job_elsewhere_and_the_worker_rejoins(grid: Grid, 
     grid.start_worker("hostA", slots=1)
     _wait_workers(client, {"hostA"})
     marks = tmp_path / "marks"
-    seconds = 10.0
+    seconds = 20.0  # hostA's copy runs on past the cut, past the broker giving hostA up, past the outage
     # A shell job that says where and when it started and ended (the file is on a disk all hosts share).
     job = client.submit(shell=f'echo "start $TITAN_WORKER $(date +%s.%N)" >> {marks}; sleep {seconds}; '
                               f'echo "end $TITAN_WORKER $(date +%s.%N)" >> {marks}')  # fmt: skip
@@ -335,22 +340,26 @@ def test_a_cut_link_reruns_the_job_elsewhere_and_the_worker_rejoins(grid: Grid, 
     grid.start_worker("hostB", slots=1)
     _wait_workers(client, {"hostA", "hostB"})
 
+    worker_log = tmp_path / "worker-hostA.log"
+    seen = len(worker_log.read_text(errors="replace"))
     grid.cut("hostA", end)
     cut_at = time.monotonic()
-    detected = _wait_workers(client, {"hostB"}, 15)
-    assert detected < 3.0 + 4 * HEARTBEAT, f"a cut link took {detected:.2f}s to notice"
+    # Nothing says the link is gone: the broker gives hostA up after a heartbeat window of silence.
+    detected = _wait_workers(client, {"hostB"}, HEARTBEAT_WINDOW + 15)
     wait_for(lambda: running_on("hostB", 2), 15, "the job to run again on hostB, attempt 2")
     wait_for(lambda: "start hostB" in marked(), 10, "the second attempt to start on hostB")
+    # ...while hostA's copy, cut off, still runs: the job was run again in time, not after the fact.
     assert not [m for m in marked() if m.startswith("end")]
-    # An outage of a few seconds, so that hostA's reconnect attempts fail and back off meanwhile
-    # (a duration, not a state to wait for).
-    time.sleep(max(0.0, cut_at + 3.0 - time.monotonic()))
+    # The outage lasts until hostA, cut off, has given the broker up too and failed to reach it again
+    # (its reconnect attempts back off meanwhile).
+    wait_for(lambda: "not answering" in worker_log.read_text(errors="replace")[seen:], HEARTBEAT_WINDOW + 20,
+             "hostA to fail to reach the broker")  # fmt: skip
 
     grid.plug("hostA", end)
     plugged_at = time.monotonic()
     rejoin = _wait_workers(client, {"hostA", "hostB"}, 20)
     rejoined_wall = time.time()
-    print(f"[{end} end] cut link noticed after {detected:.2f}s (heartbeat {HEARTBEAT}s x 4); link down "
+    print(f"[{end} end] cut link noticed after {detected:.2f}s (heartbeat window {HEARTBEAT_WINDOW:g}s); link down "
           f"{plugged_at - cut_at:.2f}s; hostA rejoined {rejoin:.2f}s after it came back")  # fmt: skip
 
     rec = job.wait(30)
