@@ -72,6 +72,20 @@ def test_script_with_args(shared_cluster: LocalCluster, tmp_path: Path) -> None:
     assert out.stdout == "got ['--epochs', '3']\n"
 
 
+def test_script_args_keep_the_order_given(shared_cluster: LocalCluster, tmp_path: Path) -> None:
+    script = tmp_path / "a.py"
+    script.write_text("import sys\nprint(sys.argv[1:])\n")
+    res = titan(
+        "submit", "--wait", "--script", str(script), "--arg", "first", "--", "second", broker=shared_cluster.address
+    )
+    assert res.stdout.strip() == "['first', 'second']"
+
+
+def test_log_level_may_follow_the_command(shared_cluster: LocalCluster) -> None:
+    res = titan("workers", "--log-level", "ERROR", broker=shared_cluster.address)
+    assert res.returncode == 0 and "local-1" in res.stdout
+
+
 def test_workers_status_cancel_and_errors(shared_cluster: LocalCluster) -> None:
     addr = shared_cluster.address
     ws = json.loads(titan("workers", "--json", broker=addr).stdout)

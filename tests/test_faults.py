@@ -1,19 +1,27 @@
-"""Failure: a worker killed mid-job, a broker restarted under its workers, jobs that crash or hang."""
+"""Failure: a worker killed mid-job, a broker killed or restarted under its workers, jobs that crash or hang."""
 
 from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.conftest import HEARTBEAT_WINDOW
 from titan_zmq.client import JobState
 from titan_zmq.local import LocalCluster, wait_for
 
 pytestmark = pytest.mark.timeout(90)
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie not reaped yet counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _worker_pid_running(client, job_id: str) -> str | None:
@@ -32,15 +40,13 @@ def test_sigkill_worker_mid_job_reruns_elsewhere(cluster: LocalCluster, tmp_path
     cluster.add_worker(name="survivor", slots=1)
     cluster.wait_workers(2)
     victim.send_signal(signal.SIGKILL)
-    killed_at = time.monotonic()
     victim.wait(10)
 
     def gone() -> bool:
         return [w["name"] for w in client.workers()] == ["survivor"]
 
-    wait_for(gone, 10, "the broker to expire the killed worker")
-    detected = time.monotonic() - killed_at
-    assert detected < 3.0, f"worker loss detected after {detected:.2f}s"
+    # A killed worker says nothing: the broker expires it after a heartbeat window of silence.
+    wait_for(gone, HEARTBEAT_WINDOW + 15, "the broker to expire the killed worker")
     # The job's process died with its worker: nothing is left running it.
     wait_for(lambda: not psutil.pid_exists(job_pid) or psutil.Process(job_pid).status() == "zombie", 5, "orphan")
     rec = h.wait(30)
@@ -65,6 +71,24 @@ def test_broker_restart_workers_rejoin_by_themselves(cluster: LocalCluster) -> N
     assert client.submit("tests.jobs:add", args=[4, 5]).result(20) == 9
 
 
+def test_a_timeout_is_enforced_while_the_broker_is_away(cluster: LocalCluster, tmp_path: Path) -> None:
+    cluster.add_worker(name="w", slots=1)
+    cluster.wait_workers(1)
+    client = cluster.client()
+    pidfile = tmp_path / "pid"
+    # The timeout falls well after the worker has given the silent broker up (a heartbeat window after
+    # the kill): by then it is reconnecting, not serving.
+    client.submit(shell=f"echo $$ > {pidfile}; exec sleep 60", timeout=HEARTBEAT_WINDOW + 10)
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, "the job to start")
+    pid = int(pidfile.read_text())
+    cluster.kill_broker(signal.SIGKILL)
+    log = cluster.log_dir / "worker-w.log"
+    wait_for(lambda: "reconnecting" in log.read_text(), HEARTBEAT_WINDOW + 20, "the worker to give the broker up")
+    assert not _gone(pid), "the job ended before the worker was reconnecting"
+    # With no broker, the worker still enforces the timeout.
+    wait_for(lambda: _gone(pid), HEARTBEAT_WINDOW + 30, "the timeout to kill the job")
+
+
 def test_worker_waits_for_a_broker_that_is_not_there_yet(cluster: LocalCluster) -> None:
     cluster.kill_broker(signal.SIGTERM)
     early = cluster.add_worker(name="early", slots=1)
@@ -83,6 +107,13 @@ def test_crashing_job_does_not_take_the_worker_down(shared_cluster: LocalCluster
     assert rec.error_type == "ProcessDied" and "exit code 7" in (rec.error or "")
     assert client.submit("tests.jobs:add", args=[1, 2]).result(20) == 3
     assert len(client.workers()) == 2
+
+
+def test_a_crash_is_seen_even_if_a_grandchild_holds_the_pipes(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    rec = client.submit("tests.jobs:crash_leaving_a_grandchild").wait(timeout=10)
+    assert rec.state is JobState.FAILED and rec.error_type == "ProcessDied"
+    assert client.submit("tests.jobs:add", args=[1, 1]).result(20) == 2
 
 
 def test_memory_hog_fails_alone(cluster: LocalCluster) -> None:

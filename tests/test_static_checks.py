@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(120)
-def test_ruff_clean() -> None:
+def test_ruff_finds_nothing_to_fix() -> None:
     if shutil.which("ruff") is None:
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
     paths = ["titan_zmq", "tui", "benchmarks", "examples", "tests"]
@@ -22,7 +22,7 @@ def test_ruff_clean() -> None:
 
 
 @pytest.mark.timeout(300)
-def test_mypy_clean() -> None:
+def test_mypy_finds_no_type_error() -> None:
     pytest.importorskip("mypy")
     out = subprocess.run([sys.executable, "-m", "mypy", "titan_zmq", "tui"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,93 @@
+"""Heartbeats: a worker keeps the broker's pace and allows the broker's window, whatever its own settings.
+
+These tests set their heartbeat settings themselves, apart from the suite's (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from titan_zmq import protocol as P
+from titan_zmq.client import JobState
+from titan_zmq.local import LocalCluster
+from titan_zmq.process import die_with_parent
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_a_worker_beats_at_the_pace_the_broker_asks_for(tmp_path: Path) -> None:
+    # A stand-in broker that asks for a heartbeat every 0.1 s, and a worker whose own pace is one every
+    # 5 s. Besides, a worker sends its load about once a second whatever the pace, and any message it
+    # sends resets its heartbeat clock: one at its own pace would send load reports only; one at the
+    # broker's pace sends about nine plain heartbeats between two load reports. Counted, not timed.
+    ctx = zmq.Context()
+    front, back = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    for s in (front, back):
+        s.setsockopt(zmq.LINGER, 0)
+    front_port = front.bind_to_random_port("tcp://127.0.0.1")
+    back_port = back.bind_to_random_port("tcp://127.0.0.1")
+    env = {**os.environ, "TITAN_HEARTBEAT_INTERVAL": "5", "TITAN_HEARTBEAT_LIVENESS": "4",
+           "TITAN_GPU_PROBE": "false", "TITAN_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    with open(tmp_path / "worker.log", "ab") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "titan_zmq", "worker", "--broker", f"127.0.0.1:{front_port}", "--name", "paced",
+             "--slots", "1"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent,
+        )  # fmt: skip
+    plain = loads = 0
+    registered = False
+    try:
+        poller = zmq.Poller()
+        poller.register(front, zmq.POLLIN)
+        poller.register(back, zmq.POLLIN)
+        deadline = time.monotonic() + 60
+        while loads < 5:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            assert time.monotonic() < deadline, f"only {loads} load report(s) and {plain} heartbeat(s) came"
+            for sock, _ in poller.poll(500):
+                ident, *frames = sock.recv_multipart()
+                msg = P.decode(frames)
+                if sock is front and isinstance(msg, P.Hello):
+                    info = {"version": P.VERSION.decode(), "pid": os.getpid(), "heartbeat_interval": 0.1,
+                            "heartbeat_liveness": 10, "front": front_port, "back": back_port, "events": 0}  # fmt: skip
+                    front.send_multipart([ident, *P.Reply(rid=msg.rid, data=info).encode()])
+                elif sock is back and isinstance(msg, P.Ready):
+                    registered = True
+                    back.send_multipart([ident, *P.Heartbeat().encode()])
+                elif sock is back and isinstance(msg, P.Heartbeat) and registered:
+                    if msg.load:
+                        loads += 1
+                    else:
+                        plain += 1
+                    back.send_multipart([ident, *P.Heartbeat().encode()])
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(5)
+        ctx.destroy(0)
+    print(f"worker heartbeats, the broker asking for one every 0.1 s: {plain} plain, {loads} load reports")
+    assert plain >= 2 * loads, f"{plain} plain heartbeat(s) for {loads} load report(s): not the broker's pace"
+
+
+def test_a_worker_allows_the_window_of_a_slower_broker() -> None:
+    # The broker beats every 2 s and gives a worker 8 s; the worker's own settings would give the broker
+    # up after 1 s of silence. It must allow the broker's window: no reconnect while a 3 s job runs.
+    broker_env = {"TITAN_HEARTBEAT_INTERVAL": "2", "TITAN_HEARTBEAT_LIVENESS": "4"}
+    with LocalCluster(workers=0, slots=1, env=broker_env) as cluster:
+        cluster.add_worker(name="patient", env={"TITAN_HEARTBEAT_INTERVAL": "0.25", "TITAN_HEARTBEAT_LIVENESS": "4"})
+        cluster.wait_workers(1)
+        client = cluster.client()
+        rec = client.submit("tests.jobs:sleep", args=[3.0]).wait(30)
+        assert rec.state is JobState.SUCCEEDED and rec.result == 3.0 and rec.attempts == 1
+        log = (cluster.log_dir / "worker-patient.log").read_text()
+        assert "reconnecting" not in log
