@@ -200,3 +200,13 @@ def append_line(path: str, line: str) -> str:
     with open(path, "a") as fh:
         fh.write(line + "\n")
     return line
+
+
+def wait_for_file(path: str, limit: float = 30.0) -> bool:
+    """A gate the test opens: return True once ``path`` exists, False if it did not within ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
