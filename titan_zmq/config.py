@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,41 +78,62 @@ def resolve_broker(explicit: str | None = None) -> str:
     return explicit or os.environ.get("TITAN_BROKER") or DEFAULT_BROKER
 
 
+def _to_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"setting '{name}' must be a whole number, got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting '{name}' must be a whole number, got {value!r}") from None
+
+
+def _to_float(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting '{name}' must be a number, got {value!r}") from None
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"setting '{name}' must be true or false, got {value!r}")
+
+
+def _to_list(name: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    raise ConfigError(f"setting '{name}' must be a list or a comma-separated string, got {value!r}")
+
+
+def _optional(coerce: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """``coerce``, with nothing (None, "", "none") for None."""
+
+    def optional(name: str, value: Any) -> Any:
+        return None if value is None or value in ("", "none", "None") else coerce(name, value)
+
+    return optional
+
+
+# A field's type (a string, as annotations are here) -> its coercion; any other type takes str().
+_COERCE: dict[Any, Callable[[str, Any], Any]] = {
+    "int": _to_int, int: _to_int, "float": _to_float, float: _to_float, "bool": _to_bool, bool: _to_bool,
+    "list[str]": _to_list, list: _to_list, "int | None": _optional(_to_int), "float | None": _optional(_to_float),
+}  # fmt: skip
+
+
 def _coerce(name: str, tp: Any, value: Any) -> Any:
-    if tp in ("int", int):
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"setting '{name}' must be a whole number, got {value!r}")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"setting '{name}' must be a whole number, got {value!r}") from None
-    if tp in ("float", float):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"setting '{name}' must be a number, got {value!r}") from None
-    if tp in ("bool", bool):
-        if isinstance(value, bool):
-            return value
-        s = str(value).strip().lower()
-        if s in ("1", "true", "yes", "on"):
-            return True
-        if s in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"setting '{name}' must be true or false, got {value!r}")
-    if tp in ("list[str]", list):
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, (list, tuple)):
-            return [str(v) for v in value]
-        raise ConfigError(f"setting '{name}' must be a list or a comma-separated string, got {value!r}")
-    if value is None:
-        return None
-    if tp in ("int | None",):
-        return None if value in ("", "none", "None") else _coerce(name, int, value)
-    if tp in ("float | None",):
-        return None if value in ("", "none", "None") else _coerce(name, float, value)
-    return str(value)
+    coerce = _COERCE.get(tp)
+    if coerce is not None:
+        return coerce(name, value)
+    return None if value is None else str(value)
 
 
 def load(cls: type[T], path: str | os.PathLike[str] | None = None, **overrides: Any) -> T:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import operator
+from collections.abc import Callable
 from typing import Any
 
 from titan_zmq.errors import ExprError
@@ -89,55 +90,86 @@ def _check_size(op: ast.operator, left: Any, right: Any) -> None:
 
 
 def _eval(node: ast.AST, names: dict[str, Any]) -> Any:
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.Name):
-        if node.id in ("True", "False", "None"):
-            return {"True": True, "False": False, "None": None}[node.id]
-        if node.id not in names:
-            raise ExprError(f"unknown name {node.id!r} (use inputs['<parent id>'])")
-        return names[node.id]
-    if isinstance(node, ast.BoolOp):
-        if isinstance(node.op, ast.And):
-            value: Any = True
-            for v in node.values:
-                value = _eval(v, names)
-                if not value:
-                    return value
+    """The value of ``node``: each kind of node the parser allows has its evaluator in _EVAL."""
+    evaluate_node = _EVAL.get(type(node))
+    if evaluate_node is None:
+        raise ExprError(f"{type(node).__name__} is not allowed in a condition")
+    return evaluate_node(node, names)
+
+
+def _constant(node: Any, names: dict[str, Any]) -> Any:
+    return node.value
+
+
+def _name(node: Any, names: dict[str, Any]) -> Any:
+    if node.id in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[node.id]
+    if node.id not in names:
+        raise ExprError(f"unknown name {node.id!r} (use inputs['<parent id>'])")
+    return names[node.id]
+
+
+def _bool_op(node: Any, names: dict[str, Any]) -> Any:
+    """``and``: the first false value, else the last; ``or``: the first true value, else the last."""
+    is_and = isinstance(node.op, ast.And)
+    value: Any = is_and
+    for v in node.values:
+        value = _eval(v, names)
+        if bool(value) != is_and:
             return value
-        value = False
-        for v in node.values:
-            value = _eval(v, names)
-            if value:
-                return value
-        return value
-    if isinstance(node, ast.UnaryOp):
-        operand = _eval(node.operand, names)
-        if isinstance(node.op, ast.Not):
-            return not operand
-        return -operand if isinstance(node.op, ast.USub) else +operand
-    if isinstance(node, ast.BinOp):
-        left, right = _eval(node.left, names), _eval(node.right, names)
-        _check_size(node.op, left, right)
-        return _BIN[type(node.op)](left, right)
-    if isinstance(node, ast.Compare):
-        left = _eval(node.left, names)
-        for op, comp in zip(node.ops, node.comparators, strict=True):
-            right = _eval(comp, names)
-            if not _CMP[type(op)](left, right):
-                return False
-            left = right
-        return True
-    if isinstance(node, ast.IfExp):
-        return _eval(node.body, names) if _eval(node.test, names) else _eval(node.orelse, names)
-    if isinstance(node, ast.Subscript):
-        return _eval(node.value, names)[_eval(node.slice, names)]
-    if isinstance(node, (ast.List, ast.Tuple)):
-        items = [_eval(e, names) for e in node.elts]
-        return items if isinstance(node, ast.List) else tuple(items)
-    if isinstance(node, ast.Dict):
-        return {_eval(k, names): _eval(v, names) for k, v in zip(node.keys, node.values, strict=True) if k is not None}
-    if isinstance(node, ast.Call):
-        assert isinstance(node.func, ast.Name)
-        return _FUNCS[node.func.id](*[_eval(a, names) for a in node.args])
-    raise ExprError(f"{type(node).__name__} is not allowed in a condition")
+    return value
+
+
+def _unary_op(node: Any, names: dict[str, Any]) -> Any:
+    operand = _eval(node.operand, names)
+    if isinstance(node.op, ast.Not):
+        return not operand
+    return -operand if isinstance(node.op, ast.USub) else +operand
+
+
+def _bin_op(node: Any, names: dict[str, Any]) -> Any:
+    left, right = _eval(node.left, names), _eval(node.right, names)
+    _check_size(node.op, left, right)
+    return _BIN[type(node.op)](left, right)
+
+
+def _compare(node: Any, names: dict[str, Any]) -> Any:
+    left = _eval(node.left, names)
+    for op, comp in zip(node.ops, node.comparators, strict=True):
+        right = _eval(comp, names)
+        if not _CMP[type(op)](left, right):
+            return False
+        left = right
+    return True
+
+
+def _if_exp(node: Any, names: dict[str, Any]) -> Any:
+    return _eval(node.body, names) if _eval(node.test, names) else _eval(node.orelse, names)
+
+
+def _subscript(node: Any, names: dict[str, Any]) -> Any:
+    return _eval(node.value, names)[_eval(node.slice, names)]
+
+
+def _list(node: Any, names: dict[str, Any]) -> Any:
+    return [_eval(e, names) for e in node.elts]
+
+
+def _tuple(node: Any, names: dict[str, Any]) -> Any:
+    return tuple(_eval(e, names) for e in node.elts)
+
+
+def _dict(node: Any, names: dict[str, Any]) -> Any:
+    return {_eval(k, names): _eval(v, names) for k, v in zip(node.keys, node.values, strict=True) if k is not None}
+
+
+def _call(node: Any, names: dict[str, Any]) -> Any:
+    assert isinstance(node.func, ast.Name)
+    return _FUNCS[node.func.id](*[_eval(a, names) for a in node.args])
+
+
+_EVAL: dict[type, Callable[[Any, dict[str, Any]], Any]] = {
+    ast.Constant: _constant, ast.Name: _name, ast.BoolOp: _bool_op, ast.UnaryOp: _unary_op, ast.BinOp: _bin_op,
+    ast.Compare: _compare, ast.IfExp: _if_exp, ast.Subscript: _subscript, ast.List: _list, ast.Tuple: _tuple,
+    ast.Dict: _dict, ast.Call: _call,
+}  # fmt: skip

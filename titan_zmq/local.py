@@ -24,21 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from titan_zmq.client import TitanClient
-from titan_zmq.errors import BrokerUnavailable, TitanError
+from titan_zmq.errors import BrokerUnavailable, TitanError, WaitTimeout
 from titan_zmq.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll ``cond`` until it returns something truthy; raise TimeoutError naming ``what``."""
+    """Poll ``cond`` until it returns something truthy; raise WaitTimeout (a TimeoutError) naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
 
 
