@@ -9,14 +9,13 @@ the last three frames only. Command codes and the version tag live here and
 nowhere else. Bodies decode into frozen dataclasses; anything that does not fit
 raises :class:`~titan_zmq.errors.ProtocolError`, whose text names the problem.
 
-The bytes themselves (msgpack, frames on sockets, the nesting check) are :mod:`titan_zmq.wire`'s;
-its names are re-exported here (``P.packb``, ``P.send_frames``, ``P.peek_rid``...).
+The bytes themselves (msgpack, frames on sockets, the checks of a field's type and of nesting)
+are :mod:`titan_zmq.wire`'s; its names are re-exported here (``P.packb``, ``P.send_frames``...).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from titan_zmq.errors import (
     UnknownJob,
 )
 from titan_zmq.wire import (  # peek_rid and the frame loops are re-exported: peers call P.<name>
+    checker,
     packb,
     peek_rid,  # noqa: F401
     recv_frames,  # noqa: F401
@@ -104,53 +104,6 @@ E_LIMIT = LimitExceeded.code  # a configured limit refused the request
 E_FORBIDDEN = Forbidden.code  # the sender's key may not make this request
 
 
-def _checker(tp: Any) -> tuple[Callable[[Any], bool], str]:
-    """Return a predicate for values of annotation ``tp`` and a name for messages."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return (lambda v: True), "any value"
-    if origin in (typing.Union, types.UnionType):
-        parts = [_checker(a) for a in args if a is not type(None)]
-        nullable = type(None) in args
-        names = " or ".join(p[1] for p in parts) + (" or nil" if nullable else "")
-        return (lambda v: (v is None and nullable) or any(p[0](v) for p in parts)), names
-    if tp is bool:
-        return (lambda v: v is True or v is False), "a boolean"
-    if tp is int:
-        return (lambda v: isinstance(v, int) and not isinstance(v, bool)), "an integer"
-    if tp is float:
-        return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)), "a number"
-    if tp is str:
-        return (lambda v: isinstance(v, str)), "a string"
-    if tp is bytes:
-        return (lambda v: isinstance(v, bytes)), "bytes"
-    if origin is list:
-        (inner,) = args
-        check, name = _checker(inner)
-        if inner is Any:
-            return (lambda v: isinstance(v, list)), "a list"
-        if typing.get_origin(inner) is dict and typing.get_args(inner)[1] is Any:
-            return (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), f"a list of {name}"
-        return (lambda v: isinstance(v, list) and all(check(x) for x in v)), f"a list of {name}"
-    if origin is dict:
-        kt, vt = args
-        kcheck, _ = _checker(kt)
-        vcheck, vname = _checker(vt)
-        if vt is Any:
-            # Free-form maps (job specs, results) are checked key by key by their consumer.
-            return (lambda v: isinstance(v, dict)), "a map"
-        return (
-            lambda v: isinstance(v, dict) and all(kcheck(k) and vcheck(x) for k, x in v.items()),
-            f"a map of {vname}",
-        )
-    if tp is dict:
-        return (lambda v: isinstance(v, dict)), "a map"
-    if tp is list:
-        return (lambda v: isinstance(v, list)), "a list"
-    raise TypeError(f"protocol field type {tp!r} is not supported")
-
-
 @dataclass(frozen=True)
 class Message:
     """Base of all message bodies. Subclasses set ``CODE`` and declare fields."""
@@ -163,7 +116,7 @@ class Message:
         hints = typing.get_type_hints(cls)
         spec = []
         for f in dataclasses.fields(cls):
-            check, name = _checker(hints[f.name])
+            check, name = checker(hints[f.name])
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             spec.append((f.name, check, name, required))
         cls._spec = tuple(spec)

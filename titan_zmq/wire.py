@@ -1,4 +1,5 @@
-"""Bytes on the wire: msgpack bodies, multipart frames on sockets, and the nesting check.
+"""Bytes on the wire: msgpack bodies, the shape of what they decode to (types, nesting), and
+multipart frames on sockets.
 
 What every titan_zmq peer does with bytes, whatever they mean: :mod:`titan_zmq.protocol` gives
 them their meaning (the version tag, command codes and message bodies) and re-exports these
@@ -7,6 +8,9 @@ names, so ``P.packb`` and ``P.send_frames`` are the same functions.
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -26,6 +30,53 @@ def unpackb(data: bytes) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated exception types
         raise ProtocolError(f"body is not valid msgpack ({type(exc).__name__}: {exc})") from None
+
+
+def checker(tp: Any) -> tuple[Callable[[Any], bool], str]:
+    """A predicate for decoded values of annotation ``tp`` (a message field's), and its name for messages."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return (lambda v: True), "any value"
+    if origin in (typing.Union, types.UnionType):
+        parts = [checker(a) for a in args if a is not type(None)]
+        nullable = type(None) in args
+        names = " or ".join(p[1] for p in parts) + (" or nil" if nullable else "")
+        return (lambda v: (v is None and nullable) or any(p[0](v) for p in parts)), names
+    if tp is bool:
+        return (lambda v: v is True or v is False), "a boolean"
+    if tp is int:
+        return (lambda v: isinstance(v, int) and not isinstance(v, bool)), "an integer"
+    if tp is float:
+        return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)), "a number"
+    if tp is str:
+        return (lambda v: isinstance(v, str)), "a string"
+    if tp is bytes:
+        return (lambda v: isinstance(v, bytes)), "bytes"
+    if origin is list:
+        (inner,) = args
+        check, name = checker(inner)
+        if inner is Any:
+            return (lambda v: isinstance(v, list)), "a list"
+        if typing.get_origin(inner) is dict and typing.get_args(inner)[1] is Any:
+            return (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)), f"a list of {name}"
+        return (lambda v: isinstance(v, list) and all(check(x) for x in v)), f"a list of {name}"
+    if origin is dict:
+        kt, vt = args
+        kcheck, _ = checker(kt)
+        vcheck, vname = checker(vt)
+        if vt is Any:
+            # Free-form maps (job specs, results) are checked key by key by their consumer.
+            return (lambda v: isinstance(v, dict)), "a map"
+        return (
+            lambda v: isinstance(v, dict) and all(kcheck(k) and vcheck(x) for k, x in v.items()),
+            f"a map of {vname}",
+        )
+    if tp is dict:
+        return (lambda v: isinstance(v, dict)), "a map"
+    if tp is list:
+        return (lambda v: isinstance(v, list)), "a list"
+    raise TypeError(f"protocol field type {tp!r} is not supported")
 
 
 _NOT_CONTAINER = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
