@@ -67,6 +67,12 @@ class UnknownJob(BrokerError):
     code = "unknown_job"
 
 
+class UnknownService(BrokerError):
+    """No service with this name is deployed."""
+
+    code = "unknown_service"
+
+
 class KVTypeError(BrokerError):
     """A KV operation met a value of the wrong type (``incr`` on a set, ``smembers`` on a string)."""
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from titan_zmq.aof.log import COMMIT, AppendLog, Damage, check_damage, frame, fsync_dir, scan, truncate
+from titan_zmq.aof.records import LEGACY_SNAPSHOT_END, Header, SnapshotEnd, encode, letter
 from titan_zmq.errors import AOFCorrupt, DataDirLocked, TitanError
 
 log = logging.getLogger(__name__)
@@ -272,12 +273,17 @@ class DataDir:
         self.unlock()
 
 
+_HEADER = letter(Header)
+SNAPSHOT_ENDS = frozenset({letter(SnapshotEnd), LEGACY_SNAPSHOT_END})  # what ends a snapshot file
+SNAPSHOT_FRAMING = frozenset({letter(Header)}) | SNAPSHOT_ENDS  # a snapshot's records that are not state
+
+
 def write_snapshot(path: Path, ops: list[list[Any]], gen: int) -> int:
     """Write ``ops`` as a complete snapshot file, atomically (tmp, fsync, rename, fsync dir)."""
     tmp = path.with_name(path.name + ".tmp")
     size = 0
     with open(tmp, "wb") as fh:
-        chunk: list[bytes] = [frame(["H", SNAPSHOT_VERSION, gen, time.time()]), frame([COMMIT, 1])]
+        chunk: list[bytes] = [frame(encode(Header(SNAPSHOT_VERSION, gen, time.time()))), frame([COMMIT, 1])]
         n = 0
         for op in ops:
             chunk.append(frame(op))
@@ -290,7 +296,7 @@ def write_snapshot(path: Path, ops: list[list[Any]], gen: int) -> int:
                 chunk, n = [], 0
         if n:
             chunk.append(frame([COMMIT, n]))
-        chunk += [frame(["E", len(ops)]), frame([COMMIT, 1])]
+        chunk += [frame(encode(SnapshotEnd(len(ops)))), frame([COMMIT, 1])]
         data = b"".join(chunk)
         fh.write(data)
         size += len(data)
@@ -309,11 +315,11 @@ def read_snapshot(path: Path, apply: Apply, report: LoadReport | None = None) ->
     def on_op(op: list[Any]) -> None:
         nonlocal count
         kind = op[0]
-        if kind == "H":
+        if kind == _HEADER:
             if op[1] != SNAPSHOT_VERSION:
                 raise AOFCorrupt(f"{path}: snapshot version {op[1]}, not {SNAPSHOT_VERSION}; use a matching titan_zmq")
             return
-        if kind == "E":
+        if kind in SNAPSHOT_ENDS:
             end.append(op[1])
             return
         count += 1

@@ -1,7 +1,7 @@
 """The KV store ("TitanStore"): keys holding msgpack values or sets, with expiry.
 
 It lives in the broker and is journaled with the rest of its state: every write
-returns the op that replays it (``["K", verb, key, ...]``), and :meth:`KVStore.apply`
+returns the record that replays it (``aof.records``: ``KvSet``, ``KvDel``...), and :meth:`KVStore.apply`
 replays those ops. Reads never touch the journal. ``incr`` and ``cas`` journal as a
 plain ``set`` of the value they produced, so replay needs no arithmetic and no clock.
 """
@@ -17,7 +17,8 @@ from typing import Any
 
 import msgpack
 
-from titan_zmq.errors import BadRequest, BrokerError, KVTypeError, LimitExceeded
+from titan_zmq.aof.records import KvDel, KvExpire, KvSadd, KvSet, KvSrem, decode, encode
+from titan_zmq.errors import AOFCorrupt, BadRequest, BrokerError, KVTypeError, LimitExceeded
 
 MAX_KEY = 1024  # bytes of a key, UTF-8
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what msgpack can carry
@@ -143,7 +144,7 @@ class KVStore:
             raise _bad(f"ttl must be a positive number of seconds, got {ttl!r}")
         deadline = None if ttl is None else self.wall() + ttl
         self._set(key, value, deadline)
-        self._log(["K", "set", key, value, deadline])
+        self._log(encode(KvSet(key, value, deadline)))
         return True
 
     def _set(self, key: str, value: Any, deadline: float | None) -> None:
@@ -163,7 +164,7 @@ class KVStore:
     def _remove(self, key: str) -> None:
         self.data.pop(key, None)
         self.expires.pop(key, None)
-        self._log(["K", "del", key])
+        self._log(encode(KvDel(key)))
 
     def incr(self, key: str, by: int = 1) -> int:
         if not isinstance(by, int) or isinstance(by, bool):
@@ -180,7 +181,7 @@ class KVStore:
             raise _bad(f"incr of {key!r} by {by} leaves the 64-bit range; nothing was changed")
         deadline = self.expires.get(key)
         self.data[key] = value
-        self._log(["K", "set", key, value, deadline])
+        self._log(encode(KvSet(key, value, deadline)))
         return value
 
     def cas(self, key: str, expected: Any, new: Any) -> bool:
@@ -193,7 +194,7 @@ class KVStore:
             return False
         deadline = self.expires.get(key)
         self.data[key] = new
-        self._log(["K", "set", key, new, deadline])
+        self._log(encode(KvSet(key, new, deadline)))
         return True
 
     def _set_of(self, key: str) -> builtins.set[Any] | None:
@@ -215,7 +216,7 @@ class KVStore:
         new = [m for m in dict.fromkeys(ms) if m not in current]
         current.update(new)
         if new:
-            self._log(["K", "sadd", key, new])
+            self._log(encode(KvSadd(key, new)))
         return len(new)
 
     def srem(self, key: str, *members: Any) -> int:
@@ -227,7 +228,7 @@ class KVStore:
         gone = [m for m in dict.fromkeys(ms) if m in current]
         current.difference_update(gone)
         if gone:
-            self._log(["K", "srem", key, gone])
+            self._log(encode(KvSrem(key, gone)))
         if not current:
             self._remove(key)
         return len(gone)
@@ -238,7 +239,7 @@ class KVStore:
             return False
         if seconds is None:
             self.expires.pop(key, None)
-            self._log(["K", "exp", key, None])
+            self._log(encode(KvExpire(key, None)))
             return True
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
             raise _bad(f"expire takes a finite number of seconds, got {seconds!r}")
@@ -248,7 +249,7 @@ class KVStore:
         deadline = self.wall() + seconds
         self.expires[key] = deadline
         heapq.heappush(self._heap, (deadline, key))
-        self._log(["K", "exp", key, deadline])
+        self._log(encode(KvExpire(key, deadline)))
         return True
 
     def sweep(self, limit: int = 1000) -> int:
@@ -265,37 +266,38 @@ class KVStore:
 
     # ---- replay and snapshot ----------------------------------------------------------
 
-    def apply(self, op: list[Any]) -> None:
-        """Replay one journaled op (``["K", verb, key, ...]``) without journaling it again."""
-        verb, key = op[1], op[2]
-        if verb == "set":
-            self.data[key] = op[3]
-            if op[4] is None:
-                if key in self.expires:
-                    del self.expires[key]
-            else:
-                self.expires[key] = op[4]
-                heapq.heappush(self._heap, (op[4], key))
-        elif verb == "del":
+    def apply(self, rec: Any) -> None:
+        """Replay one journaled write (a KV record of ``aof.records``, or the array it was written as)
+        without journaling it again."""
+        if isinstance(rec, list):
+            rec = decode(rec)
+        key = rec.key
+        if type(rec) is KvSet:
+            self.data[key] = rec.value
+            self._expire_at(key, rec.deadline)
+        elif type(rec) is KvDel:
             self.data.pop(key, None)
             self.expires.pop(key, None)
-        elif verb == "sadd":
+        elif type(rec) is KvSadd:
             current = self.data.get(key)
             if not isinstance(current, set):
                 current = self.data[key] = set()
-            current.update(op[3])
-        elif verb == "srem":
+            current.update(rec.members)
+        elif type(rec) is KvSrem:
             current = self.data.get(key)
             if isinstance(current, set):
-                current.difference_update(op[3])
-        elif verb == "exp":
-            if op[3] is None:
-                self.expires.pop(key, None)
-            else:
-                self.expires[key] = op[3]
-                heapq.heappush(self._heap, (op[3], key))
+                current.difference_update(rec.members)
+        elif type(rec) is KvExpire:
+            self._expire_at(key, rec.deadline)
         else:
-            raise ValueError(f"unknown KV op {verb!r} in the journal")
+            raise AOFCorrupt(f"{type(rec).__name__} is not a KV record")
+
+    def _expire_at(self, key: str, deadline: float | None) -> None:
+        if deadline is None:
+            self.expires.pop(key, None)
+        else:
+            self.expires[key] = deadline
+            heapq.heappush(self._heap, (deadline, key))
 
     def capture(self) -> list[list[Any]]:
         """Ops that rebuild the store as it is now (for a snapshot)."""
@@ -303,11 +305,11 @@ class KVStore:
         for key, value in self.data.items():
             deadline = self.expires.get(key)
             if isinstance(value, set):
-                ops.append(["K", "sadd", key, list(value)])
+                ops.append(encode(KvSadd(key, list(value))))
                 if deadline is not None:
-                    ops.append(["K", "exp", key, deadline])
+                    ops.append(encode(KvExpire(key, deadline)))
             else:
-                ops.append(["K", "set", key, value, deadline])
+                ops.append(encode(KvSet(key, value, deadline)))
         return ops
 
     def __len__(self) -> int:

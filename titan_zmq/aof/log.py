@@ -29,13 +29,13 @@ from typing import Any
 
 import msgpack
 
+from titan_zmq.aof.records import COMMIT
 from titan_zmq.errors import AOFCorrupt, JournalWriteError
 
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<II")
 MAX_RECORD = 1 << 31  # a length above this is damage, not data
-COMMIT = "C"
 FSYNC_POLICIES = ("always", "everysec", "no")
 
 _pack = msgpack.Packer(use_bin_type=True).pack

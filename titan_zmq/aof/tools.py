@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from titan_zmq.aof.journal import DataDir, journal_path, plan, snapshot_path, write_snapshot
+from titan_zmq.aof.journal import SNAPSHOT_FRAMING, DataDir, journal_path, plan, snapshot_path, write_snapshot
 from titan_zmq.aof.kv import KVStore
 from titan_zmq.aof.log import Damage, scan, truncate
 from titan_zmq.errors import TitanError
@@ -36,7 +36,7 @@ def _state() -> tuple[Any, Any]:
 
 def _snapshot_ops(apply: Callable[[list[Any]], None]) -> Callable[[list[Any]], None]:
     def on_op(op: list[Any]) -> None:
-        if op[0] not in ("H", "E"):
+        if op[0] not in SNAPSHOT_FRAMING:
             apply(op)
 
     return on_op
@@ -116,7 +116,7 @@ def _repair_file(kind: str, path: Path, damage: Damage, stamp: str, report: dict
     if kind == "snapshot":
         ops: list[list[Any]] = []
         res = scan(path, ops.append)
-        body = [op for op in ops if op[0] not in ("H", "E")]
+        body = [op for op in ops if op[0] not in SNAPSHOT_FRAMING]
         write_snapshot(path, body, int(path.stem.split("-")[1]))
         kept, kept_bytes = len(body), res.good_end
     else:

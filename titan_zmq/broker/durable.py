@@ -1,14 +1,10 @@
 """What of the broker's state the journal keeps, and how it comes back after a restart.
 
-Journal ops (msgpack arrays, see ``titan_zmq.aof.log``):
-
-``["A", spec, submitted_at]``   a job accepted (its wire spec)
-``["B", sha, content]``         a script or project blob, before the first job that needs it
-``["S", id, state, ...]``       a job's progress after a turn that changed it (``scheduler.state_op``)
-``["K", verb, key, ...]``       a KV write (``titan_zmq.aof.kv``)
-``["F", id]``                   an ended job forgotten (``max_finished_jobs``)
-``["L", lease]``                the last lease id issued (snapshots: leases never repeat)
-``["O", [id, ...]]``            ended jobs in the order they ended (snapshots: who is forgotten next)
+The records are the typed ones of ``titan_zmq.aof.records``: a job accepted (``Accepted``) with
+its content (``Blob``), its progress after each turn that changed it (``Progress``), edges added
+at run time (``Edge``), ended jobs forgotten (``Forgotten``); in snapshots, the last lease issued
+(``LastLease``) and the order jobs ended in (``EndOrder``); and the KV store's, the services'
+and the schedules' own records.
 
 Workers are not journaled: they announce themselves again. Jobs that were running come
 back as *orphans*: still running, on no connected worker, until their worker reconnects
@@ -18,10 +14,13 @@ passes and they are queued again with the attempt counted.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from titan_zmq.aof import records as R
 from titan_zmq.aof.kv import KVStore
 from titan_zmq.broker.scheduler import Entry, Scheduler, state_op
 from titan_zmq.errors import AOFCorrupt
@@ -45,28 +44,34 @@ class Restorer:
         self.seq = 0
         self.skipped = 0
         self.inputs: dict[str, dict[str, Any]] = {}  # journaled parents' results, by child
-        self._handlers = {
-            "A": self._accept, "B": self._blob, "S": self._state, "K": kv.apply, "F": self._forget,
-            "L": self._lease, "O": self._order, "E": self._edge,
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            R.Accepted: self._accept, R.Blob: self._blob, R.Progress: self._state, R.Forgotten: self._forget,
+            R.LastLease: self._lease, R.EndOrder: self._order, R.Edge: self._edge,
         }  # fmt: skip
+        for cls in R.KV_VERBS.values():
+            self._handlers[cls] = kv.apply
         if services is not None:
-            self._handlers["V"] = self._handlers["v"] = self._handlers["X"] = services.apply
+            for cls in (R.ServiceDeployed, R.ServiceStopped, R.ReplicaFailed):
+                self._handlers[cls] = services.apply
         if schedules is not None:
-            self._handlers["Y"] = self._handlers["y"] = self._handlers["Z"] = schedules.apply
+            for cls in (R.ScheduleAdded, R.ScheduleRemoved, R.ScheduleFired):
+                self._handlers[cls] = schedules.apply
 
     def apply(self, op: list[Any]) -> None:
-        handler = self._handlers.get(op[0])
+        """Replay one record read from the snapshot or the journal."""
+        rec = R.decode(op)
+        handler = self._handlers.get(type(rec))
         if handler is None:
-            raise AOFCorrupt(f"unknown journal operation {op[0]!r}; was this journal written by a newer titan_zmq?")
-        handler(op)
+            raise AOFCorrupt(f"a {type(rec).__name__} record ({op[0]!r}) has no place among a broker's state")
+        handler(rec)
 
-    def _accept(self, op: list[Any]) -> None:
+    def _accept(self, rec: R.Accepted) -> None:
         try:
-            job = Job.from_journal(op[1])
+            job = Job.from_journal(rec.spec)
         except (TypeError, AttributeError) as exc:
             raise AOFCorrupt(f"a journaled job does not fit this version's job fields: {exc}") from None
         sched = self.sched
-        entry = Entry(job, self.seq, op[2])
+        entry = Entry(job, self.seq, rec.submitted_at)
         self.seq += 1
         entry.state = JobState.PENDING
         sched.jobs[job.id] = entry
@@ -76,11 +81,11 @@ class Restorer:
             sched.dags.setdefault(job.dag, {})[job.id] = None
         sched.counters["submitted"] += 1
 
-    def _blob(self, op: list[Any]) -> None:
-        self.sched.blobs[op[1]] = [op[2], 0]
+    def _blob(self, rec: R.Blob) -> None:
+        self.sched.blobs[rec.sha] = [rec.content, 0]
 
-    def _forget(self, op: list[Any]) -> None:
-        jid = op[1]
+    def _forget(self, rec: R.Forgotten) -> None:
+        jid = rec.id
         finished = self.sched.finished
         if finished and finished[0] == jid:  # the usual case: the oldest ended job goes
             finished.popleft()
@@ -89,45 +94,43 @@ class Restorer:
         self.sched.forget(jid)
         self.inputs.pop(jid, None)
 
-    def _edge(self, op: list[Any]) -> None:
-        import dataclasses
+    def _edge(self, rec: R.Edge) -> None:
+        e = self.sched.jobs.get(rec.child)
+        if e is not None and rec.parent not in e.job.depends_on:
+            e.job = dataclasses.replace(e.job, depends_on=(*e.job.depends_on, rec.parent))
 
-        e = self.sched.jobs.get(op[2])
-        if e is not None and op[1] not in e.job.depends_on:
-            e.job = dataclasses.replace(e.job, depends_on=(*e.job.depends_on, op[1]))
+    def _lease(self, rec: R.LastLease) -> None:
+        self.max_lease = max(self.max_lease, int(rec.lease))
 
-    def _lease(self, op: list[Any]) -> None:
-        self.max_lease = max(self.max_lease, int(op[1]))
-
-    def _order(self, op: list[Any]) -> None:
+    def _order(self, rec: R.EndOrder) -> None:
         jobs = self.sched.jobs
         self.sched.finished.clear()
-        self.sched.finished.extend(j for j in op[1] if j in jobs)
+        self.sched.finished.extend(j for j in rec.ids if j in jobs)
 
-    def _state(self, op: list[Any]) -> None:
+    def _state(self, rec: R.Progress) -> None:
         sched = self.sched
-        if op[4] > self.max_lease:
-            self.max_lease = op[4]
-        e = sched.jobs.get(op[1])
-        if e is None:  # forgotten in the same turn (its F op came first)
+        if rec.lease > self.max_lease:
+            self.max_lease = rec.lease
+        e = sched.jobs.get(rec.id)
+        if e is None:  # forgotten in the same turn (its Forgotten record came first)
             self.skipped += 1
             return
         was_final = e.state in FINAL_STATES
-        (_, _, state, e.attempts, e.lease, e.worker_name, e.lost, e.misses, e.queued_at, e.started_at,
-         e.finished_at, e.not_before, e.pin, e.pin_soft, e.result, e.error, e.error_type, e.traceback,
-         e.exit_code, e.stdout, e.stderr) = op[:21]  # fmt: skip
-        e.state = _STATES[state]
-        inputs = op[21] if len(op) > 21 else None
-        if len(op) > 23:
-            e.level, e.fb_base = op[22], op[23]
-        if inputs:
-            self.inputs[e.job.id] = inputs
+        e.state = _STATES[rec.state]
+        e.attempts, e.lease, e.worker_name, e.lost, e.misses = rec.attempts, rec.lease, rec.worker, rec.lost, rec.misses
+        e.queued_at, e.started_at, e.finished_at = rec.queued_at, rec.started_at, rec.finished_at
+        e.not_before, e.pin, e.pin_soft = rec.not_before, rec.pin, rec.pin_soft  # not_before: wall time till finish()
+        e.result, e.error, e.error_type, e.traceback = rec.result, rec.error, rec.error_type, rec.traceback
+        e.exit_code, e.stdout, e.stderr = rec.exit_code, rec.stdout, rec.stderr
+        e.level, e.fb_base = rec.level, rec.fb_base
+        if rec.inputs:
+            self.inputs[e.job.id] = rec.inputs
         if e.state in FINAL_STATES and not was_final:
             if e.state is JobState.SUCCEEDED:
                 sched.counters["succeeded"] += 1
             elif e.state is not JobState.CANCELLED:
                 sched.counters["failed"] += 1
-            sched.finished.append(e.job.id)  # forgetting is journaled (F), never re-decided here
+            sched.finished.append(e.job.id)  # forgetting is journaled (Forgotten), never re-decided here
 
     def finish(self) -> dict[str, int]:
         """Queue what was queued, hold what was held, wait for the workers of what was running."""
@@ -211,11 +214,11 @@ def _capture(sched: Scheduler, kv: KVStore) -> list[list[Any]]:
     for e in sched.jobs.values():
         sha = e.job.blob
         if sha is not None and sha not in blobs_done and e.state not in FINAL_STATES and sha in sched.blobs:
-            ops.append(["B", sha, sched.blobs[sha][0]])
+            ops.append(R.encode(R.Blob(sha, sched.blobs[sha][0])))
             blobs_done.add(sha)
-        ops.append(["A", e.job.to_wire(), e.submitted_at])
+        ops.append(R.encode(R.Accepted(e.job.to_wire(), e.submitted_at)))
         ops.append(state_op(e, now, wall))
-    ops.append(["O", list(sched.finished)])
-    ops.append(["L", sched.last_lease])
+    ops.append(R.encode(R.EndOrder(list(sched.finished))))
+    ops.append(R.encode(R.LastLease(sched.last_lease)))
     ops.extend(kv.capture())
     return ops

@@ -10,8 +10,8 @@ After broker downtime, missed firings follow the schedule's ``catchup`` policy:
 * ``skip`` (the default): nothing runs for them; the next regular firing comes as usual;
 * ``once``: one run, at start-up, for the latest missed firing; then the regular ones.
 
-Journaled: ``["Y", name, cron, specs, catchup]`` added, ``["y", name]`` removed, and
-``["Z", name, fire_time]`` for each firing, so a restarted broker knows what already ran.
+Journaled (``aof.records``): ``ScheduleAdded``, ``ScheduleRemoved``, and ``ScheduleFired`` for
+each firing, so a restarted broker knows what already ran.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
+from titan_zmq.aof.records import ScheduleAdded, ScheduleFired, ScheduleRemoved, decode, encode
 from titan_zmq.errors import BrokerError, Conflict, JobError
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class ScheduleManager:
             raise JobError(f"schedule {name}: {cron!r} never fires (no such date); check the day and month fields")
         sched = Schedule(name, cron, specs, catchup, blobs or None, next_fire=first)
         self.schedules[name] = sched
-        self._log(["Y", name, cron, specs, catchup, blobs or None])
+        self._log(encode(ScheduleAdded(name, cron, specs, catchup, blobs or None)))
         log.info("schedule %s added: %r, next run %s", name, cron, time.ctime(sched.next_fire))
         return sched.describe()
 
@@ -122,7 +123,7 @@ class ScheduleManager:
         sched = self.schedules.pop(name, None)
         if sched is None:
             raise BrokerError(f"unknown schedule {name!r}; `titan schedule ls` lists them", "unknown_schedule")
-        self._log(["y", name])
+        self._log(encode(ScheduleRemoved(name)))
         return sched.describe()
 
     def describe_all(self) -> list[dict[str, Any]]:
@@ -151,7 +152,7 @@ class ScheduleManager:
             log.error("schedule %s could not submit its run for %s: %s", sched.name, time.ctime(fire), exc)
         sched.last_fire = fire
         sched.runs += 1
-        self._log(["Z", sched.name, fire])
+        self._log(encode(ScheduleFired(sched.name, fire)))
 
     def tick(self) -> float | None:
         """Submit what is due; return when the next firing is (unix time), if any."""
@@ -167,14 +168,17 @@ class ScheduleManager:
 
     # ---- journal ------------------------------------------------------------------------
 
-    def apply(self, op: list[Any]) -> None:
-        if op[0] == "Y":
-            self.schedules[op[1]] = Schedule(op[1], op[2], op[3], op[4], op[5] if len(op) > 5 else None)
-        elif op[0] == "y":
-            self.schedules.pop(op[1], None)
-        elif op[0] == "Z" and op[1] in self.schedules:
-            s = self.schedules[op[1]]
-            s.last_fire = max(s.last_fire, op[2])
+    def apply(self, rec: ScheduleAdded | ScheduleRemoved | ScheduleFired | list[Any]) -> None:
+        """Replay a journaled schedule record (or the array it was written as)."""
+        if isinstance(rec, list):
+            rec = decode(rec)
+        if isinstance(rec, ScheduleAdded):
+            self.schedules[rec.name] = Schedule(rec.name, rec.cron, rec.specs, rec.catchup, rec.blobs)
+        elif isinstance(rec, ScheduleRemoved):
+            self.schedules.pop(rec.name, None)
+        elif isinstance(rec, ScheduleFired) and rec.name in self.schedules:
+            s = self.schedules[rec.name]
+            s.last_fire = max(s.last_fire, rec.time)
             s.runs += 1
 
     def restored(self) -> None:
@@ -202,7 +206,7 @@ class ScheduleManager:
     def capture(self) -> list[list[Any]]:
         ops: list[list[Any]] = []
         for s in self.schedules.values():
-            ops.append(["Y", s.name, s.cron, s.specs, s.catchup, s.blobs])
+            ops.append(encode(ScheduleAdded(s.name, s.cron, s.specs, s.catchup, s.blobs)))
             if s.last_fire:
-                ops.append(["Z", s.name, s.last_fire])
+                ops.append(encode(ScheduleFired(s.name, s.last_fire)))
         return ops

@@ -7,9 +7,9 @@ when a crashed replica starts again (exponential backoff), and when a service is
 crash loop (``max_crashes`` within ``crash_window`` seconds: ``failed``, with the reason).
 A replica is ``running`` only once its worker reports its health check passed.
 
-Service definitions are journaled (``["V", spec]`` deployed, ``["v", name]`` stopped, ``["X",
-name, replica, why]`` failed), so a restarted broker keeps them, adopts replicas that workers
-report still running, and does not start a failed replica again.
+Service definitions are journaled (``aof.records``: ``ServiceDeployed``, ``ServiceStopped``,
+``ReplicaFailed``), so a restarted broker keeps them, adopts replicas that workers report still
+running, and does not start a failed replica again.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from titan_zmq.aof.records import ReplicaFailed, ServiceDeployed, ServiceStopped, decode, encode
 from titan_zmq.broker.scheduler import Scheduler, WorkerInfo
 from titan_zmq.config import SERVICE_PORTS
-from titan_zmq.errors import BrokerError, Conflict, JobError
+from titan_zmq.errors import BrokerError, Conflict, JobError, UnknownService
 from titan_zmq.job import check_tags
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ class ServiceManager:
         svc = Service(spec, blob)
         self.services[spec.name] = svc
         self.changed = True
-        self._log(["V", spec.to_wire(), blob])
+        self._log(encode(ServiceDeployed(spec.to_wire(), blob)))
         self.events.append({"service": spec.name, "state": "deployed", "replicas": spec.replicas})
         log.info("service %s deployed: %d replica(s) of %s %r", spec.name, spec.replicas, spec.kind, spec.target)
         return self.record(svc)
@@ -231,7 +232,7 @@ class ServiceManager:
     def stop(self, name: str) -> dict[str, Any]:
         svc = self.services.get(name)
         if svc is None:
-            raise BrokerError(f"unknown service {name!r}; `titan services` lists them", "unknown_service")
+            raise UnknownService(f"unknown service {name!r}; `titan services` lists them")
         svc.stopping = True
         for r in svc.replicas:
             if r.worker is not None and r.state in ("starting", "running"):
@@ -239,7 +240,7 @@ class ServiceManager:
                 r.state = "stopping"
             elif r.state != "stopping":
                 r.state = "stopped"
-        self._log(["v", name])
+        self._log(encode(ServiceStopped(name)))
         self.events.append({"service": name, "state": "stopping"})
         self._maybe_gone(svc)
         return self.record(svc)
@@ -256,7 +257,7 @@ class ServiceManager:
     def address(self, name: str) -> str:
         svc = self.services.get(name)
         if svc is None or svc.stopping:
-            raise BrokerError(f"unknown service {name!r}; `titan services` lists them", "unknown_service")
+            raise UnknownService(f"unknown service {name!r}; `titan services` lists them")
         for r in svc.replicas:
             if r.state == "running":
                 return f"{r.host}:{r.port}"
@@ -405,7 +406,7 @@ class ServiceManager:
 
     def _failed(self, svc: Service, r: Replica, why: str) -> None:
         r.state, r.worker, r.error = "failed", None, why
-        self._log(["X", svc.spec.name, r.id, why])  # a restarted broker must not start it again
+        self._log(encode(ReplicaFailed(svc.spec.name, r.id, why)))  # a restarted broker must not start it again
         self.events.append({"service": svc.spec.name, "replica": r.id, "state": "failed", "reason": why})
         log.error("service replica %s failed: %s", r.id, why)
 
@@ -465,27 +466,29 @@ class ServiceManager:
         if name is not None:
             svc = self.services.get(name)
             if svc is None:
-                raise BrokerError(f"unknown service {name!r}; `titan services` lists them", "unknown_service")
+                raise UnknownService(f"unknown service {name!r}; `titan services` lists them")
             return [self.record(svc)]
         return [self.record(s) for s in self.services.values()]
 
-    def apply(self, op: list[Any]) -> None:
-        """Replay a journaled service op."""
-        if op[0] == "V":
-            spec = ServiceSpec.from_wire(op[1])
-            self.services[spec.name] = Service(spec, op[2])
-        elif op[0] == "v":
-            self.services.pop(op[1], None)
-        elif op[0] == "X":
-            svc = self.services.get(op[1])
-            r = next((x for x in svc.replicas if x.id == op[2]), None) if svc is not None else None
+    def apply(self, rec: ServiceDeployed | ServiceStopped | ReplicaFailed | list[Any]) -> None:
+        """Replay a journaled service record (or the array it was written as)."""
+        if isinstance(rec, list):
+            rec = decode(rec)
+        if isinstance(rec, ServiceDeployed):
+            spec = ServiceSpec.from_wire(rec.spec)
+            self.services[spec.name] = Service(spec, rec.blob)
+        elif isinstance(rec, ServiceStopped):
+            self.services.pop(rec.name, None)
+        elif isinstance(rec, ReplicaFailed):
+            svc = self.services.get(rec.service)
+            r = next((x for x in svc.replicas if x.id == rec.replica), None) if svc is not None else None
             if r is not None:
-                r.state, r.error = "failed", op[3]
+                r.state, r.error = "failed", rec.error
 
     def capture(self) -> list[list[Any]]:
         ops: list[list[Any]] = []
         for s in self.services.values():
             if not s.stopping:
-                ops.append(["V", s.spec.to_wire(), s.blob])
-                ops.extend(["X", s.spec.name, r.id, r.error] for r in s.replicas if r.state == "failed")
+                ops.append(encode(ServiceDeployed(s.spec.to_wire(), s.blob)))
+                ops.extend(encode(ReplicaFailed(s.spec.name, r.id, r.error)) for r in s.replicas if r.state == "failed")
         return ops

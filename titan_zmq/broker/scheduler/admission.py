@@ -11,6 +11,7 @@ import hashlib
 from collections import deque
 from typing import Any
 
+from titan_zmq.aof.records import Accepted, Blob, encode
 from titan_zmq.broker.scheduler.state import Entry, Part
 from titan_zmq.errors import Conflict, JobError, LimitExceeded
 from titan_zmq.job import Job
@@ -27,7 +28,7 @@ def is_plain(job: Job) -> bool:
 
 def accepted_op(job: Job, wall: float) -> list[Any]:
     """The journal op of an accepted job."""
-    return ["A", job.to_wire(), wall]
+    return encode(Accepted(job.to_wire(), wall))
 
 
 class Admission(Part):
@@ -177,7 +178,7 @@ class Admission(Part):
         st.jobs[job.id] = entry
         if st.ops is not None:
             if job.blob is not None and job.blob not in st.blobs:
-                st.journal(["B", job.blob, blobs[job.blob]])
+                st.journal(encode(Blob(job.blob, blobs[job.blob])))
             st.journal(accepted_op(job, entry.submitted_at))
         st.touch(entry)
         if job.idempotency_key is not None:

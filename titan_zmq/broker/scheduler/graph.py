@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from titan_zmq.aof.records import Edge, encode
 from titan_zmq.broker.scheduler.state import Entry, Part
 from titan_zmq.errors import Conflict, ExprError, JobError, UnknownJob
 from titan_zmq.job import FINAL_STATES, JobState
@@ -147,7 +148,7 @@ class Graph(Part):
                 anc = st.jobs.get(jid)
                 if anc is not None:
                     work.extend(anc.job.depends_on)
-        st.journal(["E", parent, child])
+        st.journal(encode(Edge(parent, child)))
         self._edge(p, c)
         return st.records.record(c)
 

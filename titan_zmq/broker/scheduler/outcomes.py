@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from titan_zmq.aof.records import Forgotten, encode
 from titan_zmq.broker.scheduler.state import Entry, Part, WorkerInfo, fmt_tags
 from titan_zmq.job import FINAL_STATES, OUTCOMES, JobState, Outcome, backoff_delay
 
@@ -261,7 +262,7 @@ class Outcomes(Part):
         old = st.jobs.pop(jid, None)
         if old is None:
             return
-        st.journal(["F", jid])
+        st.journal(encode(Forgotten(jid)))
         key = old.job.idempotency_key
         if key is not None and st.idempotency.get(key) == jid:
             del st.idempotency[key]

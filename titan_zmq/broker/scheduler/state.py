@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from titan_zmq.aof.records import Progress, encode
 from titan_zmq.errors import UnknownJob
 from titan_zmq.job import Job, JobState
 
@@ -111,13 +112,13 @@ class Entry:
 
 
 def state_op(e: Entry, now: float, wall: float) -> list[Any]:
-    """The journal op that restores ``e``'s progress (``["S", id, ...]``; see ``broker.durable``)."""
+    """The journal op that restores ``e``'s progress (a :class:`~titan_zmq.aof.records.Progress`)."""
     nb = wall + (e.not_before - now) if e.not_before else 0.0
-    return [
-        "S", e.job.id, e.state.value, e.attempts, e.lease, e.worker_name, e.lost, e.misses,
+    return encode(Progress(
+        e.job.id, e.state.value, e.attempts, e.lease, e.worker_name, e.lost, e.misses,
         e.queued_at, e.started_at, e.finished_at, nb, e.pin, e.pin_soft,
         e.result, e.error, e.error_type, e.traceback, e.exit_code, e.stdout, e.stderr, e.inputs, e.level, e.fb_base,
-    ]  # fmt: skip
+    ))  # fmt: skip
 
 
 @dataclass
