@@ -98,19 +98,7 @@ class ServiceSpec:
             isinstance(health, str) and health.startswith("http:/") and not any(c.isspace() for c in health)
         ):
             raise _bad(f"service {name}: health must be 'tcp' or 'http:/path' (no spaces), got {health!r}")
-        nums: dict[str, Any] = {}
-        bounds = (("replicas", 1, 1000, True), ("max_crashes", 1, 1000, True), ("crash_window", 0.1, 86400.0, False),
-                  ("backoff", 0.0, 3600.0, False), ("grace", 0.0, 3600.0, False),
-                  ("start_timeout", 0.1, 86400.0, False))  # fmt: skip
-        for key, lo, hi, integer in bounds:
-            v = d.get(key)
-            if v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-                raise _bad(f"service {name}: '{key}' must be a {'whole ' if integer else ''}number, got {v!r}")
-            if not lo <= v <= hi:
-                raise _bad(f"service {name}: '{key}' must be between {lo:g} and {hi:g}, got {v}")
-            nums[key] = v
+        nums = _numbers(d, name)
         try:
             requires = check_tags(d.get("requires") or [], "requires")
         except JobError as exc:
@@ -353,15 +341,7 @@ class ServiceManager:
             return
         self.changed = True
         if state in ("starting", "running"):
-            r.worker, r.worker_name, r.host = w.ident, w.name, w.address or w.host
-            r.port = st.get("port") or r.port
-            r.pid = st.get("pid")
-            if state == "running" and r.state != "running":
-                r.state, r.started_at = "running", self.wall()
-                self.events.append({"service": svc.spec.name, "replica": r.id, "state": "running",
-                                    "address": f"{r.host}:{r.port}", "pid": r.pid})  # fmt: skip
-            elif state == "starting" and svc.stopping:
-                self.stop_ids.setdefault(w.ident, []).append((r.id, svc.spec.grace))
+            self._alive(w, svc, r, st)
             return
         if svc.stopping:
             r.state, r.worker = "stopped", None
@@ -380,8 +360,25 @@ class ServiceManager:
         if state == "start_failed":
             self._failed(svc, r, str(st.get("error") or state))
             return
-        # exited, or its given port was taken (it may be in TIME_WAIT): a crash. Again after a
-        # backoff, unless it crashes in a loop.
+        self._crashed(svc, r, st)
+
+    def _alive(self, w: WorkerInfo, svc: Service, r: Replica, st: dict[str, Any]) -> None:
+        """Its worker says the replica is starting or running (health check passed) there."""
+        r.worker, r.worker_name, r.host = w.ident, w.name, w.address or w.host
+        r.port = st.get("port") or r.port
+        r.pid = st.get("pid")
+        state = st.get("state")
+        if state == "running" and r.state != "running":
+            r.state, r.started_at = "running", self.wall()
+            self.events.append({"service": svc.spec.name, "replica": r.id, "state": "running",
+                                "address": f"{r.host}:{r.port}", "pid": r.pid})  # fmt: skip
+        elif state == "starting" and svc.stopping:
+            self.stop_ids.setdefault(w.ident, []).append((r.id, svc.spec.grace))
+
+    def _crashed(self, svc: Service, r: Replica, st: dict[str, Any]) -> None:
+        """The replica exited, or its given port was taken (it may be in TIME_WAIT): a crash. It
+        starts again after a backoff, unless it crashes in a loop."""
+        state = st.get("state")
         now = self.clock()
         r.exit_code = st.get("exit_code")
         r.crashes.append(now)
@@ -492,3 +489,21 @@ class ServiceManager:
                 ops.append(encode(ServiceDeployed(s.spec.to_wire(), s.blob)))
                 ops.extend(encode(ReplicaFailed(s.spec.name, r.id, r.error)) for r in s.replicas if r.state == "failed")
         return ops
+
+
+def _numbers(d: dict[str, Any], name: str) -> dict[str, Any]:
+    """A service spec's numeric settings that are given, each checked against its bounds."""
+    nums: dict[str, Any] = {}
+    bounds = (("replicas", 1, 1000, True), ("max_crashes", 1, 1000, True), ("crash_window", 0.1, 86400.0, False),
+              ("backoff", 0.0, 3600.0, False), ("grace", 0.0, 3600.0, False),
+              ("start_timeout", 0.1, 86400.0, False))  # fmt: skip
+    for key, lo, hi, integer in bounds:
+        v = d.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            raise _bad(f"service {name}: '{key}' must be a {'whole ' if integer else ''}number, got {v!r}")
+        if not lo <= v <= hi:
+            raise _bad(f"service {name}: '{key}' must be between {lo:g} and {hi:g}, got {v}")
+        nums[key] = v
+    return nums
