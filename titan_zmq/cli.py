@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from titan_zmq import __version__, serve_cli
-from titan_zmq.aof import cli as aof_cli
+from titan_zmq.broker import aof_cli
 from titan_zmq.client import commands as client_cli
 from titan_zmq.client import job_commands as job_cli
 from titan_zmq.errors import ConfigError, JobFailed, TitanError

@@ -1,4 +1,8 @@
-"""Offline tools on a data directory: check, repair, compact (``titan aof ...``)."""
+"""Offline tools on a data directory: check, repair, compact (``titan aof ...``).
+
+They read and write records and know nothing of what the records mean: the broker's side
+(``broker.offline``) rebuilds state from them through the callbacks it passes in.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from titan_zmq.aof.journal import SNAPSHOT_FRAMING, DataDir, journal_path, plan, snapshot_path, write_snapshot
-from titan_zmq.aof.kv import KVStore
 from titan_zmq.aof.log import Damage, scan, truncate
 from titan_zmq.errors import TitanError
 
@@ -25,15 +28,6 @@ def _files(root: Path) -> list[tuple[str, Path]]:
     return files
 
 
-def _state() -> tuple[Any, Any]:
-    from titan_zmq.broker.durable import Restorer
-    from titan_zmq.broker.scheduler import Scheduler
-
-    sched = Scheduler()
-    kv = KVStore()
-    return sched, Restorer(sched, kv, orphan_wait=0.0)
-
-
 def _snapshot_ops(apply: Callable[[list[Any]], None]) -> Callable[[list[Any]], None]:
     def on_op(op: list[Any]) -> None:
         if op[0] not in SNAPSHOT_FRAMING:
@@ -42,9 +36,9 @@ def _snapshot_ops(apply: Callable[[list[Any]], None]) -> Callable[[list[Any]], N
     return on_op
 
 
-def check(root: Path) -> dict[str, Any]:
-    """Read every file as a start would (without changing anything); report what is there and any damage."""
-    sched, restorer = _state()
+def check(root: Path, apply: Callable[[list[Any]], None] | None = None) -> dict[str, Any]:
+    """Read every file as a start would (without changing anything); report what is there and any
+    damage. ``apply`` receives each state record (the broker's offline tools rebuild state with it)."""
     out: dict[str, Any] = {"dir": str(root), "files": [], "damage": None, "ok": True}
     stopped = False
     files = _files(root)
@@ -54,7 +48,8 @@ def check(root: Path) -> dict[str, Any]:
         if stopped:
             entry["skipped"] = "after the damage"
             continue
-        res = scan(path, restorer.apply if kind == "journal" else _snapshot_ops(restorer.apply))
+        on_op = apply if kind == "journal" or apply is None else _snapshot_ops(apply)
+        res = scan(path, on_op)
         entry.update(records=res.records, batches=res.batches)
         if res.damage is not None:
             last = i == len(files) - 1
@@ -67,11 +62,6 @@ def check(root: Path) -> dict[str, Any]:
             }  # fmt: skip
             out["ok"] = False
             stopped = True
-    states: dict[str, int] = {}
-    for e in sched.jobs.values():
-        states[e.state.value] = states.get(e.state.value, 0) + 1
-    out["jobs"] = states
-    out["kv_keys"] = len(restorer.kv)
     out["records"] = sum(f.get("records", 0) for f in out["files"])
     return out
 
@@ -128,26 +118,23 @@ def _repair_file(kind: str, path: Path, damage: Damage, stamp: str, report: dict
     report["dropped_bytes"] += damage.dropped
 
 
-def compact(root: Path) -> dict[str, Any]:
-    """Replace snapshot and journals by one snapshot of the live state (the broker must be stopped)."""
-    from titan_zmq.broker.durable import capture
-
+def compact(
+    root: Path, apply: Callable[[list[Any]], None], snapshot: Callable[[], list[list[Any]]]
+) -> dict[str, Any]:
+    """Replace snapshot and journals by one snapshot (the broker must be stopped): every record is
+    fed to ``apply``, then ``snapshot()`` gives the records of the live state to write."""
     data = DataDir(root)
     data.lock()
     try:
         before = sum(p.stat().st_size for _, p in _files(root))
-        sched, restorer = _state()
         t0 = time.perf_counter()
-        report = data.load(restorer.apply)
-        restorer.finish()
-        ops = capture(sched, restorer.kv)
+        report = data.load(apply)
+        ops = snapshot()
         data.compact(ops, background=False)
         after = sum(p.stat().st_size for _, p in _files(root))
         return {
             "dir": str(root), "generation": data.gen, "records_read": report.records, "ops_written": len(ops),
             "bytes_before": before, "bytes_after": after, "seconds": time.perf_counter() - t0,
-            "jobs": len(sched.jobs), "kv_keys": len(restorer.kv),
         }  # fmt: skip
     finally:
         data.close()
-

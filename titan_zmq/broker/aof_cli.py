@@ -38,7 +38,7 @@ def _human(n: float) -> str:
 
 
 def cmd_aof(args: argparse.Namespace) -> int:
-    from titan_zmq.aof import tools
+    from titan_zmq.broker import offline as tools
 
     if args.aof_command is None:
         print("titan aof: give an action: check, repair or compact (see titan aof --help)", file=sys.stderr)
