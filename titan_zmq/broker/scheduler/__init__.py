@@ -20,10 +20,6 @@ parts' own (bound once here, so a call costs no extra frame).
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable
-
 from titan_zmq.broker.scheduler.admission import Admission
 from titan_zmq.broker.scheduler.dispatch import Dispatch
 from titan_zmq.broker.scheduler.graph import Graph
@@ -39,25 +35,8 @@ __all__ = ["Effects", "Entry", "Scheduler", "State", "WorkerInfo", "state_op"]
 class Scheduler(State):
     """Jobs, queues and workers; the rules of dispatch, retry and failure."""
 
-    def __init__(
-        self,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
-        *,
-        heartbeat_interval: float = 0.5,
-        heartbeat_liveness: int = 5,
-        max_finished: int = 100_000,
-        max_lost: int = 3,
-        prefetch_below: float = 0.05,
-        max_dag_jobs: int = 100_000,
-        max_pending_per_client: int = 1_000_000,
-        rng: random.Random | None = None,
-    ) -> None:
-        super().__init__(
-            clock, wall, heartbeat_interval=heartbeat_interval, heartbeat_liveness=heartbeat_liveness,
-            max_finished=max_finished, max_lost=max_lost, prefetch_below=prefetch_below, max_dag_jobs=max_dag_jobs,
-            max_pending_per_client=max_pending_per_client, rng=rng,
-        )  # fmt: skip
+    def _wire(self) -> None:
+        """Make the parts and bind their public methods here (called by ``State.__init__``)."""
         self.admission = Admission(self)
         self.graph = Graph(self)
         self.timers = Timers(self)

@@ -281,6 +281,10 @@ class State:
         self.track_changes = True
         # When journaling (a data directory is set): this turn's ops other than job progress, in order.
         self.ops: list[list[Any]] | None = None
+        self._wire()
+
+    def _wire(self) -> None:
+        """Set the parts (the Scheduler does: a bare State has none)."""
 
     # ---- how a change leaves the scheduler ---------------------------------------------
 

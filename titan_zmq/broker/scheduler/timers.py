@@ -7,6 +7,7 @@ each is checked against its job when it comes due, never trusted blindly.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator
 from typing import Any
 
 from titan_zmq.broker.scheduler.state import Entry, Part, fmt_tags
@@ -50,22 +51,24 @@ class Timers(Part):
 
     # ---- timers coming due ----------------------------------------------------------------------
 
+    def _due(self, heap: list[Any], now: float) -> Iterator[tuple[Entry | None, Any]]:
+        """Pop the items of ``heap`` that are due by ``now``, each with its job (None if forgotten);
+        an item may be stale, so the caller checks the job is still in the state the item was for."""
+        jobs = self.st.jobs
+        while heap and heap[0][0] <= now:
+            item = heapq.heappop(heap)
+            yield jobs.get(item[2]), item
+
     def release_held(self) -> float | None:
         """Queue jobs whose delay or backoff is over, unpin and fall back what waited long enough;
         return when the next of those timers is due."""
         st = self.st
         now = st.clock()
-        unpin = st.unpin
-        while unpin and unpin[0][0] <= now:
-            _, _, jid = heapq.heappop(unpin)
-            entry = st.jobs.get(jid)
+        for entry, _ in self._due(st.unpin, now):
             if entry is not None and entry.state is JobState.QUEUED and entry.pin is not None and entry.pin_soft:
                 entry.pin = None  # waited long enough for its parent's worker: any eligible one will do
                 st.queues.enqueue(entry)
-        held = st.held
-        while held and held[0][0] <= now:
-            _, _, jid = heapq.heappop(held)
-            entry = st.jobs.get(jid)
+        for entry, _ in self._due(st.held, now):
             if (
                 entry is not None
                 and entry.state in (JobState.QUEUED, JobState.RETRYING)
@@ -73,26 +76,21 @@ class Timers(Part):
                 and entry.not_before <= now
             ):
                 st.queues.enqueue(entry)
-        waits = st.fb_waits
-        while waits and waits[0][0] <= now:
-            _, _, jid, level = heapq.heappop(waits)
-            entry = st.jobs.get(jid)
+        for entry, item in self._due(st.fb_waits, now):
+            level = item[3]
             if entry is None or entry.state is not JobState.QUEUED or entry.level != level:
                 continue
             req = entry.job.level(level)[0]
             if not any(req <= w.tags for w in st.workers.values()):
                 st.outcomes.fall_back(entry, f"no worker with tags {fmt_tags(req or {'cpu'})} within its wait")
-        nxt = [h[0][0] for h in (held, unpin, waits) if h]
+        nxt = [h[0][0] for h in (st.held, st.unpin, st.fb_waits) if h]
         return min(nxt) if nxt else None
 
     def expire_gates(self) -> None:
         """Reject approval gates whose time to answer is over."""
         st = self.st
         now = st.clock()
-        gates = st.gates
-        while gates and gates[0][0] <= now:
-            _, _, jid = heapq.heappop(gates)
-            e = st.jobs.get(jid)
+        for e, _ in self._due(st.gates, now):
             if e is not None and e.state is JobState.AWAITING and e.not_before and e.not_before <= now:
                 self._decided(e, False, "timeout", f"no decision within {e.job.timeout:g}s")
 
