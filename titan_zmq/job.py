@@ -148,7 +148,7 @@ class Job:
         "node", "affinity", "affinity_wait", "fallback", "wait", "when",
     )  # fmt: skip
 
-    def to_wire(self) -> dict[str, Any]:  # noqa: C901, RUF100 - one flat pass per job on the hot path; helpers cost a call per field
+    def to_wire(self) -> dict[str, Any]:  # noqa: C901 - one flat pass per job on the hot path; helpers cost a call per field
         """The job as a msgpack-ready map (only fields that differ from the defaults)."""
         d: dict[str, Any] = {"id": self.id, "kind": self.kind, "target": self.target}
         if self.args:
@@ -216,7 +216,7 @@ class Job:
         return _build(**kw)
 
     @classmethod
-    def from_wire(cls, d: Any) -> Job:  # noqa: C901, RUF100 - every submitted job's check, one flat pass; a call per field costs more
+    def from_wire(cls, d: Any) -> Job:  # noqa: C901 - every submitted job's check, one flat pass; a call per field costs more
         """Validate a job map from the wire; raise JobError naming the field at fault."""
         if not isinstance(d, dict):
             raise JobError(f"a job must be a map, got {type(d).__name__}")

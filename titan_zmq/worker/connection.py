@@ -411,7 +411,7 @@ class Worker:
             except Exception as exc:  # a job that needs it reports a cache miss and runs elsewhere
                 log.error("could not cache blob %s: %s", sha[:12], exc)
 
-    def handle(self, msg: P.Message) -> None:  # noqa: C901, RUF100 - one dispatch on message type; Assign (every job) inline
+    def handle(self, msg: P.Message) -> None:  # noqa: C901 - one dispatch on message type; Assign (every job) inline
         """One message from the broker."""
         if isinstance(msg, P.Assign):
             self._cache_blobs(msg.blobs)
