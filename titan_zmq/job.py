@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from titan_zmq.errors import JobError
+from titan_zmq.errors import ExprError, JobError
 
 
 class JobState(str, enum.Enum):
@@ -377,7 +377,7 @@ def _args(jid: str, kind: str, args: Any) -> list[Any]:
 def _when(jid: str, raw: Any, parents: list[str]) -> str | None:
     if raw is None:
         return None
-    from titan_zmq.expr import ExprError, parse
+    from titan_zmq.expr import parse
 
     if not parents:
         raise JobError(f"job {jid}: 'when' is a condition on parents' results, and it has no parents")
