@@ -13,7 +13,7 @@ from titan_zmq.aof import tools
 from titan_zmq.aof.journal import DataDir, journal_path, snapshot_path, write_snapshot
 from titan_zmq.aof.kv import KVStore
 from titan_zmq.aof.log import HEADER, AppendLog, frame, scan
-from titan_zmq.errors import AOFCorrupt, BrokerError, DataDirLocked, KVTypeError
+from titan_zmq.errors import AOFCorrupt, BrokerError, ConfigError, DataDirLocked, KVTypeError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,7 +61,7 @@ def test_every_policy_writes_each_commit_before_returning(tmp_path: Path, policy
 
 
 def test_bad_policy_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="always, everysec, no"):
+    with pytest.raises(ConfigError, match="always, everysec, no"):
         AppendLog(tmp_path / "j.aof", "sometimes")
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import msgpack
 
 from titan_zmq.aof.records import COMMIT
-from titan_zmq.errors import AOFCorrupt, JournalWriteError
+from titan_zmq.errors import AOFCorrupt, ConfigError, JournalWriteError
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class AppendLog:
 
     def __init__(self, path: Path, policy: str = "everysec") -> None:
         if policy not in FSYNC_POLICIES:
-            raise ValueError(f"fsync policy must be one of {', '.join(FSYNC_POLICIES)}, got {policy!r}")
+            raise ConfigError(f"fsync policy must be one of {', '.join(FSYNC_POLICIES)}, got {policy!r}")
         self.path = path
         self.policy = policy
         self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the log

@@ -223,8 +223,11 @@ class ForkedProcess:
 # ---- the server's side --------------------------------------------------------------------
 
 
-class _Become(Exception):
-    """Raised in a freshly forked child: unwinds the server's loop, then the child runs its script."""
+class _Become(BaseException):
+    """Raised in a freshly forked child: unwinds the server's loop, then the child runs its script.
+
+    Not an error, so not a TitanError: a control-flow signal that only ``main`` catches, and a
+    BaseException (like SystemExit) so that no handler of errors on the way can swallow it."""
 
     def __init__(self, req: dict[str, Any]) -> None:
         super().__init__()
