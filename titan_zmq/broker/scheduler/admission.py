@@ -156,7 +156,7 @@ class Admission(Part):
         table = st.jobs
         journaling = st.ops is not None
         journal, touch, own, watch = st.journal, st.touch, st.own, self._watch
-        enqueue = st.queues.enqueue_plain
+        push = st.queues.push
         for job in jobs:
             entry = Entry(job, next(seq), wall)
             table[job.id] = entry
@@ -168,7 +168,8 @@ class Admission(Part):
             if owner is not None:
                 own(entry, owner)
             entry.wire = shared
-            enqueue(entry, wall)
+            entry.queued_at = wall  # queued as it is accepted (the state an Entry starts in)
+            push(entry, (job.requires, None))
         st.counters["submitted"] += len(jobs)
 
     def accept(self, job: Job, blobs: dict[str, bytes], watcher: bytes | None, lean: bool = False) -> Entry:

@@ -54,14 +54,11 @@ class Dispatch(Part):
             st.timers.fallback_wait(entry, wait)
         if entry.pin is not None and entry.pin_soft:
             st.timers.unpin_after(entry, entry.job.affinity_wait)
-        self._push(entry, (requires, entry.pin))
+        self.push(entry, (requires, entry.pin))
 
-    def enqueue_plain(self, entry: Entry, wall: float) -> None:
-        """:meth:`enqueue` for a new plain job (queued, no gate, fallback or pin: see ``admission.is_plain``)."""
-        entry.queued_at = wall
-        self._push(entry, (entry.job.requires, None))
-
-    def _push(self, entry: Entry, key: QueueKey) -> None:
+    def push(self, entry: Entry, key: QueueKey) -> None:
+        """Put a queued job on its ready queue (what :meth:`enqueue` ends with; a new plain job,
+        already queued with no gate, fallback or pin, comes straight here)."""
         queues = self.st.queues_by_key
         q = queues.get(key)
         if q is None:
@@ -124,7 +121,9 @@ class Dispatch(Part):
             if best_key is None or best_item is None:
                 break
             heapq.heappop(queues[best_key])
-            w = self._place(st.jobs[best_item[2]], eligible[best_key], now_wall)
+            e, ws = st.jobs[best_item[2]], eligible[best_key]
+            w = ws[0] if len(ws) == 1 else least_loaded(ws, e.job.blob)
+            self.lease(e, w, now_wall)
             n += 1
             if w.free <= 0:
                 for lst in eligible.values():
@@ -133,23 +132,18 @@ class Dispatch(Part):
         st.counters["dispatched"] += n
         return n
 
-    def _place(self, e: Entry, ws: list[WorkerInfo], now_wall: float) -> WorkerInfo:
-        """Lease ``e`` to the least loaded of ``ws``; returns that worker."""
-        w = ws[0] if len(ws) == 1 else least_loaded(ws, e.job.blob)
-        self.lease(e, w, now_wall)
-        return w
-
     def _drain_queue(self, q: list[QueueItem], ws: list[WorkerInfo], now_wall: float) -> int:
         """What :meth:`dispatch` does when only queue ``q`` has free workers (``ws``) to go to: lease
         its jobs in order, each to the least loaded of them, until they are full or it is empty."""
         pop = heapq.heappop
-        live = self.live
+        live, lease = self.live, self.lease
         n = 0
         while ws and q:
             e = live(pop(q))
             if e is None:
                 continue
-            w = self._place(e, ws, now_wall)
+            w = ws[0] if len(ws) == 1 else least_loaded(ws, e.job.blob)
+            lease(e, w, now_wall)
             n += 1
             if w.free <= 0:
                 ws.remove(w)

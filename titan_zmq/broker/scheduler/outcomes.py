@@ -52,6 +52,7 @@ class Outcomes(Part):
         mine = this_lease and entry.state is JobState.RUNNING
         if entry.state in FINAL_STATES:
             if entry.state is JobState.CANCELLED and this_lease:
+                st.touch(entry)
                 self.set_output(entry, res)
             return jid
         if outcome == Outcome.RETURNED:
@@ -92,9 +93,10 @@ class Outcomes(Part):
         _started(entry, runtime, self.st.wall)
         self._success(w, entry, result)
 
-    def set_output(self, entry: Entry, res: dict[str, Any] | None) -> None:
-        """Record an attempt's exit code and output (none, for a bare success)."""
-        self.st.touch(entry)
+    @staticmethod
+    def set_output(entry: Entry, res: dict[str, Any] | None) -> None:
+        """Record an attempt's exit code and output (none, for a bare success); the caller goes on to
+        change the job's state, or touches it."""
         if res is None:
             entry.exit_code, entry.stdout, entry.stderr = None, "", ""
             return
@@ -205,7 +207,14 @@ class Outcomes(Part):
         """End a job: its final state, its watchers told, its children released or cancelled."""
         st = self.st
         st.touch(entry)
-        st.disown(entry)
+        owner = entry.owner
+        if owner is not None:  # it no longer counts against its client's limit
+            left = st.pending.get(owner, 1) - 1
+            if left > 0:
+                st.pending[owner] = left
+            else:
+                st.pending.pop(owner, None)
+            entry.owner = None
         entry.state = state
         entry.finished_at = st.wall()
         entry.not_before = 0.0
@@ -221,26 +230,23 @@ class Outcomes(Part):
                 if slot[1] <= 0:
                     del st.blobs[sha]
         if entry.watchers:
-            self._tell_watchers(entry)
+            fx = st.fx
+            full = None
+            ok = state is JobState.SUCCEEDED
+            for ident in entry.watchers:
+                if ok and ident == entry.lean:  # id and result only, for the map that asked for that
+                    fx.ok.setdefault(ident, []).append([entry.job.id, entry.result])
+                    continue
+                full = full or st.records.final_record(entry)
+                fx.done.setdefault(ident, []).append(full)
+            entry.watchers = None
+            entry.lean = None
         st.finished.append(entry.job.id)
         entry.inputs = None
         if propagate and entry.children:
             st.graph.release_children(entry)
         while len(st.finished) > st.max_finished:
             self.forget(st.finished.popleft())
-
-    def _tell_watchers(self, entry: Entry) -> None:
-        fx = self.st.fx
-        full = None
-        ok = entry.state is JobState.SUCCEEDED
-        for ident in entry.watchers or ():
-            if ok and ident == entry.lean:  # id and result only, for the map that asked for that
-                fx.ok.setdefault(ident, []).append([entry.job.id, entry.result])
-                continue
-            full = full or self.st.records.final_record(entry)
-            fx.done.setdefault(ident, []).append(full)
-        entry.watchers = None
-        entry.lean = None
 
     def cancel(self, jid: str) -> dict[str, Any]:
         """Cancel a job (its process tree is killed where it runs), or every unfinished job of a DAG."""

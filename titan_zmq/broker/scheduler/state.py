@@ -346,17 +346,6 @@ class State:
         entry.owner = owner
         self.pending[owner] = self.pending.get(owner, 0) + 1
 
-    def disown(self, entry: Entry) -> None:
-        """``entry`` ended: it no longer counts against its client's limit."""
-        owner = entry.owner
-        if owner is None:
-            return
-        left = self.pending.get(owner, 1) - 1
-        if left > 0:
-            self.pending[owner] = left
-        else:
-            self.pending.pop(owner, None)
-        entry.owner = None
 
 
 class Part:
