@@ -101,6 +101,12 @@ def test_the_tail_in_memory_and_the_whole_log_on_disk(tmp_path: Path) -> None:
         disk.start_broker()
         again = disk.client()
         assert [ln.text for ln in again.logs(h.id)][:2] == ["x 0", "x 1"]  # after a restart, from disk
+        # A log request names a job, never a path: a file outside the log folder is not found.
+        secret = tmp_path / "secret.log"
+        secret.write_text("1\t0\tstdout\tnot yours\n")
+        for bad in (str(tmp_path / "secret"), "../../secret", "../logs/../../secret"):
+            with pytest.raises(UnknownJob, match="no such job or service replica"):
+                list(again.logs(bad))
 
 
 def _next(sub: Any, want: str, timeout: float = 10) -> dict[str, Any]:

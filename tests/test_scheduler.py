@@ -695,6 +695,19 @@ def test_fallback_when_no_eligible_worker_appears_in_time(sched: Scheduler, cloc
     assert dispatch(sched) == {"cpu-box": ["train"]}
 
 
+def test_a_job_that_fell_back_never_runs_from_its_old_queue(sched: Scheduler, clock: FakeClock) -> None:
+    """Its item in the queue of its first level's tags goes stale when it falls back: a worker with
+    only the old tags that joins later must not get it (it would run without the tags it needs)."""
+    submit(sched, spec("train", requires=["gpu"], wait=5, fallback=[{"requires": ["special"]}]))
+    clock.advance(5.1)
+    sched.release_held()
+    assert sched.jobs["train"].level == 1
+    add_worker(sched, "gpu-box", slots=1, tags=["gpu"])
+    assert dispatch(sched) == {}  # not to the gpu worker: the job now needs "special"
+    add_worker(sched, "special-box", slots=1, tags=["special"])
+    assert dispatch(sched) == {"special-box": ["train"]}
+
+
 def test_fallback_after_failing_for_good(sched: Scheduler, clock: FakeClock) -> None:
     w = add_worker(sched, "box", slots=1, tags=["gpu"])
     submit(sched, spec("j", requires=["gpu"], retries=1, fallback=[{"requires": ["cpu"], "timeout": 30}]))

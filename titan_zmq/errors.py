@@ -73,6 +73,18 @@ class UnknownService(BrokerError):
     code = "unknown_service"
 
 
+class UnknownSchedule(BrokerError):
+    """No schedule with this name exists."""
+
+    code = "unknown_schedule"
+
+
+class NotRunning(BrokerError):
+    """A service has no running replica to give the address of (yet)."""
+
+    code = "not_running"
+
+
 class KVTypeError(BrokerError):
     """A KV operation met a value of the wrong type (``incr`` on a set, ``smembers`` on a string)."""
 

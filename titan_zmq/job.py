@@ -59,6 +59,11 @@ KINDS = ("call", "shell", "script", "archive", "approval")  # approval: target i
 FUTURE_KINDS = ("service",)
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+
+
+def is_job_id(value: object) -> bool:
+    """Whether ``value`` is a well-formed job id (1-128 letters, digits and ``_.:@-``, a letter or digit first)."""
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 _CALL_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=+-]{0,63}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")

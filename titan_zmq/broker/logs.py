@@ -15,6 +15,8 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
+from titan_zmq.job import is_job_id
+
 log = logging.getLogger(__name__)
 
 Line = tuple[int, float, str, str]  # seq, time, stream, text
@@ -37,7 +39,11 @@ class LogStore:
             root.mkdir(parents=True, exist_ok=True)
 
     def path(self, job_id: str) -> Path | None:
-        return None if self.root is None else self.root / f"{job_id}.log"
+        """The file that keeps ``job_id``'s whole log; None without a data directory, or for a string
+        that is no job id (an id from a request must never name a path outside the log folder)."""
+        if self.root is None or not is_job_id(job_id):
+            return None
+        return self.root / f"{job_id}.log"
 
     def add(self, entries: list[list[Any]], known: Any) -> dict[str, list[Line]]:
         """Store lines ``[job_id, time, stream, text]`` of jobs in ``known``; returns them numbered, by job."""

@@ -27,7 +27,7 @@ from typing import Any
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from titan_zmq.aof.records import ScheduleAdded, ScheduleFired, ScheduleRemoved, decode, encode
-from titan_zmq.errors import BrokerError, Conflict, JobError
+from titan_zmq.errors import Conflict, JobError, UnknownSchedule
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class ScheduleManager:
     def remove(self, name: str) -> dict[str, Any]:
         sched = self.schedules.pop(name, None)
         if sched is None:
-            raise BrokerError(f"unknown schedule {name!r}; `titan schedule ls` lists them", "unknown_schedule")
+            raise UnknownSchedule(f"unknown schedule {name!r}; `titan schedule ls` lists them")
         self._log(encode(ScheduleRemoved(name)))
         return sched.describe()
 

@@ -26,7 +26,7 @@ from typing import Any
 from titan_zmq.aof.records import ReplicaFailed, ServiceDeployed, ServiceStopped, decode, encode
 from titan_zmq.broker.scheduler import Scheduler, WorkerInfo
 from titan_zmq.config import SERVICE_PORTS
-from titan_zmq.errors import BrokerError, Conflict, JobError, UnknownService
+from titan_zmq.errors import Conflict, JobError, NotRunning, UnknownService
 from titan_zmq.job import check_tags
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ class ServiceManager:
             if r.state == "running":
                 return f"{r.host}:{r.port}"
         states = ", ".join(sorted({r.state for r in svc.replicas}))
-        raise BrokerError(f"service {name!r} has no running replica yet ({states})", "not_running")
+        raise NotRunning(f"service {name!r} has no running replica yet ({states})")
 
     # ---- placement ----------------------------------------------------------------------
 

@@ -29,7 +29,6 @@ from titan_zmq.client.kv import KV
 from titan_zmq.client.specs import SpecBuilder, zip_folder  # noqa: F401 - zip_folder re-exported
 from titan_zmq.config import parse_address, resolve_broker, tcp_endpoint
 from titan_zmq.errors import (
-    BrokerError,
     BrokerUnavailable,
     JobError,
     JobFailed,
@@ -336,7 +335,7 @@ class TitanClient(SpecBuilder):
         running = [r["address"] for r in rec["replicas"] if r["state"] == "running"]
         if not running:
             states = ", ".join(f"{r['id']} {r['state']}" for r in rec["replicas"])
-            raise BrokerError(f"service {name!r} has no running replica ({states})", "not_running")
+            raise errors.NotRunning(f"service {name!r} has no running replica ({states})")
         return str(running[0])
 
     def approve(self, job_id: str, note: str = "", by: str | None = None) -> JobRecord:

@@ -63,12 +63,14 @@ class Dispatch(Part):
         q = queues.get(key)
         if q is None:
             q = queues[key] = []
+        entry.queue = q
         heapq.heappush(q, (-entry.job.priority, entry.seq, entry.job.id))
 
-    def live(self, item: QueueItem) -> Entry | None:
-        """The job of a queue item, or None if the item is stale (cancelled, held or queued again since)."""
+    def live(self, item: QueueItem, q: list[QueueItem]) -> Entry | None:
+        """The job of an item of queue ``q``, or None if the item is stale: the job was cancelled, held,
+        or queued again since, maybe on another queue (a fallback's tags, a pin that ran out)."""
         e = self.st.jobs.get(item[2])
-        if e is None or e.state is not JobState.QUEUED or e.not_before or e.seq != item[1]:
+        if e is None or e.state is not JobState.QUEUED or e.not_before or e.seq != item[1] or e.queue is not q:
             return None
         return e
 
@@ -76,7 +78,7 @@ class Dispatch(Part):
         """The first live item of a queue, dropping stale ones."""
         while q:
             item = q[0]
-            if self.live(item) is not None:
+            if self.live(item, q) is not None:
                 return item
             heapq.heappop(q)
         return None
@@ -139,7 +141,7 @@ class Dispatch(Part):
         live, lease = self.live, self.lease
         n = 0
         while ws and q:
-            e = live(pop(q))
+            e = live(pop(q), q)
             if e is None:
                 continue
             w = ws[0] if len(ws) == 1 else least_loaded(ws, e.job.blob)

@@ -59,6 +59,7 @@ class Entry:
         "owner",
         "pin",
         "pin_soft",
+        "queue",
         "queued_at",
         "result",
         "seq",
@@ -109,6 +110,7 @@ class Entry:
         self.fb_base = 0  # attempts made before this level (retries count per level)
         # The wire map of every field but id and args, shared by the jobs of one template (None: to_wire()).
         self.wire: dict[str, Any] | None = None
+        self.queue: list[QueueItem] | None = None  # the ready queue it was last put on
 
 
 def state_op(e: Entry, now: float, wall: float) -> list[Any]:
