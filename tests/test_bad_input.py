@@ -124,11 +124,11 @@ BAD_CLIENT_MESSAGES = [
         "'priority' must be a number, got str",
     ),
     (
-        "unknown job kind",
+        "service node without its spec",
         [P.VERSION, P.SUBMIT, body(rid=13, jobs=[{"id": "svc", "kind": "service", "target": "x"}])],
         P.E_BAD_JOB,
         13,
-        "job kind 'service' is not supported by this version yet",
+        "a service node names its service in 'target' and gives its spec",
     ),
     (
         "bad call target",

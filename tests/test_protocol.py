@@ -358,9 +358,13 @@ def test_unknown_kind(kind: Any) -> None:
     bad(job(kind=kind), "job job-1: kind must be one of call, shell, script", repr(kind))
 
 
-@pytest.mark.parametrize("kind", ["service"])
-def test_future_kind_has_a_clear_message(kind: str) -> None:
-    bad(job(kind=kind), f"job kind '{kind}' is not supported by this version yet", "call, shell, script")
+def test_unknown_kind_names_the_kinds() -> None:
+    bad(job(kind="container"), "kind must be one of call, shell, script, archive, approval, service")
+
+
+@pytest.mark.parametrize("extra", [{}, {"kwargs": {"name": "other"}}, {"kwargs": {"name": "x"}, "args": ["a"]}])
+def test_a_service_node_names_its_service_and_gives_its_spec(extra: dict) -> None:
+    bad(job(kind="service", target="x", **extra), "a service node names its service in 'target'")
 
 
 @pytest.mark.parametrize("target", ["pkg.mod.fn", "pkg:", ":fn", "a:b:c", "1mod:fn", "mod:fn()", "mod: fn"])

@@ -55,8 +55,10 @@ class Outcome(str, enum.Enum):
 
 OUTCOMES = frozenset(o.value for o in Outcome)
 
-KINDS = ("call", "shell", "script", "archive", "approval")  # approval: target is the question asked
-FUTURE_KINDS = ("service",)
+# approval: runs nowhere, target is the question asked. service: a DAG node that deploys a service;
+# target is the service's name and kwargs its spec (as ``titan deploy`` sends it), checked by the broker.
+KINDS = ("call", "shell", "script", "archive", "approval", "service")
+RUN_NOWHERE = frozenset({"approval", "service"})  # kinds that are never leased to a worker
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 
@@ -235,8 +237,6 @@ class Job:
                 "starting with a letter or digit"
             )
         kind = d.get("kind")
-        if kind in FUTURE_KINDS:
-            raise JobError(f"job kind '{kind}' is not supported by this version yet; use one of {', '.join(KINDS)}")
         if kind not in KINDS:
             raise JobError(f"job {jid}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
         target = d.get("target")
@@ -250,7 +250,11 @@ class Job:
         kwargs = d.get("kwargs") or {}
         if not isinstance(kwargs, dict) or (kwargs and not all(isinstance(k, str) for k in kwargs)):
             raise JobError(f"job {jid}: 'kwargs' must be a map with string keys")
-        if kwargs and kind != "call":
+        if kind == "service":
+            if kwargs.get("name") != target or args:
+                raise JobError(f"job {jid}: a service node names its service in 'target' and gives its spec "
+                               "(with the same 'name') in 'kwargs', and takes no 'args'")  # fmt: skip
+        elif kwargs and kind != "call":
             raise JobError(f"job {jid}: only call jobs take 'kwargs'; pass arguments to a {kind} job in 'args'")
         env = d.get("env") or {}
         if not isinstance(env, dict) or (

@@ -160,6 +160,10 @@ class Restorer:
             if st is JobState.AWAITING:  # a gate: still waiting for its person, its deadline kept
                 sched.timers.await_gate(e, max(0.001, nb_wall - wall) if nb_wall else None)
                 counts["queued"] += 1
+            elif st is JobState.RUNNING and e.job.kind == "service":
+                if sched.service_nodes is not None:  # its service came back from the journal: wait for it again
+                    sched.service_nodes.start(e)
+                counts["queued"] += 1
             elif st is JobState.RUNNING:
                 e.worker = None
                 sched.orphans[e.job.id] = now + self.orphan_wait

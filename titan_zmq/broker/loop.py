@@ -35,6 +35,7 @@ from titan_zmq.broker.handlers import ClientRequests, WorkerMessages
 from titan_zmq.broker.logs import LogStore
 from titan_zmq.broker.scheduler import Entry, Scheduler
 from titan_zmq.broker.schedules import ScheduleManager
+from titan_zmq.broker.service_nodes import ServiceNodes
 from titan_zmq.broker.services import ServiceManager
 from titan_zmq.broker.stats import StatsFeed
 from titan_zmq.config import BrokerConfig, tcp_endpoint
@@ -71,6 +72,7 @@ class Broker:
         self.services = ServiceManager(self.sched)
         self.schedules = ScheduleManager(lambda specs, blobs: self.sched.submit(specs, blobs))
         self.sched.gone_hooks.append(self.services.worker_gone)
+        ServiceNodes(self.sched, self.services)  # DAG nodes that deploy services
         self.data: DataDir | None = None
         self.loaded: LoadReport | None = None
         if cfg.data_dir:

@@ -173,6 +173,7 @@ class ServiceManager:
         self.hold_until = 0.0  # after a restart: no placement until workers had time to report their replicas
         self.changed = True  # something placement depends on changed since the last try
         self._next_place = 0.0
+        self.on_change: Callable[[Service], None] | None = None  # told when a replica runs or fails
 
     def _log(self, op: list[Any]) -> None:
         if self.journal is not None:
@@ -372,6 +373,8 @@ class ServiceManager:
             r.state, r.started_at = "running", self.wall()
             self.events.append({"service": svc.spec.name, "replica": r.id, "state": "running",
                                 "address": f"{r.host}:{r.port}", "pid": r.pid})  # fmt: skip
+            if self.on_change is not None:
+                self.on_change(svc)
         elif state == "starting" and svc.stopping:
             self.stop_ids.setdefault(w.ident, []).append((r.id, svc.spec.grace))
 
@@ -406,6 +409,8 @@ class ServiceManager:
         self._log(encode(ReplicaFailed(svc.spec.name, r.id, why)))  # a restarted broker must not start it again
         self.events.append({"service": svc.spec.name, "replica": r.id, "state": "failed", "reason": why})
         log.error("service replica %s failed: %s", r.id, why)
+        if self.on_change is not None:
+            self.on_change(svc)
 
     def worker_ready(self, w: WorkerInfo, running: list[str]) -> None:
         """A worker (re)joined: adopt the replicas it runs; replicas it lost start again."""

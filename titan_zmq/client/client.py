@@ -295,17 +295,7 @@ class TitanClient(SpecBuilder):
         ``env``, ``max_crashes``/``crash_window`` (crash loop), ``backoff``, ``grace`` (stop).
         With ``wait``, blocks until every replica passed its health check (ServiceFailed if one
         failed, WaitTimeout after ``wait`` seconds). Returns the service's record."""
-        job = self.build(shell=shell, script=script, project=project, args=args)
-        spec: dict[str, Any] = {"name": name, "kind": job["kind"], "target": job["target"]}
-        for key in ("args", "blob"):
-            if key in job:
-                spec[key] = job[key]
-        for key, value in options.items():
-            if value is not None:
-                spec[key] = sorted(value) if key == "requires" and not isinstance(value, str) else value
-        if isinstance(spec.get("requires"), str):
-            spec["requires"] = [t.strip() for t in spec["requires"].split(",") if t.strip()]
-        blobs = {spec["blob"]: self._blobs[spec["blob"]]} if "blob" in spec else {}
+        spec, blobs = self.service_spec(name, shell=shell, script=script, project=project, args=args, **options)
         rec: dict[str, Any] = self.request(P.Deploy, spec=spec, blobs=blobs)
         if wait is None:
             return rec
@@ -320,6 +310,33 @@ class TitanClient(SpecBuilder):
             time.sleep(0.1)
             rec = self.services(name)[0]
         return rec
+
+    def service_spec(
+        self, name: str, *, shell: str | None = None, script: str | Path | None = None,
+        project: str | Path | None = None, args: Iterable[Any] | None = None, **options: Any,
+    ) -> tuple[dict[str, Any], dict[str, bytes]]:  # fmt: skip
+        """A service's wire spec and the content it needs, as :meth:`deploy` and a DAG's service
+        node (``Dag.deploy``) send them."""
+        job = self.build(shell=shell, script=script, project=project, args=args)
+        spec: dict[str, Any] = {"name": name, "kind": job["kind"], "target": job["target"]}
+        for key in ("args", "blob"):
+            if key in job:
+                spec[key] = job[key]
+        for key, value in options.items():
+            if value is not None:
+                spec[key] = sorted(value) if key == "requires" and not isinstance(value, str) else value
+        if isinstance(spec.get("requires"), str):
+            spec["requires"] = [t.strip() for t in spec["requires"].split(",") if t.strip()]
+        blobs = {spec["blob"]: self._blobs[spec["blob"]]} if "blob" in spec else {}
+        return spec, blobs
+
+    def service_node(self, node_id: str, name: str, **deploy: Any) -> dict[str, Any]:
+        """The job spec of a DAG node that deploys service ``name`` (see ``Dag.deploy``)."""
+        spec, _ = self.service_spec(name, **deploy)
+        node: dict[str, Any] = {"id": node_id, "kind": "service", "target": name, "kwargs": spec}
+        if "blob" in spec:
+            node["blob"] = spec["blob"]  # its content travels with the DAG's submission
+        return node
 
     def services(self, name: str | None = None) -> list[dict[str, Any]]:
         """Every service (or the one named): state, replicas with host, port, pid, restarts, uptime."""

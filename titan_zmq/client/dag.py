@@ -60,6 +60,36 @@ class Dag:
         self.nodes.append(node)
         return jid
 
+    def deploy(
+        self,
+        name: str,
+        *,
+        shell: str | None = None,
+        script: str | Path | None = None,
+        project: str | Path | None = None,
+        args: Iterable[Any] | None = None,
+        after: Iterable[str] = (),
+        id: str | None = None,
+        on_failure: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Add a service node: once the jobs in ``after`` succeeded, the service ``name`` is deployed
+        (options as for ``TitanClient.deploy``: ``port``, ``health``, ``replicas``, ``requires``...);
+        the node succeeds when every replica passed its health check (its result is the service's
+        address), and its children run then. The service keeps running after the DAG ends, until
+        ``titan stop``. It fails like a job when the service cannot become healthy."""
+        jid = id or f"{self.id}.{name}"
+        if jid in self._ids:
+            raise JobError(f"job id {jid!r} is used twice in DAG {self.id}")
+        self._ids.add(jid)
+        svc = {"name": name, "shell": shell, "script": script, "project": project, "args": args, **options}
+        node: dict[str, Any] = {"call": None, "shell": None, "script": None, "id": jid, "options": {},
+                                "deploy": svc, "after": list(after)}  # fmt: skip
+        if on_failure is not None:
+            node["on_failure"] = on_failure
+        self.nodes.append(node)
+        return jid
+
     def instance(self, run_id: str | None = None) -> Dag:
         """A copy for one run: DAG id ``run_id`` and every job id prefixed with ``run_id.``.
 
@@ -80,8 +110,11 @@ class Dag:
         """The job specs as the broker takes them."""
         out = []
         for node in self.nodes:
-            spec = client.build(node["call"], shell=node["shell"], script=node["script"], id=node["id"],
-                                **node["options"])  # fmt: skip
+            if "deploy" in node:
+                spec = client.service_node(node["id"], **node["deploy"])
+            else:
+                spec = client.build(node["call"], shell=node["shell"], script=node["script"], id=node["id"],
+                                    **node["options"])  # fmt: skip
             if node["after"]:
                 spec["depends_on"] = node["after"]
             if "on_failure" in node:

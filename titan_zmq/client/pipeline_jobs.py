@@ -1,13 +1,21 @@
 """The jobs of a YAML pipeline, in either format, as the options ``Dag.add`` takes.
 
 :func:`own_job` reads a job of our own format (a job, a service or an approval gate),
-:func:`titan_job` one of the Titan format; both put the job's parents in ``after`` and a
-service's own settings in ``service``. See ``pipeline.py`` for the formats.
+:func:`titan_job` one of the Titan format; both put the job's parents in ``after``, a service's
+``Dag.deploy`` keywords in ``service``, and an approval asked before or after the job in ``gate``
+(``{"message", "placement", "timeout"}``). See ``pipeline.py`` for the formats.
+
+The Titan format is read as the original reads it: numbers with ``int()`` (``priority: "10"`` is
+10, ``delay: 1.5`` is 1 second), flags with ``bool()`` (``affinity: "false"`` is true: a warning
+says so), ``args`` with ``str()`` then split like a shell, ``type`` in any case (anything but
+``service`` is a task). A key the original does not read is a warning, not an error.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+from pathlib import Path
 from typing import Any
 
 from titan_zmq.client.pipeline_yaml import CALL_RE, TAG_RE, YamlJob
@@ -16,16 +24,19 @@ from titan_zmq.errors import ExprError
 OWN_JOB = (
     "id", "call", "shell", "script", "args", "kwargs", "env", "requires", "priority", "delay", "timeout",
     "retries", "backoff", "after", "depends_on", "on_failure", "labels", "node", "affinity", "affinity_wait",
-    "type", "port", "health", "replicas", "message", "fallback", "wait", "when",
+    "type", "port", "health", "replicas", "message", "fallback", "wait", "when", "approval",
 )  # fmt: skip
 TITAN_JOB = (
     "id", "type", "file", "args", "depends_on", "priority", "delay", "affinity", "requirement", "port",
-    "hitl_message",
-)  # fmt: skip
+    "hitl_message", "max_wait_seconds",
+)  # fmt: skip  (the keys the original reads; any other is a warning)
+HITL_WAIT = 172800  # the original's default max_wait_seconds: 48 hours
+_PLACEMENTS = ("before", "after")
+_FALSE_WORDS = ("false", "no", "off", "0", "n", "none", "null")
 
 
 def _common(job: YamlJob, options: dict[str, Any]) -> None:
-    """args, priority, delay and parents: the same in both formats."""
+    """priority and delay of a job in our format."""
     for key, value in (
         ("priority", job.integer("priority", -(2**31), 2**31)),
         ("delay", job.number("delay", 0.0, 365 * 86400.0)),
@@ -97,8 +108,33 @@ def own_job(job: YamlJob) -> dict[str, Any]:
     ):
         if value is not None:
             options[key] = value
+    _own_gate(job, options)
     options["after"] = _after(job)
     return options
+
+
+def _own_gate(job: YamlJob, options: dict[str, Any]) -> None:
+    """``approval:`` on a job or a service: a question, or ``{message, placement, timeout}``.
+    ``placement: before`` (the default) asks before the job runs; ``after`` asks once it has run,
+    about its output, before its children run."""
+    v = job.get("approval")
+    if v is None:
+        return
+    if isinstance(v, str):
+        v = {"message": v}
+    if not isinstance(v, dict):
+        raise job.fail("approval", f"'approval' must be a question or a map with message, placement, timeout; got {v!r}")
+    unknown = sorted(str(k) for k in v if k not in ("message", "placement", "timeout"))
+    if unknown:
+        raise job.fail("approval", f"'approval': unknown key '{unknown[0]}' (known: message, placement, timeout)")
+    message, placement, timeout = v.get("message"), v.get("placement", "before"), v.get("timeout")
+    if not isinstance(message, str) or not message.strip():
+        raise job.fail("approval", f"'approval' needs a 'message': the question a person answers, got {message!r}")
+    if placement not in _PLACEMENTS:
+        raise job.fail("approval", f"'approval': 'placement' must be 'before' or 'after', got {placement!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise job.fail("approval", f"'approval': 'timeout' must be a number of seconds > 0, got {timeout!r}")
+    options["gate"] = {"message": message, "placement": placement, "timeout": None if timeout is None else float(timeout)}
 
 
 def _own_kind(job: YamlJob) -> str:
@@ -186,63 +222,192 @@ def _own_approval(job: YamlJob) -> dict[str, Any]:
 
 
 def _own_service(job: YamlJob) -> dict[str, Any]:
+    """A service node: ``Dag.deploy`` keywords in ``service``; it starts once its parents succeeded."""
     _only(job, {"id", "type", "shell", "script", "args", "env", "requires", "port", "health", "replicas", "after",
-                "depends_on"}, "a service")  # fmt: skip
+                "depends_on", "approval"}, "a service")  # fmt: skip
     given = [k for k in ("shell", "script") if job.has(k)]
     if len(given) != 1:
         raise job.fail(None, "a service needs exactly one of shell: or script:")
-    options: dict[str, Any] = {}
-    _command(job, given[0], options)
-    env = job.str_map("env")
+    service: dict[str, Any] = {}
+    _command(job, given[0], service)
     health = job.string("health")
     if health is not None and health != "tcp" and not health.startswith("http:/"):
         raise job.fail("health", f"'health' must be 'tcp' or 'http:/path', got {health!r}")
-    options["service"] = {"port": job.integer("port", 1, 65535), "health": health,
-                          "replicas": job.integer("replicas", 1, 1000), "env": env,
-                          "requires": job.tags("requires") or None}  # fmt: skip
-    options["after"] = job.id_list("after") or job.id_list("depends_on") or []
+    for key, value in (("port", job.integer("port", 1, 65535)), ("health", health),
+                       ("replicas", job.integer("replicas", 1, 1000)), ("env", job.str_map("env")),
+                       ("requires", job.tags("requires") or None)):  # fmt: skip
+        if value is not None:
+            service[key] = value
+    options: dict[str, Any] = {"service": service}
+    _own_gate(job, options)
+    options["after"] = _after(job)
     return options
 
 
-def titan_job(job: YamlJob) -> dict[str, Any]:
-    """The submit options of a job in the Titan format (``gate``: its approval question, if any)."""
-    job.check_keys(TITAN_JOB, "Titan")
-    jtype = job.get("type")
-    if jtype is not None and jtype not in ("run", "service"):
-        raise job.fail("type", f"'type' must be 'run' or 'service', got {jtype!r}")
-    hitl = job.string("hitl_message")
-    if hitl is not None and jtype == "service":
-        raise job.fail("hitl_message", "a service cannot wait for approval", True)
-    port = job.integer("port", 1, 65535)
-    if port is not None and jtype != "service":
-        raise job.fail("port", "'port' is only for 'type: service' jobs", at_key=True)
-    if not job.has("file"):
-        raise job.fail(None, "'file' is missing: a Titan 'run' job runs a Python file")
-    options: dict[str, Any] = {"script": job.script_path("file")}
-    if job.boolean("affinity"):
-        options["affinity"] = "parent"  # Titan's affinity: where the parent ran (soft)
-    args = job.get("args")
+# ---- the Titan format ---------------------------------------------------------------------------
+
+
+def titan_raw_id(job: YamlJob) -> str:
+    """The job's id as written (the original refuses a job without one; a number is its text)."""
+    v = job.get("id")
+    if v is None or v == "" or v is False:
+        raise job.fail(None, "'id' is missing")
+    if isinstance(v, (list, dict)):
+        raise job.fail("id", f"'id' must be a name, got {v!r}")
+    return str(v)
+
+
+def titan_job(job: YamlJob, ids: dict[str, str], project: Path | None) -> dict[str, Any]:
+    """The options of a job in the Titan format: a task, or a service (``service``); ``gate``: the
+    approval asked after it (``hitl_message``). ``ids`` maps the ids as written to ours; with a
+    ``project`` folder, ``file`` is an entry point inside it."""
+    for key in job.fields:
+        if key not in TITAN_JOB:
+            job.warn(key, f"key '{key}' is not read by the Titan format; ignored (known: {', '.join(TITAN_JOB)})", True)
+    service = _titan_type(job) == "service"
+    options: dict[str, Any] = _titan_file(job, project)
+    args = _titan_args(job)
     if args is not None:
-        if isinstance(args, str):
-            args = shlex.split(args)
-        if not isinstance(args, list):
-            raise job.fail("args", f"'args' must be a list or a string, got {args!r}")
-        options["args"] = _scalar_args(job, args)
-    requirement = job.get("requirement")
-    if requirement is not None:
-        if not isinstance(requirement, str) or not TAG_RE.fullmatch(requirement.strip()):
-            raise job.fail(
-                "requirement", f"'requirement' must be a capability tag such as GENERAL or GPU, got {requirement!r}"
-            )
-        tag = requirement.strip().lower()  # Titan writes GPU; our workers' tags are lower case
-        if tag != "general":
-            options["requires"] = [tag]
-    _common(job, options)
-    options["after"] = job.id_list("depends_on") or []
-    if hitl:  # Titan's human in the loop: a gate before the job, asking hitl_message
-        options["gate"] = hitl
-    if jtype == "service":
-        options["service"] = {"port": port, "health": "tcp"}
+        options["args"] = args
+    requirement = _titan_requirement(job)
+    port = _titan_int(job, "port", None, 1, 65535)
+    if service:
+        if not port:
+            raise job.fail("port", "a Titan service needs a 'port' (the port it listens on)")
         for key in ("priority", "delay", "affinity"):
-            options.pop(key, None)
+            if job.has(key):
+                job.warn(key, f"'{key}' does not apply to a service node; ignored", True)
+        options.update(port=port, health="tcp")
+        if requirement:
+            options["requires"] = requirement
+        options = {"service": options}
+    else:
+        if job.has("port"):
+            job.warn("port", "'port' is only read for 'type: service'; ignored on a task", True)
+        _titan_task(job, options, requirement)
+    _titan_gate(job, options)
+    options["after"] = _titan_parents(job, ids)
     return options
+
+
+def _titan_task(job: YamlJob, options: dict[str, Any], requirement: list[str] | None) -> None:
+    if requirement:
+        options["requires"] = requirement
+    options["priority"] = _titan_int(job, "priority", 1, -(2**31), 2**31)  # the original's default is 1
+    delay = _titan_int(job, "delay", 0, 0, 365 * 86400)
+    if delay:
+        options["delay"] = float(delay)
+    if _titan_bool(job, "affinity"):
+        options["affinity"] = "parent"  # the original's affinity: where the parent ran (soft)
+
+
+def _titan_type(job: YamlJob) -> str:
+    v = job.get("type")
+    t = "run" if v is None else str(v).strip().lower()
+    if t not in ("run", "service"):
+        job.warn("type", f"'type' {v!r} runs as a task (the Titan format treats everything but 'service' so)")
+    return "service" if t == "service" else "run"
+
+
+def _titan_int(job: YamlJob, key: str, default: int | None, lo: int, hi: int) -> int | None:
+    """A whole number as the original reads it: ``int()`` of the value (a string of digits, a
+    number, whose fraction it drops, a bool); absent or null: ``default``."""
+    v = job.get(key)
+    if v is None:
+        return default
+    try:
+        n = int(v)
+    except (TypeError, ValueError, OverflowError):
+        raise job.fail(key, f"'{key}' must be a whole number (the Titan format reads it with int()), got {v!r}") from None
+    if isinstance(v, float) and v != n:
+        job.warn(key, f"'{key}' {v!r} is read as {n}, as the Titan format does (int())")
+    if not lo <= n <= hi:
+        raise job.fail(key, f"'{key}' must be between {lo} and {hi}, got {n}")
+    return n
+
+
+def _titan_bool(job: YamlJob, key: str) -> bool:
+    """A flag as the original reads it: ``bool()`` of the value, so any non-empty string is true."""
+    v = job.get(key)
+    if isinstance(v, str) and v.strip().lower() in _FALSE_WORDS:
+        job.warn(key, f"'{key}' is the string {v!r}, which the Titan format reads as true (bool()); "
+                      "write false without quotes")  # fmt: skip
+    return bool(v)
+
+
+def _titan_args(job: YamlJob) -> list[str] | None:
+    """``args`` as the original reads it: ``str()`` of the value (``args: 5`` is "5"), split like a
+    shell; a list is one argument per item (ours). Null or empty: none."""
+    v = job.get("args")
+    if v is None or v == "":
+        return None
+    if isinstance(v, list):
+        return _scalar_args(job, v)
+    if isinstance(v, dict):
+        raise job.fail("args", f"'args' must be a string (or a list), got {v!r}")
+    try:
+        return shlex.split(str(v))
+    except ValueError as exc:
+        raise job.fail("args", f"'args' {str(v)!r} cannot be split into arguments: {exc}") from None
+
+
+def _titan_requirement(job: YamlJob) -> list[str] | None:
+    """``requirement``: a capability tag, matched in lower case; GENERAL (the default) is any worker."""
+    v = job.get("requirement")
+    if v is None:
+        return None
+    tag = str(v).strip()
+    if isinstance(v, (list, dict, bool)) or not TAG_RE.fullmatch(tag):
+        raise job.fail("requirement", f"'requirement' must be a capability tag such as GENERAL or GPU, got {v!r}")
+    tag = tag.lower()  # the original writes GPU; our workers' tags are lower case
+    return None if tag == "general" else [tag]
+
+
+def _titan_file(job: YamlJob, project: Path | None) -> dict[str, Any]:
+    """``file``: beside the YAML; with a project folder, an entry point that must be inside it."""
+    v = job.get("file")
+    if not v or isinstance(v, (list, dict, bool)):
+        raise job.fail(None if not v else "file", "'file' is missing: a Titan job runs a Python file")
+    rel = str(v)
+    if project is None:
+        path = Path(rel).expanduser()
+        path = path if path.is_absolute() else job.doc.path.resolve().parent / path
+        if not path.is_file():
+            raise job.fail("file", f"'file': no such file {rel!r} (looked for {path})")
+        return {"script": str(path)}
+    path = Path(os.path.normpath(project / Path(rel).expanduser()))
+    if not path.is_relative_to(project):
+        raise job.fail("file", f"'file' {rel!r} is outside the project folder {project}: with 'project: true' "
+                               "(the default) only that folder travels; move the file into it, or set project: false")  # fmt: skip
+    if not path.is_file():
+        raise job.fail("file", f"'file': no such file {rel!r} (looked for {path})")
+    return {"script": path.relative_to(project).as_posix(), "project": str(project)}
+
+
+def _titan_parents(job: YamlJob, ids: dict[str, str]) -> list[str]:
+    """``depends_on``: ids as written (one, or a list), mapped as the jobs' own ids are."""
+    v = job.get("depends_on")
+    if v is None:
+        return []
+    out: list[str] = []
+    for p in v if isinstance(v, list) else [v]:
+        if p is None or isinstance(p, (list, dict)):
+            raise job.fail("depends_on", f"'depends_on' must be a list of job ids, got {v!r}")
+        jid = ids.get(str(p), str(p))
+        if jid not in out:
+            out.append(jid)
+    return out
+
+
+def _titan_gate(job: YamlJob, options: dict[str, Any]) -> None:
+    """``hitl_message``: a person approves the job's output before its children run (the gate comes
+    after the job, as in the original); ``max_wait_seconds``: how long it waits, then it is rejected."""
+    v = job.get("hitl_message")
+    wait = _titan_int(job, "max_wait_seconds", HITL_WAIT, 1, 10 * 365 * 86400)
+    if not v:
+        if job.has("max_wait_seconds"):
+            job.warn("max_wait_seconds", "'max_wait_seconds' has no effect without 'hitl_message'; ignored", True)
+        return
+    if isinstance(v, (list, dict)):
+        raise job.fail("hitl_message", f"'hitl_message' must be a message, got {v!r}")
+    options["gate"] = {"message": str(v), "placement": "after", "timeout": float(wait or HITL_WAIT)}

@@ -23,6 +23,7 @@ class YamlDoc:
     def __init__(self, path: Path, text: str) -> None:
         self.path = path
         self.where = os.fspath(path)
+        self.warnings: list[str] = []  # "file:line: message", for what is read but ignored (Titan format)
         self._loader = yaml.SafeLoader(text)
         try:
             self.root = self._loader.get_single_node()
@@ -37,6 +38,12 @@ class YamlDoc:
     def fail(self, node: yaml.Node | None, message: str) -> PipelineError:
         line = node.start_mark.line + 1 if node is not None else 1
         return PipelineError(f"{self.where}:{line}: {message}")
+
+    def warn(self, node: yaml.Node | None, message: str) -> None:
+        """Record a warning naming the file and the line (``load_pipeline`` logs them, or refuses
+        them with ``strict``)."""
+        line = node.start_mark.line + 1 if node is not None else 1
+        self.warnings.append(f"{self.where}:{line}: {message}")
 
     def value(self, node: yaml.Node) -> Any:
         try:
@@ -94,6 +101,12 @@ class YamlJob:
         if key is not None and key in self.fields:
             node = self.knode(key) if at_key else self.vnode(key)
         return self.doc.fail(node, f"{self.label}: {message}")
+
+    def warn(self, key: str | None, message: str, at_key: bool = False) -> None:
+        node = self.node
+        if key is not None and key in self.fields:
+            node = self.knode(key) if at_key else self.vnode(key)
+        self.doc.warn(node, f"{self.label}: {message}")
 
     def check_keys(self, known: tuple[str, ...], fmt: str) -> None:
         for key in self.fields:

@@ -13,15 +13,15 @@ from typing import Any
 
 from titan_zmq.aof.records import Accepted, Blob, encode
 from titan_zmq.broker.scheduler.state import Entry, Part
-from titan_zmq.errors import Conflict, JobError, LimitExceeded
-from titan_zmq.job import Job
+from titan_zmq.errors import BrokerError, Conflict, JobError, LimitExceeded
+from titan_zmq.job import RUN_NOWHERE, Job
 
 
 def is_plain(job: Job) -> bool:
     """Whether a new job goes straight to a queue: no parents, delay, condition, gate, fallback, pin,
     content to keep, idempotency key or DAG to note."""
     return not (
-        job.depends_on or job.delay > 0 or job.kind == "approval" or job.fallback or job.wait is not None
+        job.depends_on or job.delay > 0 or job.kind in RUN_NOWHERE or job.fallback or job.wait is not None
         or job.node is not None or job.blob is not None or job.idempotency_key is not None or job.dag is not None
     )  # fmt: skip
 
@@ -105,6 +105,8 @@ class Admission(Part):
             seen.add(jid)
             if job.blob is not None and job.blob not in blobs and job.blob not in self.st.blobs:
                 raise JobError(f"job {jid}: its content (blob {job.blob[:12]}...) was not sent with it")
+            if job.kind == "service":
+                self._check_service(job)
             existing = known_jobs.get(jid)
             if existing is not None:
                 if existing.job != job:
@@ -114,6 +116,16 @@ class Admission(Part):
             if hashlib.sha256(content).hexdigest() != sha:
                 raise JobError(f"blob {sha[:12]}... does not match its sha256; the content was damaged")
         return resubmitted
+
+    def _check_service(self, job: Job) -> None:
+        """A service node's spec must be one the broker can deploy (checked now, not when it is due)."""
+        nodes = self.st.service_nodes
+        if nodes is None:
+            raise JobError(f"job {job.id}: service nodes need a broker that runs services")
+        try:
+            nodes.check(job.kwargs)
+        except (JobError, BrokerError) as exc:
+            raise JobError(f"job {job.id}: {exc}") from None
 
     def _check_limits(self, jobs: list[Job], owner: bytes | None) -> None:
         """Refuse a batch that would take a DAG past ``max_dag_jobs`` or a client past ``max_pending_per_client``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 
 from titan_zmq.broker.scheduler.state import Entry, Part, QueueItem, QueueKey, WorkerInfo
-from titan_zmq.job import JobState
+from titan_zmq.job import RUN_NOWHERE, JobState
 
 
 def least_loaded(ws: list[WorkerInfo], blob: str | None) -> WorkerInfo:
@@ -43,8 +43,8 @@ class Dispatch(Part):
         """Queue a job that may run now (a gate instead waits for its person)."""
         st = self.st
         st.touch(entry)
-        if entry.job.kind == "approval":  # a gate runs nowhere: it waits for a person
-            st.timers.await_gate(entry, entry.job.timeout)
+        if entry.job.kind in RUN_NOWHERE:
+            self._run_nowhere(entry)
             return
         entry.state = JobState.QUEUED
         entry.not_before = 0.0
@@ -55,6 +55,23 @@ class Dispatch(Part):
         if entry.pin is not None and entry.pin_soft:
             st.timers.unpin_after(entry, entry.job.affinity_wait)
         self.push(entry, (requires, entry.pin))
+
+    def _run_nowhere(self, entry: Entry) -> None:
+        """A gate waits for a person; a service node deploys its service and waits for it to be healthy."""
+        st = self.st
+        if entry.job.kind == "approval":
+            st.timers.await_gate(entry, entry.job.timeout)
+            return
+        entry.state = JobState.RUNNING
+        entry.not_before = 0.0
+        entry.attempts += 1
+        entry.queued_at = entry.queued_at or st.wall()
+        entry.started_at = st.wall()
+        if st.service_nodes is None:
+            entry.error, entry.error_type = "no service manager to deploy it (a broker runs one)", "ServiceFailed"
+            st.outcomes.finish(entry, JobState.FAILED)
+            return
+        st.service_nodes.start(entry)
 
     def push(self, entry: Entry, key: QueueKey) -> None:
         """Put a queued job on its ready queue (what :meth:`enqueue` ends with; a new plain job,

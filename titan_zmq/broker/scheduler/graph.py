@@ -12,7 +12,7 @@ from typing import Any
 from titan_zmq.aof.records import Edge, encode
 from titan_zmq.broker.scheduler.state import Entry, Part
 from titan_zmq.errors import Conflict, ExprError, JobError, UnknownJob
-from titan_zmq.job import FINAL_STATES, JobState
+from titan_zmq.job import FINAL_STATES, RUN_NOWHERE, JobState
 
 
 def _passes(parent: Entry) -> bool:
@@ -101,6 +101,8 @@ class Graph(Part):
     def _doom(self, child: Entry, parent: Entry, propagate: bool = True) -> None:
         """``parent`` ended without letting its children run: cancel ``child``."""
         child.error = f"upstream job {parent.job.id} {parent.state.value}"
+        if parent.job.kind in RUN_NOWHERE and parent.error:  # a gate's rejection, a service's failure: say why
+            child.error += f" ({parent.error})"
         self.st.outcomes.finish(child, JobState.CANCELLED, propagate=propagate)
 
     def release_children(self, entry: Entry) -> None:

@@ -248,6 +248,21 @@ class Outcomes(Part):
         while len(st.finished) > st.max_finished:
             self.forget(st.finished.popleft())
 
+    # ---- service nodes --------------------------------------------------------------------------
+
+    def service_up(self, entry: Entry, result: dict[str, Any]) -> None:
+        """A service node's service passed its health check: the node succeeded, its result the address."""
+        if entry.state is JobState.RUNNING:
+            entry.result = result
+            entry.error = entry.error_type = None
+            self.finish(entry, JobState.SUCCEEDED)
+
+    def service_failed(self, entry: Entry, why: str) -> None:
+        """A service node's service could not become healthy: the node failed (its descendants cancel)."""
+        if entry.state is JobState.RUNNING:
+            entry.error, entry.error_type = why, "ServiceFailed"
+            self.finish(entry, JobState.FAILED)
+
     def cancel(self, jid: str) -> dict[str, Any]:
         """Cancel a job (its process tree is killed where it runs), or every unfinished job of a DAG."""
         st = self.st
@@ -258,6 +273,8 @@ class Outcomes(Part):
             return st.records.record(entry)
         if entry.state is JobState.RUNNING and entry.worker is not None:
             st.fx.add_kill(entry.worker, jid, entry.lease)
+        elif entry.state is JobState.RUNNING and entry.job.kind == "service" and st.service_nodes is not None:
+            st.service_nodes.cancel(entry)
         entry.error = "cancelled by request"
         self.finish(entry, JobState.CANCELLED)
         return st.records.record(entry)

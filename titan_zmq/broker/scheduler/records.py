@@ -87,6 +87,8 @@ class Records(Part):
         if state is JobState.AWAITING:
             left = f"; rejected in {max(0.0, entry.not_before - now):.0f}s" if entry.not_before else ""
             return f"awaiting approval: {entry.job.target} (titan approve {entry.job.id}){left}"
+        if state is JobState.RUNNING and entry.job.kind == "service":
+            return f"deploying service {entry.job.target}: waiting for every replica to pass its health check"
         if state is JobState.RUNNING and entry.worker is None:
             return f"running on {entry.worker_name} before the broker restarted; waiting for it to reconnect"
         if state is not JobState.QUEUED:

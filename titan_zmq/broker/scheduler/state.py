@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from titan_zmq.aof.records import Progress, encode
 from titan_zmq.errors import UnknownJob
@@ -220,6 +220,19 @@ def fmt_tags(tags: Iterable[str]) -> str:
     return "{" + ", ".join(sorted(tags)) + "}"
 
 
+class ServiceNodes(Protocol):
+    """What deploys a DAG's service nodes (the broker's ServiceManager)."""
+
+    def check(self, spec: dict[str, Any]) -> None:
+        """Raise JobError/BrokerError if ``spec`` is not a service spec that can be deployed."""
+
+    def start(self, entry: Entry) -> None:
+        """Deploy the node's service; report back with ``Outcomes.service_up`` or ``service_failed``."""
+
+    def cancel(self, entry: Entry) -> None:
+        """The node was cancelled before its service became healthy: stop the service."""
+
+
 class State:
     """Jobs, queues, timers and workers, and the settings that bound them."""
 
@@ -277,6 +290,7 @@ class State:
         # After a restart: jobs that were running, by when their worker must have come back.
         self.orphans: dict[str, float] = {}
         self.gone_hooks: list[Callable[[bytes], None]] = []  # told when a worker is removed
+        self.service_nodes: ServiceNodes | None = None  # set by the broker
         # Jobs whose state changed this turn (journaled and published). The broker turns tracking off
         # while nothing would read the changes (no journal, no subscriber to job events).
         self.dirty: dict[str, Entry] = {}
