@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from titan_zmq.compat.paths import with_sdk_shim
 from titan_zmq.job import Outcome
 from titan_zmq.process import kill_tree
 from titan_zmq.worker.attempts import STALE, Task
@@ -69,8 +70,13 @@ class Executor(CallJobs, ProcessJobs):
         self.finished: list[dict[str, Any]] = []
         self._readers: dict[int, Callable[[], object]] = {}
         self.logs = LogSink()
+        # Shell, script and archive jobs (not call jobs, which keep ``env``) find the original Titan
+        # SDK's ``titan_sdk`` at the END of PYTHONPATH: the compat layer, unless something else
+        # provides one (titan_zmq.compat). Made once here, so no job pays for it, and the fork
+        # server starts with the same PYTHONPATH as the jobs it forks (it only forks those).
+        self.process_env = with_sdk_shim(env)
         # Script jobs fork from a warm interpreter when their environment allows it.
-        self.forks = ForkServer(env) if fork_server else None
+        self.forks = ForkServer(self.process_env) if fork_server else None
         self._fork_fd: int | None = None
 
     # ---- starting -------------------------------------------------------------------

@@ -43,9 +43,10 @@ class ProcessJobs(Attempts):
 
     forks: ForkServer | None  # the warm interpreter script jobs fork from (None: --no-fork-server)
     _fork_fd: int | None  # its report pipe, while it runs
+    process_env: dict[str, str]  # the worker's env with the titan_sdk shim appended to PYTHONPATH
 
     def _job_env(self, job: dict[str, Any]) -> dict[str, str]:
-        env = dict(self.env)
+        env = dict(self.process_env)
         env["TITAN_JOB_ID"] = job["id"]
         env["TITAN_ATTEMPT"] = str(job.get("attempt", 1))
         env["TITAN_DAG_ID"] = job.get("dag") or ""

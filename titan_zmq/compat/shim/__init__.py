@@ -1,0 +1,1 @@
+"""The folder put on ``sys.path`` / ``PYTHONPATH`` so that ``import titan_sdk`` finds the compat layer."""
