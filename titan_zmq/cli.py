@@ -19,6 +19,7 @@ from titan_zmq import __version__, serve_cli
 from titan_zmq.broker import aof_cli
 from titan_zmq.client import commands as client_cli
 from titan_zmq.client import job_commands as job_cli
+from titan_zmq.client import retry_commands as retry_cli
 from titan_zmq.errors import ConfigError, JobFailed, TitanError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print the files written as JSON")
     aof_cli.add_parsers(sub, common)
     client_cli.add_parsers(sub, common, _add_broker_addr)
+    retry_cli.add_parsers(sub, common, _add_broker_addr)
     return parser
 
 
@@ -126,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "workers": job_cli.cmd_workers, "aof": aof_cli.cmd_aof, "kv": client_cli.cmd_kv,
             "logs": client_cli.cmd_logs, "services": client_cli.cmd_services, "stop": client_cli.cmd_stop,
             "approve": client_cli.cmd_decide, "reject": client_cli.cmd_decide, "keys": cmd_keys,
+            "dead": retry_cli.cmd_dead, "retry": retry_cli.cmd_retry,
         }[args.command]  # fmt: skip
         return handler(args)
     except ConfigError as exc:

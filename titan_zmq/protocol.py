@@ -63,6 +63,7 @@ DRAIN = b"\x0f"
 APPROVE = b"\x30"
 SCHEDULE = b"\x31"
 EDGE = b"\x32"
+RETRY = b"\x33"
 
 # Worker <-> broker, on the back socket.
 READY = b"\x10"
@@ -338,6 +339,18 @@ class Edge(Message):
 
 
 @dataclass(frozen=True)
+class Retry(Message):
+    """Run ended jobs again: ``ids`` (each with what was cancelled because of it), or a ``dag``'s
+    jobs that did not succeed, or with ``from_job`` that job and everything after it in the DAG."""
+
+    CODE = RETRY
+    rid: int
+    ids: list[str] = field(default_factory=list)
+    dag: str | None = None
+    from_job: str | None = None
+
+
+@dataclass(frozen=True)
 class Drain(Message):
     """A worker stops taking jobs; it leaves once those it holds are done."""
 
@@ -505,15 +518,15 @@ class Reregister(Message):
 MESSAGES: dict[bytes, type[Message]] = {}
 for _cls in (
     Hello, Submit, Status, Cancel, Workers, Watch, List, Kv, Logs, Deploy, Services, Stop, Pressure, Notify, Approve,
-    Schedule, Edge, Reply, Error, Done, Ready, Heartbeat, Result, Bye, Log, SvcState, Drain, Assign, Kill, Reregister,
-    SvcStart, SvcStop,
+    Schedule, Edge, Retry, Reply, Error, Done, Ready, Heartbeat, Result, Bye, Log, SvcState, Drain, Assign, Kill,
+    Reregister, SvcStart, SvcStop,
 ):  # fmt: skip
     _cls._build_spec()
     MESSAGES[_cls.CODE] = _cls
 
 FRONT_COMMANDS = frozenset(
     {HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST, KV, LOGS, DEPLOY, SERVICES, STOP, PRESSURE, NOTIFY, APPROVE,
-     SCHEDULE, EDGE}
+     SCHEDULE, EDGE, RETRY}
 )
 BACK_COMMANDS = frozenset({READY, HEARTBEAT, RESULT, BYE, LOG, SVC_STATE, DRAIN})
 

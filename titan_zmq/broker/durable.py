@@ -117,6 +117,11 @@ class Restorer:
             return
         was_final = e.state in FINAL_STATES
         e.state = _STATES[rec.state]
+        if was_final and e.state not in FINAL_STATES:  # run again (titan retry): not among the ended any more
+            try:
+                sched.finished.remove(e.job.id)
+            except ValueError:
+                pass
         e.attempts, e.lease, e.worker_name, e.lost, e.misses = rec.attempts, rec.lease, rec.worker, rec.lost, rec.misses
         e.queued_at, e.started_at, e.finished_at = rec.queued_at, rec.started_at, rec.finished_at
         e.not_before, e.pin, e.pin_soft = rec.not_before, rec.pin, rec.pin_soft  # not_before: wall time till finish()

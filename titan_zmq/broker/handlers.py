@@ -42,7 +42,7 @@ class ClientRequests:
             P.Workers: self.workers, P.List: self.list_jobs, P.Kv: self.kv, P.Logs: self.logs,
             P.Deploy: self.deploy, P.Services: self.services, P.Stop: self.stop, P.Edge: self.edge,
             P.Schedule: self.schedule, P.Approve: self.approve, P.Pressure: self.pressure,
-            P.Notify: self.notify, P.Hello: self.hello,
+            P.Notify: self.notify, P.Hello: self.hello, P.Retry: self.retry,
         }  # fmt: skip
 
     def handle(self, ident: bytes, msg: P.Message) -> Any:
@@ -83,6 +83,9 @@ class ClientRequests:
 
     def edge(self, ident: bytes, msg: P.Edge) -> Any:
         return self.b.sched.add_edge(msg.parent, msg.child)
+
+    def retry(self, ident: bytes, msg: P.Retry) -> Any:
+        return self.b.sched.retry(msg.ids, msg.dag, msg.from_job)
 
     def approve(self, ident: bytes, msg: P.Approve) -> Any:
         by = msg.by.strip() or "unknown"

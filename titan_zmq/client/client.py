@@ -258,6 +258,31 @@ class TitanClient(SpecBuilder):
             raise JobError(f"{job_id!r} is a DAG; use cancel_dag() to cancel all of its jobs")
         return JobRecord.from_dict(data)
 
+    def retry_dag(self, dag_id: str, from_job: str | None = None) -> DagRun:
+        """Run a failed or cancelled DAG again from its failed jobs on: the jobs that did not succeed run
+        again, and those that succeeded keep their results (``from_job``: that job and everything after
+        it run again, whatever their state). Returns the DAG's run, to wait on."""
+        data = self.request(P.Retry, dag=dag_id, from_job=from_job)
+        self._forget_done(r["id"] for r in data["records"])
+        return DagRun(self, dag_id, [r.id for r in self.dag_status(dag_id)])
+
+    def _forget_done(self, ids: Iterable[str]) -> None:
+        """Jobs that run again: their earlier final records, if this client still holds any, are stale."""
+        with self._lock:
+            for jid in ids:
+                self._done.pop(jid, None)
+
+    def requeue(self, job_ids: Iterable[str]) -> list[JobRecord]:
+        """Run ended jobs again (the dead-letter list, ``titan dead --requeue``), with the jobs that
+        were cancelled because of them. Returns the records of the jobs that run again."""
+        data = self.request(P.Retry, ids=list(job_ids))
+        self._forget_done(r["id"] for r in data["records"])
+        return [JobRecord.from_dict(r) for r in data["records"]]
+
+    def dead(self, limit: int = 1000) -> list[JobRecord]:
+        """The dead-letter list: jobs whose retries are spent (state ``dead``), newest first."""
+        return self.jobs(JobState.DEAD, limit=limit)
+
     def cancel_dag(self, dag_id: str) -> list[JobRecord]:
         """Cancel every job of a DAG that has not ended yet. Returns the DAG's records."""
         data = self.request(P.Cancel, id=dag_id)

@@ -12,6 +12,7 @@ and seven parts, each of one responsibility, each in its own module:
 ``outcomes``    results, the retry and fallback rules, final states, forgetting
 ``membership``  workers joining, heartbeats, lost or leaving, orphans after a restart
 ``records``     what queries, watchers and the stats feed are shown
+``rerun``       ended jobs run again: the dead-letter list, a DAG retried from its failures
 ==============  =======================================================================
 
 The :class:`Scheduler` is the state with its parts wired to it; its public methods are the
@@ -26,6 +27,7 @@ from titan_zmq.broker.scheduler.graph import Graph
 from titan_zmq.broker.scheduler.membership import Membership
 from titan_zmq.broker.scheduler.outcomes import Outcomes
 from titan_zmq.broker.scheduler.records import Records
+from titan_zmq.broker.scheduler.rerun import Rerun
 from titan_zmq.broker.scheduler.state import Effects, Entry, State, WorkerInfo, state_op
 from titan_zmq.broker.scheduler.timers import Timers
 
@@ -44,6 +46,7 @@ class Scheduler(State):
         self.outcomes = Outcomes(self)
         self.membership = Membership(self)
         self.records = Records(self)
+        self.rerun = Rerun(self)
         # admission
         self.submit = self.admission.submit
         self.submit_items = self.admission.submit_items
@@ -69,6 +72,8 @@ class Scheduler(State):
         self.seen = self.membership.seen
         self.expire_workers = self.membership.expire_workers
         self.expire_orphans = self.membership.expire_orphans
+        # running ended jobs again
+        self.retry = self.rerun.retry
         # records
         self.record = self.records.record
         self.final_record = self.records.final_record

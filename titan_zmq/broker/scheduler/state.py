@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from titan_zmq.broker.scheduler.membership import Membership
     from titan_zmq.broker.scheduler.outcomes import Outcomes
     from titan_zmq.broker.scheduler.records import Records
+    from titan_zmq.broker.scheduler.rerun import Rerun
     from titan_zmq.broker.scheduler.timers import Timers
 
 EWMA = 0.2  # weight of the newest runtime in a worker's average
@@ -244,6 +245,7 @@ class State:
     outcomes: Outcomes
     membership: Membership
     records: Records
+    rerun: Rerun
 
     def __init__(
         self,
