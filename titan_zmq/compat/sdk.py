@@ -154,7 +154,6 @@ class TitanClient:
         self.backoff = backoff
         self.address = C.broker_address(broker)
         self.native = NativeClient(self.address, timeout=timeout, keys=keys)
-        self._ids: dict[str, str] = {}  # original id -> our id, of what this client submitted or looked up
 
     def close(self) -> None:
         self.native.close()
@@ -170,18 +169,13 @@ class TitanClient:
     def resolve(self, job_id: str) -> str:
         """Our id for an original one (``DAG-`` prefix or not): of its latest run, else ``job_id`` itself."""
         uid = C.strip_dag_prefix(str(job_id))
-        real = self._ids.get(uid)
-        if real is None:
-            found = self.native.kv.get(ID_KEY + uid)
-            if not isinstance(found, str):
-                return uid
-            real = self._ids[uid] = found
-        return real
+        # Asked every time, not cached: another process may have run the same DAG again since.
+        found = self.native.kv.get(ID_KEY + uid)
+        return found if isinstance(found, str) else uid
 
     def _remember(self, ids: dict[str, str]) -> None:
         for uid, real in ids.items():
             self.native.kv.set(ID_KEY + uid, real)
-        self._ids.update(ids)
 
     # ---- submitting -----------------------------------------------------------------------
 

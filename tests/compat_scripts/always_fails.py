@@ -1,0 +1,4 @@
+# A poison pill: fails every attempt.
+import sys
+
+sys.exit("always fails")
