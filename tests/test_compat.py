@@ -274,3 +274,33 @@ def test_a_real_titan_sdk_wins_on_the_worker(cluster: LocalCluster, tmp_path: Pa
     rec = cluster.client().submit(script=SCRIPTS / "which_sdk.py").wait(60)
     assert rec.state is JobState.SUCCEEDED, rec.error
     assert f"titan_sdk from {real}" in rec.stdout
+
+
+def test_a_service_deploys_resolves_and_stops(sdk: TitanClient) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sdk.submit_job(TitanJob("web", str(SCRIPTS / "server.py"), job_type="SERVICE", port=port, args=str(port)))
+    assert sdk.wait(["DAG-web"], timeout=90) == {"DAG-web": "COMPLETED"}  # deployed and healthy
+    addr = sdk.get_service_address("web")
+    assert addr is not None and addr[1] == port
+    assert sdk.get_service_url("DAG-web") == f"http://{addr[0]}:{port}"
+    assert "web" in sdk.list_services()
+    assert sdk.stop_service("web") == "STOPPED: DAG-web"
+    wait_for(lambda: "web" not in sdk.list_services(), 60, "the service to stop")
+
+
+def test_submit_yaml_waits_and_keeps_the_yaml_ids(sdk: TitanClient, tmp_path: Path) -> None:
+    tag = fresh_tag()
+    (tmp_path / "step.py").write_text((SCRIPTS / "step.py").read_text())
+    (tmp_path / "pipe.yaml").write_text(
+        "version: 1\nproject: false\njobs:\n"
+        f"  - id: first\n    file: step.py\n    args: {tag} first\n"
+        f"  - id: second\n    file: step.py\n    args: {tag} second\n    depends_on: [first]\n"
+    )
+    assert sdk.submit_yaml(str(tmp_path / "pipe.yaml"), wait=True, timeout=120) == "DAG_ACCEPTED"
+    assert sdk.get_job_status("DAG-second") == "COMPLETED"
+    assert sorted(sdk.store_smembers(f"{tag}:done")) == ["first", "second"]
+    assert sdk.native.status(sdk.resolve("first")).retries == 3
