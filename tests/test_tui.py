@@ -149,6 +149,33 @@ def test_dashboard_approves_a_gate_with_its_key(shared_cluster: LocalCluster) ->
     assert rec.result["approved"] is True and rec.result["note"] == "from titan-tui"
 
 
+def test_dashboard_shows_the_reviewed_jobs_output_beside_its_gate(shared_cluster: LocalCluster) -> None:
+    client = shared_cluster.client()
+    dag = Dag("tui-review")
+    work = dag.add(shell="echo the evidence to review", id="tui-review.work")
+    gate = dag.add(approval="ship what work printed?", after=[work], id="tui-review.gate")
+    client.submit_dag(dag)
+
+    async def scenario() -> None:
+        app = make_app(shared_cluster.address)
+        async with app.run_test(size=(160, 45)) as pilot:
+            jobs = app.query_one("#jobs", DataTable)
+            await _until(pilot, lambda: gate in [str(k.value) for k in jobs.rows]
+                         and "awaiting" in str(jobs.get_row(gate)[1]), "the gate awaiting approval")  # fmt: skip
+            jobs.focus()
+            jobs.move_cursor(row=[str(k.value) for k in jobs.rows].index(gate))
+            await _until(pilot, lambda: app.selected == gate, "the gate to be selected")
+            log = app.query_one("#log", RichLog)
+            await _until(pilot, lambda: any("the evidence to review" in str(line.text) for line in log.lines),
+                         "the reviewed job's output in the log pane")  # fmt: skip
+            assert f"Log of {work}" in _text(app, "#logtitle") and f"reviewed by gate {gate}" in _text(app, "#logtitle")
+            await pilot.press("r")
+            await _until(pilot, lambda: client.status(gate).state is JobState.FAILED, "the rejection")
+            await pilot.press("q")
+
+    asyncio.run(scenario())
+
+
 def test_dashboard_lists_and_stops_a_service(shared_cluster: LocalCluster) -> None:
     from pathlib import Path as _P
 

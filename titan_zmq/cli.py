@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "workers": job_cli.cmd_workers, "aof": aof_cli.cmd_aof, "kv": client_cli.cmd_kv,
             "logs": client_cli.cmd_logs, "services": client_cli.cmd_services, "stop": client_cli.cmd_stop,
             "approve": client_cli.cmd_decide, "reject": client_cli.cmd_decide, "keys": cmd_keys,
-            "dead": retry_cli.cmd_dead, "retry": retry_cli.cmd_retry,
+            "dead": retry_cli.cmd_dead, "retry": retry_cli.cmd_retry, "gates": client_cli.cmd_gates,
         }[args.command]  # fmt: skip
         return handler(args)
     except ConfigError as exc:

@@ -223,7 +223,10 @@ class TitanApp(App[None]):
             return
         state = (st.jobs.get(st.log_job) or {}).get("state")
         ended = st.log_ended or state in ("succeeded", "failed", "cancelled", "dead")
-        title.update(f"Log of {st.log_job}" + (f" ({state or 'ended'})" if ended else " (live)"))
+        what = f"Log of {st.log_job}" + (f" ({state or 'ended'})" if ended else " (live)")
+        if self.selected is not None and self.reviewed(self.selected) == st.log_job:
+            what += f", reviewed by gate {self.selected}: a approves, r rejects"
+        title.update(what)
         for seq, ts, stream, text in st.log_lines[self._log_count :]:
             stamp = datetime.fromtimestamp(ts).strftime("%H:%M:%S") if seq else "--:--:--"
             log.write(Text.assemble((f"{stamp} ", "grey50"), (text, "red" if stream == "err" else "")))
@@ -234,9 +237,16 @@ class TitanApp(App[None]):
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "jobs" and event.row_key is not None and event.row_key.value:
             self.selected = str(event.row_key.value)
-            self.feed.follow = self.selected
+            self.feed.follow = self.reviewed(self.selected) or self.selected
         elif event.data_table.id == "services" and event.row_key is not None and event.row_key.value:
             self.selected_service = str(event.row_key.value)
+
+    def reviewed(self, job_id: str | None) -> str | None:
+        """For an approval gate, the job whose output it reviews (its first parent): the log pane shows
+        that output beside the gate, so a person decides with the evidence in view."""
+        rec = self._last.jobs.get(job_id or "") or {}
+        parents = rec.get("depends_on") or []
+        return str(parents[0]) if rec.get("kind") == "approval" and parents else None
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.filter_text = event.value.strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -50,6 +51,13 @@ def add_parsers(
         p.add_argument("--note", default="", help="why (journaled with who decided)")
         p.add_argument("--json", action="store_true", help="print the gate's record as JSON")
         add_broker_addr(p)
+    p = sub.add_parser("gates", parents=[common], help="pending approval gates, with the output each reviews",
+                       description="List the approval gates awaiting a decision: their question, age and expiry, "
+                       "and beside each the result and last output lines of the job(s) it reviews (its parents). "
+                       "Decide with titan approve ID / titan reject ID.")  # fmt: skip
+    p.add_argument("--lines", type=int, default=5, help="output lines shown of each reviewed job (default 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_broker_addr(p)
     p = sub.add_parser("schedule", parents=[common], help="run jobs on a cron expression: add, ls, rm",
                        description="Schedules: the broker submits a job on a cron expression.")  # fmt: skip
     sch = p.add_subparsers(dest="schedule_command", metavar="ACTION")
@@ -190,11 +198,54 @@ def cmd_decide(args: argparse.Namespace) -> int:
     with TitanClient(args.broker) as client:
         decide = client.approve if args.command == "approve" else client.reject
         rec = decide(args.job, note=args.note)
+        reviewed = _reviewed(client, rec.depends_on, 3)
     if args.json:
-        print(json.dumps(rec.__dict__ | {"state": rec.state.value}, default=str, indent=2))
+        print(json.dumps(rec.__dict__ | {"state": rec.state.value, "reviewed": reviewed}, default=str, indent=2))
     else:
         r = rec.result or {}
         print(f"{rec.id}: {rec.state.value} ({'approved' if r.get('approved') else 'rejected'} by {r.get('by')})")
+        _print_reviewed(reviewed)
+    return EXIT_OK
+
+
+def _reviewed(client: Any, parents: list[str], lines: int) -> list[dict[str, Any]]:
+    """What a gate reviews: each parent's state, result and last output lines."""
+    out = []
+    for jid in parents:
+        rec = client.status(jid)
+        tail = [ln.text for ln in client.logs(jid)][-lines:] if lines > 0 else []
+        out.append({"id": jid, "state": rec.state.value, "result": rec.result, "output": tail})
+    return out
+
+
+def _print_reviewed(reviewed: list[dict[str, Any]]) -> None:
+    for r in reviewed:
+        result = json.dumps(r["result"], default=str)
+        print(f"  reviews {r['id']} ({r['state']}): result {result[:200]}")
+        for text in r["output"]:
+            print(f"    | {text}")
+
+
+def cmd_gates(args: argparse.Namespace) -> int:
+    from titan_zmq.client import TitanClient
+
+    with TitanClient(args.broker) as client:
+        gates = [g for g in client.jobs("awaiting_approval", limit=10_000) if g.kind == "approval"]
+        now = time.time()
+        items: list[dict[str, Any]] = [
+            {"id": g.id, "question": g.target, "age": now - (g.queued_at or g.submitted_at or now),
+             "waiting": g.waiting, "dag": g.dag, "reviewed": _reviewed(client, g.depends_on, args.lines)}
+            for g in reversed(gates)
+        ]  # fmt: skip
+    if args.json:
+        print(json.dumps(items, indent=2, default=str))
+        return EXIT_OK
+    for it in items:
+        waiting = str(it["waiting"] or "")
+        expiry = waiting.rpartition("; ")[2] if "rejected in" in waiting else "no expiry"
+        print(f"{it['id']}: {it['question']}  (waiting {it['age']:.0f}s; {expiry})")
+        _print_reviewed(it["reviewed"])
+    print(f"{len(items)} gate(s) awaiting a decision" + ("; titan approve ID / titan reject ID" if items else ""))
     return EXIT_OK
 
 
