@@ -95,7 +95,7 @@ def test_both_formats_give_the_same_specs(tmp_path: Path) -> None:
             name: same
             jobs:
               - {id: prep, script: prep.py, args: ["1"], priority: 2}
-              - {id: train, script: train.py, depends_on: [prep], requires: [gpu], delay: 1.5}
+              - {id: train, script: train.py, depends_on: [prep], requires: [gpu], delay: 1, priority: 1}
             """,
             "own.yaml",
         )
@@ -109,7 +109,7 @@ def test_both_formats_give_the_same_specs(tmp_path: Path) -> None:
             project: false
             jobs:
               - {id: prep, type: run, file: prep.py, args: "1", priority: 2, requirement: GENERAL}
-              - {id: train, file: train.py, depends_on: [prep], requirement: GPU, delay: 1.5, affinity: false}
+              - {id: train, file: train.py, depends_on: [prep], requirement: GPU, delay: 1, affinity: false}
             """,
             "titan.yaml",
         )
@@ -126,8 +126,11 @@ def test_every_example_loads() -> None:
     names = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
     assert names == ["diamond.yaml", "fanout.yaml", "gpu.yaml", "mapreduce.yaml", "service.yaml", "switch.yaml",
                      "titan_format.yaml"]
-    svc = load_pipeline(EXAMPLES / "service.yaml")
-    assert list(svc.services) == ["pipeline-echo"] and [n["after"] for n in svc.dag.nodes] == [[], ["ask"]]
+    svc = load_pipeline(EXAMPLES / "service.yaml")  # the service is a node; the job after it waits for it
+    assert [(n["id"], n["after"]) for n in svc.dag.nodes] == [
+        ("pipeline-echo", []), ("ask", ["pipeline-echo"]), ("ask-again", ["ask"])
+    ]  # fmt: skip
+    assert svc.dag.nodes[0]["deploy"]["name"] == "pipeline-echo" and svc.dag.nodes[0]["deploy"]["health"] == "tcp"
     fan = load_pipeline(EXAMPLES / "fanout.yaml").dag
     assert len(fan.nodes) == 102 and len(fan.nodes[-1]["after"]) == 100
 
@@ -200,37 +203,23 @@ def test_missing_script(tmp_path: Path) -> None:
 
 def test_titan_format_errors(tmp_path: Path) -> None:
     (tmp_path / "t.py").write_text("print(1)\n")
-    refused(tmp_path, "project: yes please\njobs:\n  - {id: a, file: t.py}\n", ":1:", "'project' must be true or false")
     svc = tmp_path / "svc.yaml"
-    svc.write_text("jobs:\n  - id: svc\n    type: service\n    file: t.py\n    port: 8080\n  - id: use\n"
-                   "    file: t.py\n    depends_on: [svc]\n")  # fmt: skip
-    p = load_pipeline(svc)
-    assert p.services == {"svc": {"script": str(tmp_path / "t.py"), "port": 8080, "health": "tcp"}}
-    assert [n["id"] for n in p.dag.nodes] == ["use"] and p.dag.nodes[0]["after"] == []
-    refused(tmp_path, "jobs:\n  - {id: a, file: t.py}\n  - id: svc\n    type: service\n    file: t.py\n"
-            "    depends_on: [a]\n", ":6:", "a service starts before every job")  # fmt: skip
-    refused(tmp_path, "jobs:\n  - id: a\n    type: batch\n    file: t.py\n", ":3:", "'type' must be 'run' or 'service'")
+    svc.write_text("jobs:\n  - {id: a, file: t.py}\n  - id: svc\n    type: service\n    file: t.py\n    port: 8080\n"
+                   "    depends_on: [a]\n  - id: use\n    file: t.py\n    depends_on: [svc]\n")  # fmt: skip
+    nodes = load_pipeline(svc).dag.nodes  # a service after a job: a node, no longer refused
+    assert [(n["id"], n["after"]) for n in nodes] == [("a", []), ("svc", ["a"]), ("use", ["svc"])]
+    assert nodes[1]["deploy"] == {"name": "svc", "shell": None, "script": "t.py", "project": str(tmp_path),
+                                  "args": None, "port": 8080, "health": "tcp"}  # fmt: skip
     src = tmp_path / "aff.yaml"
     src.write_text(
         "jobs:\n  - {id: a, file: t.py}\n  - id: b\n    file: t.py\n    depends_on: [a]\n    affinity: true\n"
     )
     node = load_pipeline(src).dag.nodes[1]
     assert node["options"]["affinity"] == "parent" and node["after"] == ["a"]
-    gated = tmp_path / "gated.yaml"
-    gated.write_text("jobs:\n  - {id: a, file: t.py}\n  - id: b\n    file: t.py\n    depends_on: [a]\n"
-                     "    hitl_message: ship it?\n")  # fmt: skip
-    nodes = load_pipeline(gated).dag.nodes
-    assert [(n["id"], n["after"]) for n in nodes] == [("a", []), ("b.approval", ["a"]), ("b", ["b.approval"])]
-    assert nodes[1]["options"] == {"approval": "ship it?"}
-    refused(tmp_path, "jobs:\n  - id: a\n    file: t.py\n    port: 80\n", ":4:", "'port' is only for 'type: service'")
-    refused(
-        tmp_path, "jobs:\n  - id: a\n    file: t.py\n    shell: x\n", ":4:", "unknown key 'shell' in the Titan format"
-    )
     refused(tmp_path, "version: 1\njobs:\n  - id: a\n    type: run\n", ":3:", "'file' is missing")
     refused(tmp_path, "jobs:\n  - id: a\n    file: t.py\n    requirement: [gpu]\n", ":4:", "'requirement' must be")
-    refused(tmp_path, "version: 1\nowner: x\njobs:\n  - {id: a, file: t.py}\n",
-            ":2: unknown top-level key 'owner' in the Titan format",
-            "(known: name, version, project, jobs, schedule, catchup)")  # fmt: skip
+    refused(tmp_path, "jobs:\n  - id: s\n    type: service\n    file: t.py\n", ":2:", "needs a 'port'")
+    refused(tmp_path, "jobs:\n  - id: a\n    file: t.py\n    priority: high\n", ":4:", "'priority' must be a whole")
     refused(
         tmp_path, "jobs:\n  - {id: a, file: t.py, depends_on: [zz]}\n", ":2:", "'depends_on' names an unknown job 'zz'"
     )

@@ -51,11 +51,14 @@ def test_run_local_starts_its_own_cluster() -> None:
 def test_run_a_pipeline_with_a_service(shared_cluster: LocalCluster) -> None:
     res = titan("run", str(ROOT / "yaml_pipelines" / "service.yaml"), "--json", broker=shared_cluster.address)
     assert res.returncode == 0, res.stderr
-    assert "service pipeline-echo: running at " in res.stderr
+    assert "service pipeline-echo: running at " in res.stderr  # a node of the DAG, its address in the summary
     out = json.loads(res.stdout)
-    answers = [j["stdout"].strip() for j in out["jobs"]]
-    assert answers[0].startswith("service answered: ") and answers[0].endswith(" hello")
-    assert answers[1].endswith(" again")
+    jobs = {j["id"][len(out["dag"]) + 1 :]: j for j in out["jobs"]}
+    assert jobs["pipeline-echo"]["state"] == "succeeded" and jobs["pipeline-echo"]["result"]["addresses"]
+    assert jobs["ask"]["depends_on"] == [f"{out['dag']}.pipeline-echo"]  # it waited for the service node
+    assert jobs["ask"]["stdout"].strip().startswith("service answered: ")
+    assert jobs["ask"]["stdout"].strip().endswith(" hello")
+    assert jobs["ask-again"]["stdout"].strip().endswith(" again")
     client = shared_cluster.client()
     assert client.services("pipeline-echo")[0]["state"] == "running"  # a service outlives the pipeline
     client.stop_service("pipeline-echo")

@@ -55,6 +55,10 @@ def add_parsers(
     p.add_argument("--workers", type=int, default=2, help="workers for --local (default 2)")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S seconds (exit 1)")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    p.add_argument(
+        "--strict", action="store_true",
+        help="refuse what the Titan format would ignore (an unknown key...) instead of warning (exit 2)",
+    )  # fmt: skip
 
     p = sub.add_parser(
         "status", parents=[common], help="show a job, a DAG, or the latest jobs",
@@ -245,10 +249,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from titan_zmq.errors import JobError
 
     try:
-        pipeline = load_pipeline(args.pipeline)
+        pipeline = load_pipeline(args.pipeline, strict=args.strict, quiet=True)
     except JobError as exc:
         print(f"titan: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    for warning in pipeline.warnings:
+        print(f"titan: warning: {warning}", file=sys.stderr)
     if args.local:
         from titan_zmq.local import LocalCluster
 
@@ -264,12 +270,6 @@ def _run_pipeline(client: Any, pipeline: Any, args: argparse.Namespace) -> int:
     from rich.table import Table
 
     err0 = sys.stderr
-    for name, kw in pipeline.services.items():  # services first: jobs after them find them up
-        print(f"deploying service {name}...", file=err0)
-        rec = client.deploy(name, wait=60.0, **kw)
-        print(f"service {name}: {rec['state']} at " + ", ".join(r["address"] for r in rec["replicas"]), file=err0)
-    if not pipeline.dag.nodes:
-        return EXIT_OK
     if pipeline.schedule:
         rec = client.schedule(pipeline.name, pipeline.schedule, dag=pipeline.dag, catchup=pipeline.catchup)
         print(f"pipeline {pipeline.name} scheduled: {pipeline.schedule!r} (titan schedule ls)", file=err0)
@@ -303,8 +303,11 @@ def _run_pipeline(client: Any, pipeline: Any, args: argparse.Namespace) -> int:
                 break
             time.sleep(0.25)  # a refresh interval for the display, not a wait for a state
     ok = not timed_out and all(r.ok for r in recs)
+    services = [line for line in map(_service_line, recs) if line]  # service nodes: where they run now
     if args.json:
         _json({"dag": run.id, "ok": ok, "timed_out": timed_out, "jobs": [r.to_dict() for r in recs]})
+        for line in services:
+            print(line, file=err0)
         return EXIT_OK if ok else EXIT_FAIL
     table = Table(title=f"{pipeline.name}: {'succeeded' if ok else 'FAILED'}")
     for col in ("job", "state", "worker", "duration", "note"):
@@ -320,15 +323,30 @@ def _run_pipeline(client: Any, pipeline: Any, args: argparse.Namespace) -> int:
     for r in shown:
         dur = "-" if r.duration is None else f"{r.duration:.2f}s"
         st = r.state.value
-        note = (r.error or r.waiting or "")[:80]
+        note = (r.error or r.waiting or _service_line(r) or "")[:80]
         table.add_row(r.id, f"[{colours.get(st, 'white')}]{st}[/]", r.worker or "-", dur, note)
     Console().print(table)
     print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for line in services:
+        print(line)
     if timed_out:
         print(
             f"titan: gave up after {args.timeout:g}s; the DAG {run.id} goes on (titan cancel {run.id})", file=sys.stderr
         )
     return EXIT_OK if ok else EXIT_FAIL
+
+
+def _service_line(rec: Any) -> str | None:
+    """"service NAME: running at host:port, ..." for a service node that became healthy (its result
+    names the service and its addresses); None for anything else."""
+    result = getattr(rec, "result", None)
+    if not isinstance(result, dict) or not getattr(rec, "ok", False):
+        return None
+    addresses = result.get("addresses")
+    if not isinstance(addresses, (list, tuple)) or not addresses:
+        return None
+    name = result.get("service") or rec.id
+    return f"service {name}: running at {', '.join(str(a) for a in addresses)} (titan stop {name})"
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

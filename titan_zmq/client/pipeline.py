@@ -24,15 +24,33 @@ Our own format::
         depends_on: [train]
         on_failure: continue          # stop (default) | continue
 
-The Titan format (``version``, ``project``, per job ``type``, ``file``, ``requirement``...) loads
-into the same model: ``file`` becomes a script job, ``requirement`` a capability tag (``GENERAL``:
-any worker). ``hitl_message`` puts an approval gate (``<id>.approval``) before the job.
+Approvals (our format): a ``type: approval`` entry is a gate of its own (``message``, ``timeout``,
+``after``); or a job (or a service) asks with ``approval: "Ship it?"`` or ``approval: {message: ...,
+placement: before | after, timeout: S}``. ``before`` (the default) puts a gate ``<id>.approval``
+after the job's parents and the job after it (and its parents, whose results it still gets);
+``after`` runs the job first, then the gate asks about its output, and every child of the job
+waits for both the job (its inputs) and the gate. A rejection, or no answer within ``timeout``
+seconds, fails the gate and cancels what waits for it.
 
-``type: service`` (both formats; with ``port``, and in our format ``health`` and ``replicas``)
-deploys a long-running service instead of running a job. ``titan run`` deploys a pipeline's
-services first and waits until they are healthy; a job ``after`` a service then simply runs
-(the service is up), and finds it with ``client.service_address(name)``. Services keep running
-after the pipeline: ``titan stop NAME`` ends them.
+Services (both formats): ``type: service`` (with ``port``, and in our format ``health`` and
+``replicas``) is a DAG node (``Dag.deploy``): it starts once its parents succeeded, succeeds when
+the service is healthy (its result names its addresses), releases its children, and keeps
+running after the DAG: ``titan stop NAME`` ends it.
+
+The original Titan format, read as its parser reads it: top level ``name``, ``project``
+(default true: the YAML's folder travels as one archive and each ``file`` is an entry point that
+must be inside it; false: ``file`` is a script beside the YAML or anywhere), ``version``
+(accepted, unused), ``jobs``; per job ``id``, ``type`` (any case; anything but ``service`` is a
+task), ``file``, ``args``, ``depends_on``, ``priority`` (default 1), ``delay`` (whole seconds),
+``affinity``, ``requirement`` (a tag; ``GENERAL`` is any worker), ``port`` (services),
+``hitl_message`` and ``max_wait_seconds`` (default 172800: 48 h): a gate ``<id>.approval`` after
+the job (placement ``after``, see above). Values are coerced as the original does (``int()``,
+``bool()``, ``str()``; see ``pipeline_jobs.py``). An id that is not one of ours (``Step 1``) is
+mapped deterministically (``Step_1``; a short hash is added if that is taken), its ``depends_on``
+follow, and the job keeps the written id as the label ``titan.name``. A key the original does
+not read is a warning (file, line, key), logged and kept in ``Pipeline.warnings``;
+``load_pipeline(path, strict=True)`` (``titan run --strict``) refuses it instead. Our own format
+stays strict: an unknown key there is an error.
 
 Every error names the file, the line and the key: ``pipeline.yaml:12: job 'train': unknown key
 'retrys' (known: ...)``.
@@ -43,7 +61,10 @@ are read by ``pipeline_jobs.py`` (both formats), over the nodes of ``pipeline_ya
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,23 +72,26 @@ from typing import Any
 import yaml
 
 from titan_zmq.client.dag import Dag
-from titan_zmq.client.pipeline_jobs import OWN_JOB, TITAN_JOB, own_job, titan_job  # noqa: F401 - keys re-exported
+from titan_zmq.client.pipeline_jobs import HITL_WAIT, OWN_JOB, TITAN_JOB, own_job, titan_job, titan_raw_id  # noqa: F401
 from titan_zmq.client.pipeline_yaml import ID_RE, YamlDoc, YamlJob, kind_of
 from titan_zmq.errors import PipelineError
 
 __all__ = ["Pipeline", "PipelineError", "load_pipeline"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Pipeline:
-    """A loaded pipeline: its name, the Dag to submit, and the file it came from."""
+    """A loaded pipeline: its name, the Dag to submit (services are nodes of it), the file it came
+    from, and the warnings of its loading ("file:line: ..."; only the Titan format has any)."""
 
     name: str
     dag: Dag
     path: Path
-    services: dict[str, dict[str, Any]]  # name -> TitanClient.deploy() keywords, deployed before the DAG
     schedule: str | None = None  # a cron expression: `titan run` schedules the DAG instead of running it
     catchup: str = "skip"
+    warnings: tuple[str, ...] = ()
 
 
 OWN_TOP = ("name", "description", "jobs", "schedule", "catchup")
@@ -76,11 +100,13 @@ _TITAN_JOB_MARKERS = ("file", "requirement")  # "type" is in both formats
 _TITAN_TOP_MARKERS = ("version", "project")
 
 
-def load_pipeline(path: str | Path) -> Pipeline:
+def load_pipeline(path: str | Path, *, strict: bool = False, quiet: bool = False) -> Pipeline:
     """Load a YAML pipeline (our format or the Titan format) into a checked ``Dag``.
 
-    Raises ``PipelineError`` naming the file, the line and the key for anything wrong: unknown keys,
-    wrong types, duplicate ids, unknown parents, cycles, missing scripts, unsupported Titan features.
+    Raises ``PipelineError`` naming the file, the line and the key for anything wrong: unknown keys
+    (our format), wrong types, duplicate ids, unknown parents, cycles, missing scripts. What the
+    Titan format ignores is a warning: logged (unless ``quiet``) and kept in ``Pipeline.warnings``;
+    with ``strict``, a ``PipelineError`` that lists them.
     """
     path = Path(path)
     doc = YamlDoc(path, _read(path))
@@ -95,35 +121,81 @@ def load_pipeline(path: str | Path) -> Pipeline:
         any(k in j.fields for k in _TITAN_JOB_MARKERS) for j in jobs
     )
     _check_top(doc, top, titan)
-    name = _name(doc, top)
-    project = _titan_top(doc, top) if titan else False
-    seen: dict[str, YamlJob] = {}
-    parents: dict[str, list[str]] = {}
-    services: dict[str, dict[str, Any]] = {}
-    runs: list[tuple[str, dict[str, Any]]] = []  # the jobs that run, with their options
-    for job in jobs:
-        jid = _job_id(job, seen)
-        options = titan_job(job) if titan else own_job(job)
-        if project:  # the YAML's folder travels as one archive; each file is an entry point in it
-            folder = doc.path.resolve().parent
-            options["script"] = Path(options["script"]).resolve().relative_to(folder).as_posix()
-            options["project"] = str(folder)
-        parents[jid] = options.pop("after")
-        service = options.pop("service", None)
-        if service is None:
-            runs.append((jid, options))
-        elif parents[jid]:
-            why = "a service starts before every job of the pipeline; it cannot wait for jobs"
-            raise job.fail(_parents_key(job), why)
-        else:
-            services[jid] = {**options, **service}
-    dag = _dag(name, runs, parents, services)
+    runs = _titan_runs(doc, top, jobs) if titan else _own_runs(jobs)
+    name = _titan_name(doc, top) if titan else _name(doc, top)
+    seen = {jid: job for jid, job, _ in runs}
+    parents = {jid: list(options["after"]) for jid, _, options in runs}
     _check_parents(seen, parents)
     _check_cycles(seen, parents)
-    if not runs and not services:
-        raise doc.fail(jobs_node, "the pipeline has no jobs")
+    dag = _dag(name, runs)
     schedule, catchup = _schedule(doc, top)
-    return Pipeline(name=name, dag=dag, path=path, services=services, schedule=schedule, catchup=catchup)
+    if strict and doc.warnings:
+        raise PipelineError("\n".join(doc.warnings) + "\n(refused: --strict / strict=True)")
+    if not quiet:
+        for w in doc.warnings:
+            log.warning("%s", w)
+    return Pipeline(name=name, dag=dag, path=path, schedule=schedule, catchup=catchup, warnings=tuple(doc.warnings))
+
+
+def _own_runs(jobs: list[YamlJob]) -> list[tuple[str, YamlJob, dict[str, Any]]]:
+    seen: dict[str, YamlJob] = {}
+    runs = []
+    for job in jobs:
+        jid = _job_id(job, seen)
+        runs.append((jid, job, own_job(job)))
+    return runs
+
+
+def _titan_runs(
+    doc: YamlDoc, top: dict[str, tuple[yaml.Node, yaml.Node]], jobs: list[YamlJob]
+) -> list[tuple[str, YamlJob, dict[str, Any]]]:
+    """The Titan format's jobs, with their ids mapped to ours and the project folder (if any) applied."""
+    project = _titan_project(doc, top)
+    written = [titan_raw_id(job) for job in jobs]
+    ids = titan_ids(written)
+    seen: dict[str, YamlJob] = {}
+    runs = []
+    for job, raw in zip(jobs, written, strict=True):
+        jid = ids[raw]
+        if jid in seen:
+            first = seen[jid].node.start_mark.line + 1
+            raise job.fail("id", f"job id {raw!r} is used twice (first on line {first})")
+        job.label = f"job '{raw}'"
+        seen[jid] = job
+        options = titan_job(job, ids, project)
+        if jid != raw and "service" not in options:
+            options["labels"] = {"titan.name": raw}
+        runs.append((jid, job, options))
+    return runs
+
+
+_NOT_ID = re.compile(r"[^A-Za-z0-9_.:@-]+")
+_NOT_SERVICE = re.compile(r"[^A-Za-z0-9_.-]+")
+_SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def titan_ids(written: list[str]) -> dict[str, str]:
+    """Our job id for each id as written: itself if it is valid, else its runs of other characters
+    turned into ``_`` (``"Step 1"`` -> ``Step_1``), with ``-`` and 8 hex of its sha1 added if that
+    is another job's id. The same file always gives the same ids."""
+    out = {w: w for w in written if ID_RE.fullmatch(w)}
+    taken = set(out)
+    for w in written:
+        if w in out:
+            continue
+        slug = _NOT_ID.sub("_", w).strip("_.:@-")[:100] or "job"
+        if slug in taken:
+            slug = f"{slug}-{hashlib.sha1(w.encode()).hexdigest()[:8]}"
+        out[w] = slug
+        taken.add(slug)
+    return out
+
+
+def _service_name(jid: str) -> str:
+    """A service node's service name: its id, where that is a valid service name."""
+    if _SERVICE_RE.fullmatch(jid):
+        return jid
+    return (_NOT_SERVICE.sub("_", jid).strip("_.-") or "service")[:64]
 
 
 def _read(path: Path) -> str:
@@ -138,9 +210,13 @@ def _read(path: Path) -> str:
 def _check_top(doc: YamlDoc, top: dict[str, tuple[yaml.Node, yaml.Node]], titan: bool) -> None:
     known_top = TITAN_TOP if titan else OWN_TOP
     for key, (knode, _) in top.items():
-        if key not in known_top:
-            fmt = " in the Titan format" if titan else ""
-            raise doc.fail(knode, f"unknown top-level key '{key}'{fmt} (known: {', '.join(known_top)})")
+        if key in known_top:
+            continue
+        if titan:  # the original ignores it: say so, and go on
+            doc.warn(knode, f"top-level key '{key}' is not read by the Titan format; ignored "
+                            f"(known: {', '.join(known_top)})")  # fmt: skip
+        else:
+            raise doc.fail(knode, f"unknown top-level key '{key}' (known: {', '.join(known_top)})")
 
 
 def _job_id(job: YamlJob, seen: dict[str, YamlJob]) -> str:
@@ -163,21 +239,39 @@ def _parents_key(job: YamlJob) -> str:
     return "after" if "after" in job.fields else "depends_on"
 
 
-def _dag(
-    name: str, runs: list[tuple[str, dict[str, Any]]], parents: dict[str, list[str]], services: dict[str, Any]
-) -> Dag:
-    """The Dag of the jobs that run: a job after a service simply runs (the service is up before the
-    DAG starts), and a job with an approval question (``gate``) waits for a gate after its parents."""
+def _dag(name: str, runs: list[tuple[str, YamlJob, dict[str, Any]]]) -> Dag:
+    """The Dag: jobs, service nodes (``Dag.deploy``) and approval gates. A gate placed ``before`` a
+    job comes after the job's parents, and the job after both; a gate placed ``after`` a job comes
+    after it, and every child of the job waits for both the job and the gate."""
     dag = Dag(name)
-    for jid, options in runs:
-        after = [p for p in parents[jid] if p not in services]
+    ids = {jid for jid, _, _ in runs}
+    gated_after = {jid for jid, _, o in runs if o.get("gate") and o["gate"]["placement"] == "after"}
+    for jid, job, options in runs:
+        after: list[str] = []
+        for p in options.pop("after"):
+            after += [p, f"{p}.approval"] if p in gated_after else [p]
         gate = options.pop("gate", None)
-        if gate is not None:  # hitl_message: the job waits for a person's approval, after its parents
-            gid = f"{jid}.approval"
-            dag.add(id=gid, after=after, approval=gate)
-            after = [gid]
-        dag.add(id=jid, after=after, **options)
+        gid = f"{jid}.approval"
+        if gate is not None and gid in ids:
+            raise job.fail(None, f"its approval gate would be '{gid}', which is the id of another job")
+        if gate is not None and gate["placement"] == "before":
+            dag.add(id=gid, after=after, **_gate_options(gate))
+            after = [*after, gid]
+        service = options.pop("service", None)
+        if service is None:
+            dag.add(id=jid, after=after, **options)
+        else:
+            dag.deploy(_service_name(jid), id=jid, after=after, **service)
+        if gate is not None and gate["placement"] == "after":
+            dag.add(id=gid, after=[jid], **_gate_options(gate))
     return dag
+
+
+def _gate_options(gate: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {"approval": gate["message"]}
+    if gate.get("timeout") is not None:
+        options["timeout"] = gate["timeout"]
+    return options
 
 
 def _check_parents(jobs: dict[str, YamlJob], parents: dict[str, list[str]]) -> None:
@@ -242,18 +336,32 @@ def _name(doc: YamlDoc, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> str:
     return name
 
 
-def _titan_top(doc: YamlDoc, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> bool:
-    """Check Titan's top-level keys; return whether the YAML's folder ships as a project."""
+def _titan_name(doc: YamlDoc, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> str:
+    """The DAG id of a Titan file: its ``name`` (any text, mapped like an id), else the file's stem."""
+    v = doc.value(top["name"][1]) if "name" in top else None
+    if v is None or v == "":
+        v = doc.path.stem
+    if isinstance(v, (list, dict)):
+        raise doc.fail(top["name"][1], f"'name' must be a name, got {v!r}")
+    return titan_ids([str(v)])[str(v)]
+
+
+def _titan_project(doc: YamlDoc, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> Path | None:
+    """The project folder (the YAML's), unless ``project`` is false; read as the original reads it:
+    absent is true, and any other value by its truth (``bool()``: the string "false" is true)."""
     if "version" in top:
         v = doc.value(top["version"][1])
-        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        if isinstance(v, (list, dict)):
             raise doc.fail(top["version"][1], f"'version' must be a string or a number, got {v!r}")
     if "project" in top:
-        v = doc.value(top["project"][1])
-        if v is not None and not isinstance(v, bool):
-            raise doc.fail(top["project"][1], f"'project' must be true or false, got {v!r}")
-        return bool(v)
-    return False
+        vnode = top["project"][1]
+        v = doc.value(vnode)
+        if isinstance(v, str) and v.strip().lower() in ("false", "no", "off", "0", "n", "none", "null"):
+            doc.warn(vnode, f"'project' is the string {v!r}, which the Titan format reads as true; write false")
+        if not v:
+            return None
+    return Path(os.path.normpath(doc.path.resolve().parent))
+
 
 def _check_cycles(jobs: dict[str, YamlJob], parents: dict[str, list[str]]) -> None:
     """Refuse a cycle, naming it and the line of the job where it closes."""

@@ -123,7 +123,7 @@ def _own_gate(job: YamlJob, options: dict[str, Any]) -> None:
     if isinstance(v, str):
         v = {"message": v}
     if not isinstance(v, dict):
-        raise job.fail("approval", f"'approval' must be a question or a map with message, placement, timeout; got {v!r}")
+        raise job.fail("approval", f"'approval' must be a question or a map (message, placement, timeout), got {v!r}")
     unknown = sorted(str(k) for k in v if k not in ("message", "placement", "timeout"))
     if unknown:
         raise job.fail("approval", f"'approval': unknown key '{unknown[0]}' (known: message, placement, timeout)")
@@ -134,7 +134,8 @@ def _own_gate(job: YamlJob, options: dict[str, Any]) -> None:
         raise job.fail("approval", f"'approval': 'placement' must be 'before' or 'after', got {placement!r}")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise job.fail("approval", f"'approval': 'timeout' must be a number of seconds > 0, got {timeout!r}")
-    options["gate"] = {"message": message, "placement": placement, "timeout": None if timeout is None else float(timeout)}
+    timeout = None if timeout is None else float(timeout)
+    options["gate"] = {"message": message, "placement": placement, "timeout": timeout}
 
 
 def _own_kind(job: YamlJob) -> str:
@@ -318,7 +319,8 @@ def _titan_int(job: YamlJob, key: str, default: int | None, lo: int, hi: int) ->
     try:
         n = int(v)
     except (TypeError, ValueError, OverflowError):
-        raise job.fail(key, f"'{key}' must be a whole number (the Titan format reads it with int()), got {v!r}") from None
+        why = f"'{key}' must be a whole number (the Titan format reads it with int()), got {v!r}"
+        raise job.fail(key, why) from None
     if isinstance(v, float) and v != n:
         job.warn(key, f"'{key}' {v!r} is read as {n}, as the Titan format does (int())")
     if not lo <= n <= hi:
@@ -377,8 +379,9 @@ def _titan_file(job: YamlJob, project: Path | None) -> dict[str, Any]:
         return {"script": str(path)}
     path = Path(os.path.normpath(project / Path(rel).expanduser()))
     if not path.is_relative_to(project):
-        raise job.fail("file", f"'file' {rel!r} is outside the project folder {project}: with 'project: true' "
-                               "(the default) only that folder travels; move the file into it, or set project: false")  # fmt: skip
+        why = (f"'file' {rel!r} is outside the project folder {project}: with 'project: true' (the default) "
+               "only that folder travels; move the file into it, or set project: false")  # fmt: skip
+        raise job.fail("file", why)
     if not path.is_file():
         raise job.fail("file", f"'file': no such file {rel!r} (looked for {path})")
     return {"script": path.relative_to(project).as_posix(), "project": str(project)}
