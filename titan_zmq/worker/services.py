@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from titan_zmq.compat.paths import with_sdk_shim
 from titan_zmq.config import SERVICE_PORTS
 from titan_zmq.errors import ServiceFailed
 from titan_zmq.process import die_with_parent, kill_tree
@@ -100,7 +101,7 @@ class ServiceRunner:
 
     def __init__(self, cache: BlobCache, env: dict[str, str], logs: LogSink, tail: int = 64 * 1024) -> None:
         self.cache = cache
-        self.env = env
+        self.env = with_sdk_shim(env)  # a service script may import titan_sdk, as the original's do
         self.logs = logs
         self.tail = tail
         self.replicas: dict[str, Replica] = {}
