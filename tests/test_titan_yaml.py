@@ -108,7 +108,7 @@ def test_args_are_read_with_str_then_split(tmp_path: Path) -> None:
     got = [node(p, j)["options"].get("args") for j in "abcdefg"]
     assert got == [["5"], ["True"], ["--mode", "hard reset", "-v"], None, None, ["x", "2"], ["2.5"]]
     refused(titan_file(tmp_path, "- {id: a, file: t.py, args: {k: v}}\n", name="b.yaml"), ":3:", "'args' must be")
-    refused(titan_file(tmp_path, "- {id: a, file: t.py, args: \"it's\"}\n", name="c.yaml"), ":3:", "cannot be split")
+    refused(titan_file(tmp_path, '- {id: a, file: t.py, args: "it\'s"}\n', name="c.yaml"), ":3:", "cannot be split")
 
 
 def test_type_in_any_case_and_anything_else_is_a_task(tmp_path: Path) -> None:
@@ -317,8 +317,8 @@ def test_our_format_approval_before_and_after(tmp_path: Path) -> None:
                      ('approval: {message: x, timeout: -1}', "'timeout' must be a number"),
                      ('approval: 3', "'approval' must be a question or a map")):  # fmt: skip
         refused(write(tmp_path, f"jobs:\n  - id: a\n    shell: 'true'\n    {bad}\n", "bad.yaml"), ":4: job 'a':", why)
-    svc = write(tmp_path, "jobs:\n  - {id: s, type: service, shell: 'x', approval: {message: 'up?', placement: after}}\n"
-                "  - {id: u, shell: 'true', after: [s]}\n", "svc.yaml")  # fmt: skip
+    svc = write(tmp_path, "jobs:\n  - {id: s, type: service, shell: 'x', approval: {message: 'up?', "
+                "placement: after}}\n  - {id: u, shell: 'true', after: [s]}\n", "svc.yaml")  # fmt: skip
     assert [(n["id"], n["after"]) for n in load_pipeline(svc).dag.nodes] == [
         ("s", []), ("s.approval", ["s"]), ("u", ["s", "s.approval"])
     ]  # fmt: skip

@@ -337,8 +337,8 @@ def _run_pipeline(client: Any, pipeline: Any, args: argparse.Namespace) -> int:
 
 
 def _service_line(rec: Any) -> str | None:
-    """"service NAME: running at host:port, ..." for a service node that became healthy (its result
-    names the service and its addresses); None for anything else."""
+    """The summary line of a service node that became healthy: "service NAME: running at
+    host:port, ..." (its result names the service and its addresses); None for anything else."""
     result = getattr(rec, "result", None)
     if not isinstance(result, dict) or not getattr(rec, "ok", False):
         return None

@@ -26,10 +26,10 @@ OWN_JOB = (
     "retries", "backoff", "after", "depends_on", "on_failure", "labels", "node", "affinity", "affinity_wait",
     "type", "port", "health", "replicas", "message", "fallback", "wait", "when", "approval",
 )  # fmt: skip
-TITAN_JOB = (
+TITAN_JOB = (  # the keys the original reads; any other is a warning
     "id", "type", "file", "args", "depends_on", "priority", "delay", "affinity", "requirement", "port",
     "hitl_message", "max_wait_seconds",
-)  # fmt: skip  (the keys the original reads; any other is a warning)
+)  # fmt: skip
 HITL_WAIT = 172800  # the original's default max_wait_seconds: 48 hours
 _PLACEMENTS = ("before", "after")
 _FALSE_WORDS = ("false", "no", "off", "0", "n", "none", "null")
