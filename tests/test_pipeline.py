@@ -94,8 +94,9 @@ def test_both_formats_give_the_same_specs(tmp_path: Path) -> None:
             """
             name: same
             jobs:
-              - {id: prep, script: prep.py, args: ["1"], priority: 2}
-              - {id: train, script: train.py, depends_on: [prep], requires: [gpu], delay: 1, priority: 1}
+              - {id: prep, script: prep.py, args: ["1"], priority: 2, retries: 3, backoff: 0}
+              - {id: train, script: train.py, depends_on: [prep], requires: [gpu], delay: 1, priority: 1,
+                 retries: 3, backoff: 0}
             """,
             "own.yaml",
         )

@@ -71,7 +71,8 @@ def test_numbers_are_read_with_int(tmp_path: Path) -> None:
     assert node(p, "a")["options"]["priority"] == 10 and node(p, "a")["options"]["delay"] == 3.0
     assert node(p, "b")["options"]["priority"] == 2 and node(p, "b")["options"]["delay"] == 1.0  # int() drops it
     assert node(p, "c")["options"]["priority"] == 1
-    assert node(p, "d")["options"] == {"priority": 1}  # the original's default priority; no delay
+    # The original's default priority, no delay, and its implicit retries (three, at once).
+    assert node(p, "d")["options"] == {"priority": 1, "retries": 3, "backoff": 0.0}
     assert any(":4: job 'b': 'priority' 2.7 is read as 2" in w for w in p.warnings), p.warnings
     assert any(":4: job 'b': 'delay' 1.5 is read as 1" in w for w in p.warnings), p.warnings
     path = titan_file(tmp_path, "- {id: a, file: t.py, priority: high}\n", name="bad.yaml")
@@ -165,7 +166,7 @@ def test_ignored_keys_warn_with_file_line_and_key(tmp_path: Path, caplog: pytest
     assert p.warnings[0].startswith(f"{path}:2: top-level key 'owner' is not read by the Titan format; ignored")
     assert p.warnings[1].startswith(f"{path}:7: job 'a': key 'retries' is not read by the Titan format; ignored")
     assert [r.getMessage() for r in caplog.records] == list(p.warnings)
-    assert node(p, "a")["options"] == {"priority": 1}  # ignored: no retries
+    assert node(p, "a")["options"] == {"priority": 1, "retries": 3, "backoff": 0.0}  # its own retries: ignored
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="titan_zmq.client.pipeline"):
         assert load_pipeline(path, quiet=True).warnings == p.warnings

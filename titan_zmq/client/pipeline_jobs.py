@@ -21,6 +21,11 @@ from typing import Any
 from titan_zmq.client.pipeline_yaml import CALL_RE, TAG_RE, YamlJob
 from titan_zmq.errors import ExprError
 
+# The original retries a failed job three times, at once, then it is dead (its dead-letter list,
+# `titan dead` here). Titan-format jobs and the compatibility layer get that as their default;
+# our own format keeps explicit retries (0 unless given).
+TITAN_RETRIES = 3
+
 OWN_JOB = (
     "id", "call", "shell", "script", "args", "kwargs", "env", "requires", "priority", "delay", "timeout",
     "retries", "backoff", "after", "depends_on", "on_failure", "labels", "node", "affinity", "affinity_wait",
@@ -295,6 +300,7 @@ def _titan_task(job: YamlJob, options: dict[str, Any], requirement: list[str] | 
     if requirement:
         options["requires"] = requirement
     options["priority"] = _titan_int(job, "priority", 1, -(2**31), 2**31)  # the original's default is 1
+    options["retries"], options["backoff"] = TITAN_RETRIES, 0.0  # its implicit retries, at once
     delay = _titan_int(job, "delay", 0, 0, 365 * 86400)
     if delay:
         options["delay"] = float(delay)

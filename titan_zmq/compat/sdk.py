@@ -55,6 +55,7 @@ from typing import Any
 
 from titan_zmq.client import Dag
 from titan_zmq.client import TitanClient as NativeClient
+from titan_zmq.client.pipeline_jobs import TITAN_RETRIES
 from titan_zmq.compat import convert as C
 from titan_zmq.config import parse_address
 from titan_zmq.errors import BadRequest, Conflict, JobError, TitanError, UnknownJob, UnknownService, WaitTimeout
@@ -62,7 +63,7 @@ from titan_zmq.job import JobRecord, new_job_id
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RETRIES = 3  # the original's promise: 3 retries, then DEAD
+DEFAULT_RETRIES = TITAN_RETRIES  # the original's promise: 3 retries, then DEAD
 ID_KEY = "titan.compat.id:"  # KV prefix: original job id -> our job id of its latest run
 HITL_KEY = "titan:hitl:status:"  # the original's KV key a gate's decision is written to
 ARTIFACTS = (
@@ -232,14 +233,11 @@ class TitanClient:
         poll_interval: float = 2,
         timeout: float = 300,
     ) -> str | bool:
-        """Load a YAML pipeline and submit it (its services deployed first); with ``wait``, block
+        """Load a YAML pipeline and submit it (its services are nodes of the DAG); with ``wait``, block
         until every job ended: ``False`` if that took longer than ``timeout`` seconds."""
         from titan_zmq.client.pipeline import load_pipeline
 
         pipeline = load_pipeline(yaml_path)
-        # Services are nodes of the DAG; a loader that still returns them apart has them deployed first.
-        for svc, options in getattr(pipeline, "services", {}).items():
-            self.native.deploy(svc, wait=60.0, **options)
         if not pipeline.dag.nodes:
             return "DAG_ACCEPTED"
         run = pipeline.dag.instance(f"{C.safe_id(pipeline.name, 50)}-{new_job_id()[:6]}")
