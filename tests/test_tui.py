@@ -19,7 +19,7 @@ from tui.app import REFRESH
 pytestmark = pytest.mark.timeout(120)
 
 
-async def _until(pilot: Any, cond: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+async def _until(pilot: Any, cond: Callable[[], Any], what: str, timeout: float = 45.0) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -67,7 +67,8 @@ def test_dashboard_fills_from_the_live_feed_follows_a_log_and_cancels(cluster: L
             await _until(pilot, lambda: len(log.lines) == 3, "the selected job's log lines")
             assert "hello 3" in "".join(seg.text for seg in log.lines[2])
             # A job of a DAG: the DAG pane shows its nodes and their states.
-            jobs.move_cursor(row=ids.index(run.ids[0]))
+            jobs.move_cursor(row=[str(k.value) for k in jobs.rows].index(run.ids[0]))
+            await _until(pilot, lambda: app.selected == run.ids[0], "the DAG's job to be selected")
             dag_table = app.query_one("#dag", DataTable)
             await _until(pilot, lambda: dag_table.row_count == 3, "the DAG view")
             assert "3/3 ended" in _text(app, "#dagtitle")
