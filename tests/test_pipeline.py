@@ -28,9 +28,13 @@ def write(tmp_path: Path, text: str, name: str = "pipeline.yaml") -> Path:
 
 def refused(tmp_path: Path, text: str, *fragments: str) -> str:
     """Load ``text`` and check the error names the file and every fragment (line, key, ...)."""
-    path = write(tmp_path, text)
+    return refused_file(write(tmp_path, text), *fragments)
+
+
+def refused_file(path: Path, *fragments: str, strict: bool = False) -> str:
+    """Load ``path`` and check the error names the file and every fragment (line, key, ...)."""
     with pytest.raises(PipelineError) as info:
-        load_pipeline(path)
+        load_pipeline(path, strict=strict)
     msg = str(info.value)
     assert msg.startswith(f"{path}:"), msg
     for f in fragments:

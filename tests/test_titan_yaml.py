@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from tests.test_cli import titan
+from tests.test_pipeline import refused_file as refused
 from tests.test_routing import fake_gpu_path
 from titan_zmq.client import JobState, TitanClient
-from titan_zmq.client.pipeline import HITL_WAIT, Pipeline, PipelineError, load_pipeline
+from titan_zmq.client.pipeline import HITL_WAIT, Pipeline, load_pipeline
 from titan_zmq.job import JobRecord
 from titan_zmq.local import LocalCluster, wait_for
 
@@ -46,16 +47,6 @@ def load(tmp_path: Path, jobs: str, top: str = "project: false\n") -> Pipeline:
 
 def node(p: Pipeline, jid: str) -> dict[str, Any]:
     return next(n for n in p.dag.nodes if n["id"] == jid)
-
-
-def refused(path: Path, *fragments: str, strict: bool = False) -> str:
-    with pytest.raises(PipelineError) as info:
-        load_pipeline(path, strict=strict)
-    msg = str(info.value)
-    assert msg.startswith(f"{path}:"), msg
-    for f in fragments:
-        assert f in msg, msg
-    return msg
 
 
 # ---- coercions, as the original parser reads values ------------------------------------------------
