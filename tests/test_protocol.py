@@ -63,6 +63,7 @@ _SAMPLES = [
     _sample("Drain"),
     _sample("Approve", rid=17, id="gate", approve=False, by="ana@host", note="not today"),
     _sample("Edge", rid=19, parent="a", child="b"),
+    _sample("Retry", rid=20, ids=["a"], dag="d", from_job="b"),
     _sample("Schedule", rid=18, op="add", name="nightly", cron="0 3 * * *", catchup="once",
             jobs=[{"id": "n", "kind": "shell", "target": "true"}], blobs={SHA: b"x"}),
     _sample("SvcState", states=[{"id": "web.0", "state": "running", "port": 20001}]),
