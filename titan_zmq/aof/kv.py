@@ -2,8 +2,9 @@
 
 It lives in the broker and is journaled with the rest of its state: every write
 returns the record that replays it (``aof.records``: ``KvSet``, ``KvDel``...), and :meth:`KVStore.apply`
-replays those ops. Reads never touch the journal. ``incr`` and ``cas`` journal as a
-plain ``set`` of the value they produced, so replay needs no arithmetic and no clock.
+replays those ops. A read journals nothing, except that a read which finds a key past its
+expiry removes it and journals that ``KvDel``. ``incr`` and ``cas`` journal as a plain ``set`` of
+the value they produced, so replay needs no arithmetic and no clock.
 """
 
 from __future__ import annotations
