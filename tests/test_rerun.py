@@ -4,6 +4,7 @@ through ``titan retry`` / ``titan dead`` against a real cluster."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -153,3 +154,56 @@ def test_titan_retry_and_titan_dead_from_the_command_line(shared_cluster: LocalC
     again = _titan(shared_cluster, "dead", "--requeue", "cli-dead.job")
     assert again.returncode == 0 and "1 job(s) run again" in again.stdout, again.stdout + again.stderr
     assert client.wait(["cli-dead.job"], 60)["cli-dead.job"].state is JobState.SUCCEEDED
+
+
+def test_a_child_run_again_waits_for_a_parent_that_is_still_running() -> None:
+    """Its other parent listed it from its first wiring: it must be wired once, not twice."""
+    s = make_sched(FakeClock())
+    w = add_worker(s, "w", slots=4)
+    submit(s, spec("a", dag="d"), spec("b", dag="d"), spec("c", dag="d", depends_on=["a", "b"]))
+    assert sorted(dispatch(s)["w"]) == ["a", "b"]
+    report(s, w, "b", "failed", error="broke")
+    assert s.jobs["c"].state is JobState.CANCELLED and s.jobs["a"].state is JobState.RUNNING
+    s.retry([], dag="d", from_job="b")
+    assert s.jobs["a"].children == ["c"] and s.jobs["c"].waiting_on == 2
+    report(s, w, "a", result="A")
+    assert s.jobs["c"].state is JobState.PENDING  # still waits for b
+    assert dispatch(s) == {"w": ["b"]}
+    report(s, w, "b", result="B")
+    assert dispatch(s) == {"w": ["c"]} and s.jobs["c"].inputs == {"a": "A", "b": "B"}
+
+
+def test_requeue_runs_again_what_it_cancelled_in_other_dags_and_outside_any() -> None:
+    s = make_sched(FakeClock())
+    w = add_worker(s, "w", slots=4)
+    submit(s, spec("r", dag="d1"), spec("c", dag="d2", depends_on=["r"]), spec("n", depends_on=["r"]))
+    dispatch(s)
+    report(s, w, "r", "failed", error="broke")
+    out = s.retry(["r"])
+    assert sorted(r["id"] for r in out["records"]) == ["c", "n", "r"]
+
+
+SHA_OK = hashlib.sha256(b"print(1)").hexdigest()
+
+
+def test_a_script_job_that_failed_keeps_its_content_to_run_again() -> None:
+    clock = FakeClock()
+    s = make_sched(clock)
+    s.journaled()
+    w = add_worker(s, "w", slots=2)
+    s.submit([spec("s", kind="script", target="job.py", blob=SHA_OK, dag="d")], {SHA_OK: b"print(1)"})
+    dispatch(s)
+    report(s, w, "s", "failed", error="broke")
+    assert SHA_OK in s.blobs  # kept: a job that did not succeed may run again
+    ops = s.take_ops()
+    # ... also across a restart, and a snapshot keeps it.
+    s2 = make_sched(clock)
+    restorer = Restorer(s2, KVStore(), orphan_wait=5.0)
+    for op in ops:
+        restorer.apply(op)
+    restorer.finish()
+    assert s2.blobs[SHA_OK][1] == 1
+    s.retry([], dag="d")
+    assert dispatch(s) == {"w": ["s"]}
+    report(s, w, "s", result=1)
+    assert SHA_OK not in s.blobs  # it succeeded: its content goes

@@ -112,3 +112,59 @@ def test_a_service_node_waiting_for_health_survives_a_broker_restart(tmp_path: P
         assert recs[svc].result["service"] == "echo-restart"
         again.stop_service("echo-restart")
         wait_for(lambda: _stopped(again, "echo-restart"), 30, "the service to stop")
+
+
+def test_two_nodes_for_one_service_both_settle_and_a_cancel_leaves_the_other(cluster: LocalCluster) -> None:
+    """A pipeline run twice deploys the same service from two nodes: both wait for it; cancelling
+    one does not stop the service the other waits for."""
+    client = cluster.client()  # no worker yet: both nodes wait
+    nodes = []
+    for run in ("two-a", "two-b", "two-c"):
+        dag = Dag(run)
+        nodes.append(dag.deploy("shared-echo", script=ECHO, health="tcp", id=f"{run}.echo"))
+        client.submit_dag(dag)
+    for n in nodes:
+        wait_for(lambda n=n: client.status(n).state is JobState.RUNNING, 30, f"{n} to wait for its service")
+    client.cancel_dag("two-c")
+    assert client.services("shared-echo")[0]["state"] != "stopping"  # the others still want it
+    cluster.add_worker(name="w-two", slots=1)
+    recs = client.wait(nodes[:2], 60)
+    assert all(r.state is JobState.SUCCEEDED for r in recs.values())
+    assert recs[nodes[0]].result == recs[nodes[1]].result
+    client.stop_service("shared-echo")
+    wait_for(lambda: _stopped(client, "shared-echo"), 30, "the service to stop")
+
+
+def test_a_node_fails_when_its_service_is_stopped_before_it_is_healthy(cluster: LocalCluster) -> None:
+    client = cluster.client()  # no worker: it cannot get healthy
+    dag = Dag("stopped-early")
+    svc = dag.deploy("early-stop", script=ECHO, health="tcp", id="stopped-early.echo")
+    client.submit_dag(dag)
+    wait_for(lambda: client.status(svc).state is JobState.RUNNING, 30, "the node to wait for its service")
+    client.stop_service("early-stop")
+    rec = client.wait([svc], 30)[svc]
+    assert rec.state is JobState.FAILED and "stopped before it became healthy" in (rec.error or "")
+
+
+def test_running_a_failed_service_node_again_says_to_stop_the_service_first(cluster: LocalCluster) -> None:
+    cluster.add_worker(name="w1", slots=1)
+    cluster.wait_workers(1)
+    client = cluster.client()
+    dag = Dag("svc-again")
+    svc = dag.deploy("flaky-svc", shell="exit 3", health="tcp", max_crashes=1, id="svc-again.svc")
+    assert client.submit_dag(dag).wait(60)[svc].state is JobState.FAILED
+    run = client.retry_dag("svc-again")
+    rec = run.wait(30)[svc]
+    assert rec.state is JobState.FAILED and "`titan stop flaky-svc` first" in (rec.error or "")
+    client.stop_service("flaky-svc")
+    wait_for(lambda: _forgotten(client, "flaky-svc"), 30, "the failed service to go")
+    assert client.retry_dag("svc-again").wait(30)[svc].state is JobState.FAILED  # deployed again: it fails again
+    assert "exited with code 3" in (client.status(svc).error or "")
+
+
+def _forgotten(client: TitanClient, name: str) -> bool:
+    try:
+        client.services(name)
+    except UnknownService:
+        return True
+    return False

@@ -142,51 +142,61 @@ class Restorer:
         sched = self.sched
         now, wall = sched.clock(), sched.wall()
         counts = {"queued": 0, "held": 0, "pending": 0, "orphaned": 0}
-        for slot in sched.blobs.values():
-            slot[1] = 0
+        self._count_blobs()
         for e in list(sched.jobs.values()):
-            st = e.state
-            if st in FINAL_STATES:
+            if e.state in FINAL_STATES:
                 e.not_before = 0.0
-                continue
-            if e.job.blob is not None:
-                held = sched.blobs.get(e.job.blob)
-                if held is None:
-                    raise AOFCorrupt(f"job {e.job.id} needs blob {e.job.blob[:12]}..., which the journal lacks")
-                held[1] += 1
-            nb_wall, e.not_before = e.not_before, 0.0
-            known = self.inputs.get(e.job.id)
-            if st is JobState.PENDING:
-                sched.graph.wire_parents(e, known)
-                counts["pending"] += 1
-                continue
-            if e.job.depends_on:
-                e.inputs = {**_inputs(sched, e), **(known or {})}
-            if st is JobState.AWAITING:  # a gate: still waiting for its person, its deadline kept
-                sched.timers.await_gate(e, max(0.001, nb_wall - wall) if nb_wall else None)
-                counts["queued"] += 1
-            elif st is JobState.RUNNING and e.job.kind == "service":
-                if sched.service_nodes is not None:  # its service came back from the journal: wait for it again
-                    sched.service_nodes.start(e)
-                counts["queued"] += 1
-            elif st is JobState.RUNNING:
-                e.worker = None
-                sched.orphans[e.job.id] = now + self.orphan_wait
-                counts["orphaned"] += 1
-            elif nb_wall > wall:
-                sched.timers.hold(e, now + (nb_wall - wall))
-                counts["held"] += 1
             else:
-                if e.pin is not None and e.pin_soft:
-                    e.pin = None  # its parent's worker is not known to be back: any eligible one will do
-                queued_at = e.queued_at
-                sched.queues.enqueue(e)
-                e.queued_at = queued_at or e.queued_at
-                counts["queued"] += 1
-        for sha in [s for s, slot in sched.blobs.items() if slot[1] <= 0]:
-            del sched.blobs[sha]
+                counts[self._resume(e, now, wall)] += 1
         sched.restart_counters(self.seq, self.max_lease)
         return counts
+
+    def _count_blobs(self) -> None:
+        """Each content's holders: the jobs that have not succeeded (a failed one may run again)."""
+        sched = self.sched
+        for slot in sched.blobs.values():
+            slot[1] = 0
+        for e in sched.jobs.values():
+            if e.job.blob is not None and e.state is not JobState.SUCCEEDED:
+                held = sched.blobs.get(e.job.blob)
+                if held is not None:
+                    held[1] += 1
+                elif e.state not in FINAL_STATES:
+                    raise AOFCorrupt(f"job {e.job.id} needs blob {e.job.blob[:12]}..., which the journal lacks")
+        for sha in [s for s, slot in sched.blobs.items() if slot[1] <= 0]:
+            del sched.blobs[sha]
+
+    def _resume(self, e: Entry, now: float, wall: float) -> str:
+        """Make a job that had not ended runnable again; returns what it is now, for the start-up log."""
+        sched = self.sched
+        st = e.state
+        nb_wall, e.not_before = e.not_before, 0.0
+        known = self.inputs.get(e.job.id)
+        if st is JobState.PENDING:
+            sched.graph.wire_parents(e, known)
+            return "pending"
+        if e.job.depends_on:
+            e.inputs = {**_inputs(sched, e), **(known or {})}
+        if st is JobState.AWAITING:  # a gate: still waiting for its person, its deadline kept
+            sched.timers.await_gate(e, max(0.001, nb_wall - wall) if nb_wall else None)
+            return "queued"
+        if st is JobState.RUNNING and e.job.kind == "service":
+            if sched.service_nodes is not None:  # waiting for its service again (it came back from the journal)
+                sched.service_nodes.resume(e)
+            return "queued"
+        if st is JobState.RUNNING:
+            e.worker = None
+            sched.orphans[e.job.id] = now + self.orphan_wait
+            return "orphaned"
+        if nb_wall > wall:
+            sched.timers.hold(e, now + (nb_wall - wall))
+            return "held"
+        if e.pin is not None and e.pin_soft:
+            e.pin = None  # its parent's worker is not known to be back: any eligible one will do
+        queued_at = e.queued_at
+        sched.queues.enqueue(e)
+        e.queued_at = queued_at or e.queued_at
+        return "queued"
 
 
 def _inputs(sched: Scheduler, e: Entry) -> dict[str, Any]:
@@ -222,7 +232,7 @@ def _capture(sched: Scheduler, kv: KVStore) -> list[list[Any]]:
     blobs_done: set[str] = set()
     for e in sched.jobs.values():
         sha = e.job.blob
-        if sha is not None and sha not in blobs_done and e.state not in FINAL_STATES and sha in sched.blobs:
+        if sha is not None and sha not in blobs_done and e.state is not JobState.SUCCEEDED and sha in sched.blobs:
             ops.append(R.encode(R.Blob(sha, sched.blobs[sha][0])))
             blobs_done.add(sha)
         ops.append(R.encode(R.Accepted(e.job.to_wire(), e.submitted_at)))

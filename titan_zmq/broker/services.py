@@ -232,6 +232,8 @@ class ServiceManager:
         self._log(encode(ServiceStopped(name)))
         self.events.append({"service": name, "state": "stopping"})
         self._maybe_gone(svc)
+        if self.on_change is not None:
+            self.on_change(svc)
         return self.record(svc)
 
     def _maybe_gone(self, svc: Service) -> None:

@@ -222,13 +222,8 @@ class Outcomes(Part):
             st.counters["succeeded"] += 1
         elif state is not JobState.CANCELLED:
             st.counters["failed"] += 1
-        sha = entry.job.blob
-        if sha is not None:
-            slot = st.blobs.get(sha)
-            if slot is not None:
-                slot[1] -= 1
-                if slot[1] <= 0:
-                    del st.blobs[sha]
+        if entry.job.blob is not None and state is JobState.SUCCEEDED:
+            st.release_blob(entry.job.blob)  # a job that did not succeed keeps it: it may run again
         if entry.watchers:
             fx = st.fx
             full = None
@@ -286,6 +281,8 @@ class Outcomes(Part):
         if old is None:
             return
         st.journal(encode(Forgotten(jid)))
+        if old.job.blob is not None and old.state is not JobState.SUCCEEDED:
+            st.release_blob(old.job.blob)
         key = old.job.idempotency_key
         if key is not None and st.idempotency.get(key) == jid:
             del st.idempotency[key]

@@ -46,7 +46,7 @@ class Rerun(Part):
                            "wait for it, or cancel it first")  # fmt: skip
         for e in entries:
             sha = e.job.blob
-            if sha is not None and sha not in st.blobs:
+            if sha is not None and sha not in st.blobs:  # (only a job that succeeded lets its content go)
                 raise Conflict(f"job {e.job.id}: its content is no longer kept by the broker; submit it again")
         order = sorted(entries, key=lambda e: e.seq)
         for e in order:
@@ -58,22 +58,18 @@ class Rerun(Part):
     def _downstream(self, roots: list[str], only_unsucceeded: bool = False) -> set[str]:
         """``roots`` and the jobs after them (with ``only_unsucceeded``, only those that did not succeed)."""
         st = self.st
-        children: dict[str, list[str]] = {}
-        dags = {st.jobs[r].job.dag for r in roots if r in st.jobs}
-        for dag in dags:
-            for jid in st.dags.get(dag, ()) if dag is not None else ():
-                e = st.jobs.get(jid)
-                if e is not None:
-                    for p in e.job.depends_on:
-                        children.setdefault(p, []).append(jid)
+        children: dict[str, list[str]] = {}  # of every known job: a child may be in another DAG, or in none
+        for e in st.jobs.values():
+            for p in e.job.depends_on:
+                children.setdefault(p, []).append(e.job.id)
         out: set[str] = set()
         work = list(roots)
         while work:
             jid = work.pop()
             if jid in out:
                 continue
-            e = st.jobs.get(jid)
-            if e is None or (only_unsucceeded and e.state is JobState.SUCCEEDED):
+            node = st.jobs.get(jid)
+            if node is None or (only_unsucceeded and node.state is JobState.SUCCEEDED):
                 continue
             out.add(jid)
             work.extend(children.get(jid, ()))
@@ -87,8 +83,12 @@ class Rerun(Part):
         except ValueError:
             pass
         sha = e.job.blob
-        if sha is not None:
+        if sha is not None and e.state is JobState.SUCCEEDED:  # it had let its content go: hold it again
             st.blobs[sha][1] += 1
+        for p in e.job.depends_on:  # a parent still running lists it from its first wiring: wire it once
+            parent = st.jobs.get(p)
+            if parent is not None and parent.children:
+                parent.children = [c for c in parent.children if c != e.job.id] or None
         e.fb_base = e.attempts  # its retries count afresh
         e.level = e.lost = e.misses = 0
         e.result = e.error = e.error_type = e.traceback = e.exit_code = None

@@ -230,8 +230,11 @@ class ServiceNodes(Protocol):
     def start(self, entry: Entry) -> None:
         """Deploy the node's service; report back with ``Outcomes.service_up`` or ``service_failed``."""
 
+    def resume(self, entry: Entry) -> None:
+        """After a restart: wait again for the service of a node that was waiting for it."""
+
     def cancel(self, entry: Entry) -> None:
-        """The node was cancelled before its service became healthy: stop the service."""
+        """The node was cancelled before its service became healthy: stop the service it deployed."""
 
 
 class State:
@@ -358,6 +361,15 @@ class State:
         self.seq = itertools.count(seq)
         self.leases = itertools.count(lease + 1)
         self.last_lease = lease
+
+    def release_blob(self, sha: str) -> None:
+        """A job no longer needs the content ``sha``: drop it when no job holds it. A job holds its
+        content until it succeeds or is forgotten (a failed one may be run again: ``titan retry``)."""
+        slot = self.blobs.get(sha)
+        if slot is not None:
+            slot[1] -= 1
+            if slot[1] <= 0:
+                del self.blobs[sha]
 
     def own(self, entry: Entry, owner: bytes) -> None:
         """``owner`` submitted the unfinished job ``entry``: it counts against that client's limit."""
