@@ -15,7 +15,7 @@ import pytest
 from titan_zmq.compat import convert as C
 from titan_zmq.compat.paths import SHIM_DIR, with_sdk_shim
 from titan_zmq.compat.sdk import TitanClient, TitanJob
-from titan_zmq.errors import TitanError
+from titan_zmq.errors import JobError, TitanError
 from titan_zmq.job import JobRecord, JobState
 from titan_zmq.local import LocalCluster, wait_for
 
@@ -44,7 +44,7 @@ def test_requirement_general_means_any_worker_and_others_are_lower_case_tags() -
 def test_delay_is_milliseconds_there_and_seconds_here() -> None:
     assert C.delay_seconds(0) is None
     assert C.delay_seconds(1500) == 1.5
-    with pytest.raises(ValueError):
+    with pytest.raises(JobError, match="delay must be >= 0 milliseconds"):
         C.delay_seconds(-1)
 
 

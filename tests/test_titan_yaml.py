@@ -471,3 +471,9 @@ def test_ci_example_with_its_release_gate(shared_cluster: LocalCluster) -> None:
     assert recs["Unit_Tests"].labels == {"titan.name": "Unit Tests"} and recs["Checkout"].priority == 5
     assert recs["Build_Wheel"].stdout.startswith("BUILD after Lint, Unit_Tests on ")
     assert recs["Publish"].stdout.startswith("PUBLISH after Build_Wheel, Build_Wheel.approval on ")
+
+
+def test_a_file_in_an_unknown_users_home_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nproject: false\njobs:\n  - {id: a, file: '~no-such-user-here/a.py'}\n")
+    refused(path, ":4:", "names the home folder of a user this machine does not know")

@@ -378,12 +378,12 @@ def _titan_file(job: YamlJob, project: Path | None) -> dict[str, Any]:
         raise job.fail(None if not v else "file", "'file' is missing: a Titan job runs a Python file")
     rel = str(v)
     if project is None:
-        path = Path(rel).expanduser()
+        path = job.expand("file", rel)
         path = path if path.is_absolute() else job.doc.path.resolve().parent / path
         if not path.is_file():
             raise job.fail("file", f"'file': no such file {rel!r} (looked for {path})")
         return {"script": str(path)}
-    path = Path(os.path.normpath(project / Path(rel).expanduser()))
+    path = Path(os.path.normpath(project / job.expand("file", rel)))
     if not path.is_relative_to(project):
         why = (f"'file' {rel!r} is outside the project folder {project}: with 'project: true' (the default) "
                "only that folder travels; move the file into it, or set project: false")  # fmt: skip

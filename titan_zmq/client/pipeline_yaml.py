@@ -198,11 +198,19 @@ class YamlJob:
                 raise self.fail(key, f"'{key}' has an invalid tag {t!r}: use letters, digits and _.:=+-")
         return sorted({t.strip() for t in items})
 
+    def expand(self, key: str, rel: str) -> Path:
+        """``rel`` as a path, ``~`` expanded (a home that does not exist is this key's error)."""
+        try:
+            return Path(rel).expanduser()
+        except RuntimeError:
+            why = f"'{key}': {rel!r} names the home folder of a user this machine does not know"
+            raise self.fail(key, why) from None
+
     def script_path(self, key: str) -> str | None:
         rel = self.string(key)
         if rel is None:
             return None
-        path = Path(rel).expanduser()
+        path = self.expand(key, rel)
         if not path.is_absolute():
             path = self.doc.path.resolve().parent / path
         if not path.is_file():

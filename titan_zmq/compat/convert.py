@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from titan_zmq.config import DEFAULT_FRONT
+from titan_zmq.errors import JobError
 from titan_zmq.job import JobRecord, JobState
 
 # Our states -> the names the original's get_job_status returns. Its PENDING covers everything
@@ -54,7 +55,7 @@ def delay_seconds(delay_ms: float | int | None) -> float | None:
     if not delay_ms:
         return None
     if float(delay_ms) < 0:
-        raise ValueError(f"delay must be >= 0 milliseconds, got {delay_ms}")
+        raise JobError(f"delay must be >= 0 milliseconds, got {delay_ms}")
     return float(delay_ms) / 1000.0
 
 
