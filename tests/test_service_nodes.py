@@ -24,11 +24,16 @@ def _ask(address: str, text: str) -> str:
         return s.makefile().readline().split(" ", 1)[1].strip()
 
 
-def _stopped(client: TitanClient, name: str) -> bool:
+def _state(client: TitanClient, name: str) -> str | None:
+    """The service's state, or None once the broker has forgotten it (stopped and gone)."""
     try:
-        return bool(client.services(name)[0]["state"] == "stopped")
-    except UnknownService:  # stopped and forgotten
-        return True
+        return str(client.services(name)[0]["state"])
+    except UnknownService:
+        return None
+
+
+def _stopped(client: TitanClient, name: str) -> bool:
+    return _state(client, name) in ("stopped", None)
 
 
 def test_a_service_in_the_middle_of_a_dag(cluster: LocalCluster) -> None:
@@ -157,14 +162,7 @@ def test_running_a_failed_service_node_again_says_to_stop_the_service_first(clus
     rec = run.wait(30)[svc]
     assert rec.state is JobState.FAILED and "`titan stop flaky-svc` first" in (rec.error or "")
     client.stop_service("flaky-svc")
-    wait_for(lambda: _forgotten(client, "flaky-svc"), 30, "the failed service to go")
+    wait_for(lambda: _state(client, "flaky-svc") is None, 30, "the failed service to go")
     assert client.retry_dag("svc-again").wait(30)[svc].state is JobState.FAILED  # deployed again: it fails again
     assert "exited with code 3" in (client.status(svc).error or "")
 
-
-def _forgotten(client: TitanClient, name: str) -> bool:
-    try:
-        client.services(name)
-    except UnknownService:
-        return True
-    return False
