@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from benchmarks import aof, ceiling, dag, titan, workloads
+from benchmarks import aof, ceiling, dag, objects, titan, workloads
 from benchmarks.cpu import CpuMeter, children
 from benchmarks.report import Row, format_table, median, percentile
 from titan_zmq.client import TitanClient
@@ -35,7 +35,7 @@ from titan_zmq.local import LocalCluster
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("noop", "scripts", "dag", "fanout", "journal", "memory", "scaling", "peers")
+SCENARIOS = ("noop", "scripts", "dag", "fanout", "journal", "memory", "scaling", "peers", "objects")
 POLICIES = ("off", "everysec", "always")  # the journal: none (in memory), then the two durable policies
 ORIGINAL_TITAN = {"jobs_per_s": 7.4, "p50_ms": 90.0}  # the Java original, 2 workers, measured on this machine
 
@@ -137,6 +137,7 @@ class Run:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args = args
         self.size = QUICK if args.quick else FULL
+        self.objects_size = objects.QUICK if args.quick else objects.FULL
         self.tmp = tmp
         self.rows: list[Row] = []
         self.targets: list[Target] = []
@@ -325,6 +326,15 @@ class Run:
                                            goal[name], shown=f"{goal[name]:g}x"))  # fmt: skip
         self.figures["peers"] = out
 
+    def objects(self) -> None:
+        """The data plane (benchmarks/objects.py): its own clusters, the raw stream, Dask and Ray."""
+        fig = objects.measure(self.objects_size)
+        rows, targets, notes = objects.report(fig)
+        self.rows += rows
+        self.targets += [Target(name, value, limit, higher, shown) for name, value, limit, higher, shown in targets]
+        self.notes += notes
+        self.figures["objects"] = fig
+
     def all(self) -> None:
         with ExitStack() as stack:
             needs_cluster = any(self.want(n) for n in ("noop", "scripts", "dag", "fanout"))
@@ -341,7 +351,7 @@ class Run:
                 for name in ("scripts", "dag", "fanout"):
                     if self.want(name):
                         self.step(name, lambda n=name: getattr(self, n)(client))  # type: ignore[misc]
-        for name in ("journal", "memory", "scaling", "peers"):
+        for name in ("journal", "memory", "scaling", "peers", "objects"):
             if self.want(name):
                 self.step(name, getattr(self, name))
 

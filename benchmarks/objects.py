@@ -1,0 +1,667 @@
+"""The data plane: ``python -m benchmarks.objects [--quick] [--json OUT]`` (or ``python -m benchmarks --only objects``).
+
+Four figures, each against a baseline measured in the same run on the same machine:
+
+- **transfer**: an object of 1 GiB (``--quick``: 256 MiB), a numpy array returned by a job pinned to
+  worker ``local-1`` (kept in its store), then received by a job pinned to ``local-2`` (``node=``), which
+  touches every page of it. The fetch time is the consumer's submit-to-result time minus that of the same
+  consumer run again right after on the same worker, where the object is local (its record says
+  ``from: local``): both map the object, touch every page and report, so what differs is the fetch, from
+  the worker's request to the last byte in its store (the connection, the chunk protocol, the file it
+  writes). Throughput is the object's size over that time. Baseline: a raw pyzmq stream of as many bytes
+  between two processes of their own (a ROUTER sending them from memory in 4 MiB frames, zero copy, to a
+  DEALER that receives and drops them), run after each titan transfer. A second baseline has the receiver
+  write each frame into a file, as the worker does (on a VM, fresh page-cache pages cost the most).
+- **broker CPU per GiB**: the broker's CPU time during the transfers (from each consumer's submission to
+  its result) per GiB moved; baseline: its CPU time during an idle interval as long, per as many GiB.
+  Counted from its threads' run time in schedstat (ns): psutil's user + system time, also recorded, comes
+  in 10 ms ticks, too coarse for a process that is almost idle for a few seconds. The same figure for a
+  holder serving through the broker's relay only (``--no-direct-objects``) shows what relaying costs.
+- **mapreduce**: 8 map jobs each returning a 64 MiB numpy array (``--quick``: 16 MiB), 8 reduce jobs each
+  receiving one map's array (its parent's result, in ``inputs``) and summing all of it, and one job adding
+  the 8 sums; a DAG through 4 workers x 1 slot, with placement by locality on (the broker's default) and
+  off (``--locality-wait 0``), on two clusters whose runs alternate, after an untimed run on each. Wall
+  time from submission to the last result, and the bytes moved between workers (the ``fetched`` records
+  of the reduce jobs: every input that did not come ``from: local``).
+- **peers**: the same functions and the same graph in Dask (``distributed.LocalCluster``, 4 processes x 1
+  thread, futures passed to tasks) and Ray (``ray.init(num_cpus=4)``, object refs passed to tasks), each
+  with its own data movement and an untimed run first, against titan's time with locality on. A peer that
+  is not installed is skipped with a note.
+
+Every process started here is stopped when the measurement ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from benchmarks.ceiling import _child_setup, stop_process  # die with the benchmark; SIGTERM, then SIGKILL
+from benchmarks.report import Row, format_table, median
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+GiB = 1 << 30
+ROOT = Path(__file__).resolve().parent.parent  # the repository root: workers import benchmarks.objects from it
+HOST = "127.0.0.1"
+FRAME = 4 * MiB  # the raw stream's frames: titan's chunk size
+_HWM = 8  # frames queued at each end of the raw stream (titan's fetcher keeps 4 chunks in flight, 8 queued)
+WORKERS = 4  # the MapReduce cluster: 4 workers x 1 slot, and 4-way parallelism for the peers
+PEERS = ("dask", "ray")
+_TIMEOUT = 600.0
+_U64 = 1 << 64
+
+# The titan functions the jobs run (by name, from the repository root).
+MAKE = "benchmarks.objects:make_partition"
+TOUCH = "benchmarks.objects:touch"
+REDUCE = "benchmarks.objects:reduce_inputs"
+COMBINE = "benchmarks.objects:combine_inputs"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    transfer: int  # bytes of the transfer's object
+    transfer_runs: int
+    relay: int  # bytes of the object fetched through the broker's relay
+    partitions: int
+    partition: int  # bytes of one map's array
+    mr_runs: int  # MapReduce runs per side (median reported)
+
+
+FULL = Sizes(transfer=1 * GiB, transfer_runs=5, relay=256 * MiB, partitions=8, partition=64 * MiB, mr_runs=5)
+QUICK = Sizes(transfer=256 * MiB, transfer_runs=3, relay=64 * MiB, partitions=8, partition=16 * MiB, mr_runs=3)
+
+
+def unavailable() -> str | None:
+    """Why the scenario cannot run here (its jobs need numpy), or None."""
+    if importlib.util.find_spec("numpy") is None:
+        return "numpy is not installed (pip install numpy)"
+    return None
+
+
+# ---- the jobs' functions (titan, Dask and Ray run the same ones) ------------------------------------------
+
+
+def make_partition(nbytes: int, seed: int) -> Any:
+    """A map: a numpy array of ``nbytes`` (uint64 ``arange + seed``: distinct content for every seed)."""
+    import numpy as np
+
+    a = np.arange(nbytes // 8, dtype=np.uint64)
+    a += np.uint64(seed)
+    return a
+
+
+def expected_sum(nbytes: int, seed: int) -> int:
+    """What :func:`reduce_partition` returns for ``make_partition(nbytes, seed)`` (mod 2**64, as numpy adds)."""
+    n = nbytes // 8
+    return (n * (n - 1) // 2 + n * seed) % _U64
+
+
+def reduce_partition(arr: Any) -> int:
+    """A reduce: the sum of every element (it reads all the partition's bytes)."""
+    return int(arr.sum())
+
+
+def combine(values: list[int]) -> int:
+    return sum(values) % _U64
+
+
+def reduce_inputs(inputs: dict[str, Any]) -> int:
+    """titan's reduce: its one parent's array arrives in ``inputs``."""
+    (arr,) = inputs.values()
+    return reduce_partition(arr)
+
+
+def combine_inputs(inputs: dict[str, Any]) -> int:
+    return combine(list(inputs.values()))
+
+
+def combine_args(*values: int) -> int:
+    """Ray's combine: refs passed as arguments arrive as values (refs inside a list would not)."""
+    return combine(list(values))
+
+
+def touch(arr: Any) -> dict[str, int]:
+    """The transfer's consumer: reads one element of every 4 KiB page of the array it received."""
+    return {"bytes": int(arr.nbytes), "check": int(arr[::512].sum())}
+
+
+# ---- the baseline: a raw pyzmq stream ---------------------------------------------------------------------
+
+
+def _sender_main(conn: Connection, nbytes: int) -> None:
+    """Bind a ROUTER, make the bytes, say the port; on a receiver's request, stream them in FRAME-byte frames."""
+    _child_setup()
+    data = memoryview(make_partition(nbytes + 7, 1)).cast("B")[:nbytes]  # made (its pages touched) before the clock
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, _HWM)  # a full queue blocks the send (ROUTER_MANDATORY): nothing is dropped
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    conn.send(sock.bind_to_random_port(f"tcp://{HOST}"))
+    ident, _ = sock.recv_multipart()
+    for off in range(0, data.nbytes, FRAME):
+        sock.send_multipart([ident, data[off : off + FRAME]], copy=False)
+    conn.recv()  # the receiver has every byte: the frames may go now
+
+
+def _receiver_main(conn: Connection, port: int, nbytes: int, path: str | None) -> None:
+    """Connect a DEALER, ask for the bytes, receive them all (dropping them, or writing them to ``path``);
+    send the seconds from the request to the last byte."""
+    _child_setup()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.RCVHWM, _HWM)
+    sock.connect(f"tcp://{HOST}:{port}")
+    if not sock.poll(10_000, zmq.POLLOUT):
+        conn.send(None)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600) if path else -1
+    got = 0
+    start = time.perf_counter()
+    sock.send(b"go")
+    while got < nbytes:
+        if not sock.poll(30_000):
+            conn.send(None)
+            return
+        buf = sock.recv(copy=False).buffer
+        if fd >= 0:
+            off = got
+            view = memoryview(buf)
+            while view.nbytes:
+                n = os.pwrite(fd, view, off)
+                view, off = view[n:], off + n
+        got += buf.nbytes
+    elapsed = time.perf_counter() - start
+    if fd >= 0:
+        os.close(fd)
+    conn.send(elapsed)
+
+
+def raw_stream(nbytes: int, into: str | None = None, timeout: float = 120.0) -> float:
+    """Seconds a raw pyzmq stream takes to carry ``nbytes`` from one process to another (FRAME-byte frames,
+    zero copy, from memory): from the receiver's request to its last byte. With ``into``, a folder, the
+    receiver writes the bytes into a file there (deleted after)."""
+    mp = multiprocessing.get_context("spawn")  # fresh interpreters: no ZeroMQ state crosses a fork
+    procs = []
+    s_parent, s_child = mp.Pipe()
+    r_parent, r_child = mp.Pipe()
+    path = None
+    if into is not None:
+        fd, path = tempfile.mkstemp(prefix="raw-", dir=into)
+        os.close(fd)
+    try:
+        sender = mp.Process(target=_sender_main, args=(s_child, nbytes), name="raw-sender", daemon=True)
+        procs.append(sender)
+        sender.start()
+        port = _wait(s_parent, sender, 60.0)
+        receiver = mp.Process(target=_receiver_main, args=(r_child, port, nbytes, path), name="raw-receiver",
+                              daemon=True)  # fmt: skip
+        procs.append(receiver)
+        receiver.start()
+        elapsed = _wait(r_parent, receiver, timeout)
+        if elapsed is None:
+            raise RuntimeError("the raw stream's receiver did not connect, or stalled")
+        s_parent.send("done")
+        return float(elapsed)
+    finally:
+        for p in reversed(procs):
+            stop_process(p)
+        for c in (s_parent, s_child, r_parent, r_child):
+            c.close()
+        if path is not None:
+            os.unlink(path)
+
+
+def _wait(conn: Connection, proc: Any, timeout: float) -> Any:
+    """What ``proc`` sends on ``conn``; RuntimeError if it exits first, TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not conn.poll(0.1):
+        if not proc.is_alive():
+            raise RuntimeError(f"the raw stream's {proc.name} exited with {proc.exitcode}")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"the raw stream's {proc.name} sent nothing within {timeout:g} s")
+    return conn.recv()
+
+
+class ProcessCpu:
+    """The CPU time one process spends during the calls measured, counted two ways: psutil's (user +
+    system, which Linux charges in whole clock ticks of 10 ms to the thread running when a tick fires) and
+    the scheduler's (its threads' run time in ``/proc/PID/task/*/schedstat``, in nanoseconds), which sees
+    the short bursts of a mostly idle process that ticks miss or overcharge. ``sched`` is None where
+    schedstat cannot be read."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.pid, self.proc = pid, psutil.Process(pid)
+        self.ticks = 0.0
+        self.sched: float | None = 0.0 if self._sched() is not None else None
+        self.wall = 0.0
+
+    def _sched(self) -> float | None:
+        total = 0
+        try:
+            for tid in os.listdir(f"/proc/{self.pid}/task"):
+                with open(f"/proc/{self.pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return total / 1e9
+
+    def measure(self, fn: Callable[[], Any]) -> Any:
+        t0, s0, w0 = self.proc.cpu_times(), self._sched(), time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.wall += time.perf_counter() - w0
+            t1, s1 = self.proc.cpu_times(), self._sched()
+            self.ticks += (t1.user + t1.system) - (t0.user + t0.system)
+            if self.sched is not None and s0 is not None and s1 is not None:
+                self.sched += s1 - s0
+
+
+# ---- titan ------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def cluster(workers: int, broker_args: list[str] | None = None,
+            first_worker: list[str] | None = None) -> Iterator[Any]:  # fmt: skip
+    """A LocalCluster of ``workers`` x 1 slot named local-1, local-2, ..., whose workers import
+    ``benchmarks``; ``first_worker``: extra command-line flags for local-1."""
+    from titan_zmq.local import LocalCluster
+
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    c = LocalCluster(workers=0, slots=1, env={"PYTHONPATH": path}, broker_args=broker_args)
+    with c:
+        for i in range(workers):
+            c.add_worker(name=f"local-{i + 1}", extra=first_worker if i == 0 else None)
+        c.wait_workers(workers)
+        log.info("objects: broker pid %d, worker pids %s", c.broker.pid if c.broker else -1, [p.pid for p in c.workers])
+        yield c
+
+
+def _warm(client: Any, workers: int) -> None:
+    """Start each worker's call executor and import numpy and this module there; move one small object."""
+    for i in range(workers):
+        node = f"local-{i + 1}"
+        ref = client.submit(MAKE, args=[2 * MiB, 10_000 + i + int.from_bytes(os.urandom(4), "big")],
+                            node=node).result(fetch=False, timeout=120)  # fmt: skip
+        other = f"local-{(i + 1) % workers + 1}"
+        for where in (other, node):
+            got = client.submit(TOUCH, args=[ref], node=where).result(timeout=120)
+            if got["bytes"] != 2 * MiB:
+                raise RuntimeError(f"the warm-up consumer received {got['bytes']} bytes, not {2 * MiB}")
+
+
+def _seed() -> int:
+    """A seed no earlier run used: every run's objects are new (objects are named by their content)."""
+    return int.from_bytes(os.urandom(5), "big")
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def transfer_once(client: Any, nbytes: int, meter: ProcessCpu | None = None,
+                  holder: str = "local-1", fetcher: str = "local-2") -> dict[str, Any]:  # fmt: skip
+    """Make an object of ``nbytes`` on ``holder``, receive it in a job on ``fetcher`` (timed, broker CPU
+    measured by ``meter``), then again where it is local. Returns the figures of this one transfer."""
+    from titan_zmq.objects import as_ref
+
+    made = client.submit(MAKE, args=[nbytes, _seed()], node=holder).result(fetch=False, timeout=_TIMEOUT)
+    ref = as_ref(made)
+    if ref is None or ref.size < nbytes:
+        raise RuntimeError(f"the producer's result is not a stored object of {nbytes:,} bytes: {made!r}")
+
+    def consume() -> tuple[Any, dict[str, Any]]:
+        h = client.submit(TOUCH, args=[ref], node=fetcher)
+        return h, h.result(timeout=_TIMEOUT)
+
+    remote_s, (h, got) = _timed(lambda: meter.measure(consume) if meter else consume())
+    local_s, (h2, got2) = _timed(consume)
+    moved = (client.status(h.id).fetched or {}).get(ref.id) or {}
+    again = (client.status(h2.id).fetched or {}).get(ref.id) or {}
+    if got["bytes"] != nbytes or got2 != got:
+        raise RuntimeError(f"the consumer received {got['bytes']:,} bytes, expected {nbytes:,}")
+    if moved.get("from") != holder or again.get("from") != "local":
+        raise RuntimeError(f"the object was not fetched from {holder} and then read locally: {moved}, {again}")
+    fetch_s = max(remote_s - local_s, 1e-9)
+    return {
+        "object_bytes": ref.size, "remote_s": remote_s, "local_s": local_s, "fetch_s": fetch_s,
+        "mb_per_s": ref.size / fetch_s / 1e6, "route": moved.get("route"), "from": moved.get("from"),
+        "bytes": moved.get("bytes"),
+    }  # fmt: skip
+
+
+def transfer(c: Any, nbytes: int, runs: int, into: str, raw: bool = True) -> dict[str, Any]:
+    """``runs`` transfers of ``nbytes`` from local-1 to local-2, alternated with raw streams of as many
+    bytes; the broker's CPU across them, and across an idle interval as long."""
+    client = c.client()
+    assert c.broker is not None
+    meter = ProcessCpu(c.broker.pid)
+    titan_runs: list[dict[str, Any]] = []
+    raw_runs: list[float] = []
+    file_runs: list[float] = []
+    for i in range(runs):
+        t = transfer_once(client, nbytes, meter)
+        titan_runs.append(t)
+        if raw:
+            raw_runs.append(raw_stream(t["object_bytes"]))
+            file_runs.append(raw_stream(t["object_bytes"], into))
+        log.info("transfer run %d: titan %.0f MB/s (%s), raw %s", i + 1, t["mb_per_s"], t["route"],
+                 f"{t['object_bytes'] / raw_runs[-1] / 1e6:.0f} MB/s" if raw_runs else "-")  # fmt: skip
+    moved_gib = sum(t["object_bytes"] for t in titan_runs) / GiB
+    idle = ProcessCpu(c.broker.pid)
+    idle.measure(lambda: time.sleep(meter.wall))
+    precise = meter.sched is not None and idle.sched is not None
+    busy_cpu = meter.sched if precise and meter.sched is not None else meter.ticks
+    idle_cpu = idle.sched if precise and idle.sched is not None else idle.ticks
+    size = titan_runs[0]["object_bytes"]
+    out: dict[str, Any] = {
+        "object_bytes": size,
+        "runs": titan_runs,
+        "fetch_s": median([t["fetch_s"] for t in titan_runs]),
+        "routes": sorted({str(t["route"]) for t in titan_runs}),
+        "gib_moved": moved_gib,
+        "broker_wall_s": meter.wall,
+        "idle_wall_s": idle.wall,
+        "broker_psutil_cpu_s": meter.ticks,
+        "idle_psutil_cpu_s": idle.ticks,
+        "broker_sched_cpu_s": meter.sched,
+        "idle_sched_cpu_s": idle.sched,
+        "cpu_counter": "schedstat" if precise else "psutil",
+        "broker_cpu_ms_per_gib": busy_cpu / moved_gib * 1e3,
+        "idle_cpu_ms_per_gib": idle_cpu / moved_gib * 1e3,
+        "broker_psutil_ms_per_gib": meter.ticks / moved_gib * 1e3,
+    }
+    out["mb_per_s"] = size / out["fetch_s"] / 1e6
+    if raw:
+        out["raw_s"] = median(raw_runs)
+        out["raw_runs_s"] = raw_runs
+        out["raw_mb_per_s"] = size / out["raw_s"] / 1e6
+        out["raw_file_s"] = median(file_runs)
+        out["raw_file_mb_per_s"] = size / out["raw_file_s"] / 1e6
+        out["ratio"] = out["mb_per_s"] / out["raw_mb_per_s"]
+        out["ratio_runs"] = [r / t["fetch_s"] for t, r in zip(titan_runs, raw_runs, strict=True)]
+    return out
+
+
+def mapreduce_dag(partitions: int, nbytes: int, tag: str) -> tuple[Any, list[str], list[str], str, list[int]]:
+    """The MapReduce as a titan DAG: (dag, map ids, reduce ids, the final id, the seeds)."""
+    from titan_zmq.client import Dag
+
+    dag = Dag(f"mapreduce-{tag}")
+    seeds = [_seed() for _ in range(partitions)]
+    maps = [dag.add(MAKE, args=[nbytes, s], id=f"mr-{tag}.map.{i}") for i, s in enumerate(seeds)]
+    reduces = [dag.add(REDUCE, after=[m], id=f"mr-{tag}.reduce.{i}") for i, m in enumerate(maps)]
+    final = dag.add(COMBINE, after=reduces, id=f"mr-{tag}.combine")
+    return dag, maps, reduces, final, seeds
+
+
+def mapreduce_titan(client: Any, partitions: int, nbytes: int) -> dict[str, Any]:
+    """One MapReduce run: seconds from submission to the last result, bytes moved between workers."""
+    from titan_zmq.client import JobState
+
+    dag, maps, reduces, final, seeds = mapreduce_dag(partitions, nbytes, os.urandom(4).hex())
+    t0 = time.perf_counter()
+    recs = client.submit_dag(dag).wait(timeout=_TIMEOUT)
+    elapsed = time.perf_counter() - t0
+    bad = [r for r in recs.values() if r.state is not JobState.SUCCEEDED]
+    if bad:
+        raise RuntimeError(f"{len(bad)} MapReduce job(s) did not succeed, e.g. {bad[0].id}: {bad[0].error}")
+    want = combine([expected_sum(nbytes, s) for s in seeds])
+    if recs[final].result != want:
+        raise RuntimeError(f"the MapReduce returned {recs[final].result!r}, expected {want}")
+    moved = fetches = local = 0
+    for m, r in zip(maps, reduces, strict=True):
+        fetched = client.status(r).fetched or {}  # the record of the DAG's wait may be a lean one
+        if not fetched:
+            raise RuntimeError(f"reduce job {r} has no record of its input's transfer")
+        for f in fetched.values():
+            if f.get("from") != "local":
+                moved += int(f.get("bytes") or 0)
+                fetches += 1
+        local += recs[m].worker == recs[r].worker
+    return {"seconds": elapsed, "bytes_moved": moved, "fetches": fetches, "reduces_where_their_input_was": local}
+
+
+# ---- the peers ------------------------------------------------------------------------------------------
+
+
+def mapreduce_dask(partitions: int, nbytes: int, runs: int, timeout: float = _TIMEOUT) -> dict[str, Any]:
+    """The same MapReduce on a Dask LocalCluster of 4 processes x 1 thread: futures passed to tasks."""
+    from distributed import Client, LocalCluster
+
+    from benchmarks import peers
+
+    # The reaper outermost: it ends last, once the cluster has closed (it kills only what outlives that).
+    with peers._Reaper() as reaper, ExitStack() as stack, peers._on_pythonpath():
+        quiet = logging.getLogger("distributed")
+        stack.callback(quiet.setLevel, quiet.level)
+        quiet.setLevel(logging.WARNING)
+        cl = stack.enter_context(LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, host=HOST,
+                                              dashboard_address=None, silence_logs=logging.ERROR))  # fmt: skip
+        client = stack.enter_context(Client(cl))
+        stack.callback(reaper.snapshot)  # before the cluster closes: its processes are still descendants then
+
+        def moved() -> int:
+            def incoming(dask_worker: Any) -> int:
+                return sum(int(d.get("total", 0)) for d in dask_worker.transfer_incoming_log)
+
+            return sum(client.run(incoming).values())
+
+        def once(n: int) -> tuple[float, int]:
+            seeds = [_seed() for _ in range(partitions)]
+            before = moved()
+            t0 = time.perf_counter()
+            maps = [client.submit(make_partition, n, s, pure=False) for s in seeds]
+            reds = [client.submit(reduce_partition, m, pure=False) for m in maps]
+            total = client.submit(combine, reds, pure=False).result(timeout=timeout)
+            elapsed = time.perf_counter() - t0
+            if total != combine([expected_sum(n, s) for s in seeds]):
+                raise RuntimeError(f"dask's MapReduce returned {total!r}")
+            del maps, reds
+            return elapsed, moved() - before
+
+        once(nbytes)  # an untimed run at full size: the workers import numpy and this module, and warm up
+        res = [once(nbytes) for _ in range(runs)]
+        return {
+            "seconds": median([r[0] for r in res]), "runs_s": [r[0] for r in res],
+            "bytes_moved": median([r[1] for r in res]), "versions": peers._versions("dask", "distributed"),
+            "setup": f"distributed.LocalCluster: {WORKERS} worker processes x 1 thread",
+        }  # fmt: skip
+
+
+def mapreduce_ray(partitions: int, nbytes: int, runs: int, timeout: float = _TIMEOUT) -> dict[str, Any]:
+    """The same MapReduce on a local Ray instance with num_cpus=4: object refs passed to tasks."""
+    import ray
+
+    from benchmarks import peers
+
+    store = max(256 * MiB, 3 * partitions * nbytes)
+    with peers._Reaper() as reaper:
+        try:
+            with peers._on_pythonpath():
+                ray.init(address="local", num_cpus=WORKERS, include_dashboard=False, object_store_memory=store,
+                         log_to_driver=False, logging_level=logging.WARNING)  # fmt: skip
+            make_r, reduce_r, combine_r = (ray.remote(f) for f in (make_partition, reduce_partition, combine_args))
+
+            def once(n: int) -> float:
+                seeds = [_seed() for _ in range(partitions)]
+                t0 = time.perf_counter()
+                maps = [make_r.remote(n, s) for s in seeds]
+                reds = [reduce_r.remote(m) for m in maps]
+                total = ray.get(combine_r.remote(*reds), timeout=timeout)
+                elapsed = time.perf_counter() - t0
+                if total != combine([expected_sum(n, s) for s in seeds]):
+                    raise RuntimeError(f"ray's MapReduce returned {total!r}")
+                return elapsed
+
+            once(nbytes)  # untimed, as for the others
+            res = [once(nbytes) for _ in range(runs)]
+        finally:
+            reaper.snapshot()
+            ray.shutdown()
+    return {
+        "seconds": median(res), "runs_s": res, "bytes_moved": None, "versions": peers._versions("ray"),
+        "setup": f"local instance, num_cpus={WORKERS}, object store {store // MiB} MiB (shared memory: one node "
+                 "moves nothing)",
+    }  # fmt: skip
+
+
+PEER_RUNNERS: dict[str, Callable[[int, int, int], dict[str, Any]]] = {"dask": mapreduce_dask, "ray": mapreduce_ray}
+
+
+def peer_unavailable(name: str) -> str | None:
+    from benchmarks import peers
+
+    return peers.unavailable(name)
+
+
+# ---- the whole scenario --------------------------------------------------------------------------------------
+
+
+def measure(size: Sizes, peer_names: tuple[str, ...] = PEERS, relay: bool = True) -> dict[str, Any]:
+    """Every figure of the scenario (see the module's docstring), as one JSON-able dict. A peer that is not
+    installed, or that fails, has ``skipped`` or ``failed`` in place of its figures."""
+    why = unavailable()
+    if why is not None:
+        return {"skipped": why}
+    out: dict[str, Any] = {"sizes": dataclasses.asdict(size)}
+    with tempfile.TemporaryDirectory(prefix="titan-bench-objects-") as tmp, ExitStack() as stack:
+        on = stack.enter_context(cluster(WORKERS))
+        c_on = on.client()
+        _warm(c_on, WORKERS)
+        t0 = time.monotonic()
+        out["transfer"] = transfer(on, size.transfer, size.transfer_runs, tmp)
+        log.info("objects: transfer done in %.0f s", time.monotonic() - t0)
+        if relay:
+            with cluster(2, first_worker=["--no-direct-objects"]) as rc:
+                _warm(rc.client(), 2)
+                out["relay"] = transfer(rc, size.relay, size.transfer_runs, tmp, raw=False)
+        off = stack.enter_context(cluster(WORKERS, broker_args=["--locality-wait", "0"]))
+        c_off = off.client()
+        _warm(c_off, WORKERS)
+        for c in (c_on, c_off):  # an untimed run at full size on each, as the peers get
+            mapreduce_titan(c, size.partitions, size.partition)
+        runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+        for i in range(size.mr_runs):  # alternated, run by run: a slow spell weighs on both sides
+            runs["on"].append(mapreduce_titan(c_on, size.partitions, size.partition))
+            runs["off"].append(mapreduce_titan(c_off, size.partitions, size.partition))
+            log.info("mapreduce run %d: on %.2f s / %d MB moved, off %.2f s / %d MB moved", i + 1,
+                     runs["on"][-1]["seconds"], runs["on"][-1]["bytes_moved"] // 10**6, runs["off"][-1]["seconds"],
+                     runs["off"][-1]["bytes_moved"] // 10**6)  # fmt: skip
+        mr: dict[str, Any] = {"partitions": size.partitions, "partition_bytes": size.partition,
+                              "cluster": f"{WORKERS} workers x 1 slot"}  # fmt: skip
+        for side, rs in runs.items():
+            mr[side] = {
+                "seconds": median([r["seconds"] for r in rs]),
+                "bytes_moved": median([r["bytes_moved"] for r in rs]),
+                "runs": rs,
+            }
+        out["mapreduce"] = mr
+    out["peers"] = {}
+    for name in peer_names:
+        reason = peer_unavailable(name)
+        if reason is not None:
+            out["peers"][name] = {"skipped": reason}
+            continue
+        try:
+            out["peers"][name] = PEER_RUNNERS[name](size.partitions, size.partition, size.mr_runs)
+        except Exception as exc:  # one peer failing must not cost the other's figures
+            log.exception("peer %s failed", name)
+            out["peers"][name] = {"failed": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+def report(fig: dict[str, Any]) -> tuple[list[Row], list[tuple[str, float, float, bool, str]], list[str]]:
+    """The table rows, the targets (name, value, limit, higher is better, shown) and notes of ``measure``'s figures."""
+    rows: list[Row] = []
+    targets: list[tuple[str, float, float, bool, str]] = []
+    notes: list[str] = []
+    if "skipped" in fig:
+        return rows, targets, [f"objects skipped: {fig['skipped']}"]
+    t = fig["transfer"]
+    name = f"object transfer {t['object_bytes'] / GiB:.2f} GiB"
+    rows.append(Row(name, "worker to worker vs raw stream", t["mb_per_s"], "MB/s", t.get("raw_mb_per_s")))
+    if "raw_mb_per_s" in t:
+        rows.append(Row(name, "vs raw stream into a file", t["mb_per_s"], "MB/s", t["raw_file_mb_per_s"]))
+        targets.append(("object transfer / raw pyzmq stream", t["ratio"], 0.70, True, "70%"))
+        notes.append("object transfer ratio run by run: " + "/".join(f"{r:.1%}" for r in t["ratio_runs"])
+                     + f"; route {', '.join(t['routes'])}")  # fmt: skip
+    rows.append(Row("broker CPU, direct transfer", "CPU µs per GiB moved vs idle", t["broker_cpu_ms_per_gib"] * 1e3,
+                    "µs/GiB", t["idle_cpu_ms_per_gib"] * 1e3))  # fmt: skip
+    above = t["broker_cpu_ms_per_gib"] - t["idle_cpu_ms_per_gib"]  # its heartbeats and timers go on meanwhile
+    targets.append(("broker CPU ms per GiB moved directly, above idle", above, 10.0, False, "10"))
+    r = fig.get("relay")
+    if r:
+        rows.append(Row(f"object transfer {r['object_bytes'] / MiB:.0f} MiB via relay", "worker to worker, MB/s",
+                        r["mb_per_s"], "MB/s", t["mb_per_s"]))  # fmt: skip
+        rows.append(Row("broker CPU, relayed transfer", "CPU µs per GiB moved vs idle",
+                        r["broker_cpu_ms_per_gib"] * 1e3, "µs/GiB", r["idle_cpu_ms_per_gib"] * 1e3))  # fmt: skip
+    mr = fig["mapreduce"]
+    shape = f"MapReduce {mr['partitions']} x {mr['partition_bytes'] // MiB} MiB"
+    on, off = mr["on"], mr["off"]
+    rows += [
+        Row(shape, "locality on vs off, time", on["seconds"] * 1e3, "ms", off["seconds"] * 1e3),
+        Row(shape, "locality on, MB moved", on["bytes_moved"] / 1e6, "MB"),
+        Row(shape, "locality off, MB moved", off["bytes_moved"] / 1e6, "MB"),
+    ]
+    for peer, res in fig.get("peers", {}).items():
+        if "seconds" not in res:
+            notes.append(f"objects peer {peer} {'skipped' if 'skipped' in res else 'failed'}: "
+                         f"{res.get('skipped') or res.get('failed')}")  # fmt: skip
+            continue
+        rows.append(Row(f"{shape}, {peer}", "time", res["seconds"] * 1e3, "ms"))
+        rows.append(Row(f"titan vs {peer}", f"{shape}, time", on["seconds"] * 1e3, "ms", res["seconds"] * 1e3))
+        targets.append((f"titan / {peer} MapReduce time", on["seconds"] / res["seconds"], 1.0, False, "1x"))
+        if res.get("bytes_moved") is not None:
+            notes.append(f"objects peer {peer}: {res['bytes_moved'] / 1e6:.1f} MB moved between its workers")
+    return rows, targets, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.objects", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smaller objects (256 MiB; partitions of 16 MiB)")
+    p.add_argument("--json", metavar="OUT", help="write every figure as JSON to OUT")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)  # fmt: skip
+    fig = measure(QUICK if args.quick else FULL)
+    rows, targets, notes = report(fig)
+    print(format_table(rows))
+    for name, value, limit, higher, shown in targets:
+        met = value >= limit if higher else value <= limit
+        print(f"  {'MET    ' if met else 'NOT MET'}  {name} {'>=' if higher else '<='} {shown}: {value:.3g}")
+    for note in notes:
+        print(note)
+    if args.json:
+        Path(args.json).write_text(json.dumps(fig, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
