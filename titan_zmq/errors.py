@@ -103,6 +103,36 @@ class Forbidden(BrokerError):
     code = "forbidden"
 
 
+class UnknownObject(BrokerError):
+    """No object with this id is known (never made, or freed); the message names it."""
+
+    code = "unknown_object"
+
+
+class ObjectError(TitanError):
+    """An object could not be stored, read or moved."""
+
+    code = "object"
+
+
+class ObjectStoreFull(ObjectError):
+    """A store refused an object: it would pass the store's size limit, or the disk is full."""
+
+    code = "store_full"
+
+
+class TransferError(ObjectError):
+    """An object could not be fetched from a holder (gone, unreachable, a bad checksum)."""
+
+    code = "transfer"
+
+
+class ObjectCorrupt(ObjectError):
+    """A stored or received object does not match its format or its checksum."""
+
+    code = "object_corrupt"
+
+
 class JobError(TitanError):
     """A job specification is invalid."""
 
