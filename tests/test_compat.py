@@ -96,24 +96,6 @@ def test_the_shim_is_appended_once_so_another_titan_sdk_wins() -> None:
     assert with_sdk_shim({})["PYTHONPATH"] == SHIM_DIR
 
 
-def test_artifact_calls_say_they_come_with_the_data_plane(tmp_path: Path) -> None:
-    client = TitanClient("127.0.0.1:1")  # never asked anything: these fail before any request
-    try:
-        calls = [
-            lambda: client.upload_file("x"), lambda: client.upload_project_folder("x"),
-            lambda: client.publish_artifact("k", "x"), lambda: client.get_artifact("k"),
-            lambda: client.fetch_artifact("x"), lambda: client.deploy_script("x"),
-        ]  # fmt: skip
-        for call in calls:
-            with pytest.raises(TitanError, match="data plane"):
-                call()
-        archive = TitanJob("proj", "proj.zip/main.py", is_archive=True)
-        with pytest.raises(TitanError, match="data plane"):
-            client.submit_job(archive)
-    finally:
-        client.close()
-
-
 def test_the_runner_resolves_titan_sdk_to_the_layer(tmp_path: Path) -> None:
     script = tmp_path / "probe.py"
     script.write_text(
@@ -304,3 +286,20 @@ def test_submit_yaml_waits_and_keeps_the_yaml_ids(sdk: TitanClient, tmp_path: Pa
     assert sdk.get_job_status("DAG-second") == "COMPLETED"
     assert sorted(sdk.store_smembers(f"{tag}:done")) == ["first", "second"]
     assert sdk.native.status(sdk.resolve("first")).retries == 3
+
+
+def test_artifacts_between_jobs_a_project_and_files_through_the_data_plane(
+    gpu_cluster: LocalCluster, sdk: TitanClient, tmp_path: Path
+) -> None:
+    tag = fresh_tag()
+    out = run_script(gpu_cluster, "artifact_pipeline.py", tag, str(tmp_path))
+    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.stdout.splitlines() if " " in line}
+    assert lines["pipeline"] == f"{{'produce': 'COMPLETED', 'consume': 'COMPLETED'}} True weights for {tag}"
+    assert sdk.store_get(f"{tag}:seen") == f"weights for {tag}"  # the consumer job read what the producer published
+    assert lines["project"] == "UPLOAD_SUCCESS"
+    assert lines["archive"] == "{'runproj': 'COMPLETED'} ran"  # the uploaded project ran as an archive job
+    assert lines["upload"] == f"UPLOAD_SUCCESS ERROR: File not found at: {tmp_path / 'missing.bin'}"
+    assert lines["fetch"] == "True True False"
+    assert lines["deploy"] == "DEPLOY_SUCCESS False"
+    with pytest.raises(TitanError, match=r"no project nope\.zip was uploaded"):
+        sdk.submit_job(TitanJob("x", "nope/main.py", is_archive=True))

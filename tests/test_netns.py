@@ -434,3 +434,23 @@ def test_broker_sigkill_mid_dag_across_hosts_loses_nothing(grid: Grid, tmp_path:
     if back < ORPHAN_WAIT:  # measured above: the workers were back in time
         # ...and then their jobs, finished or not, were not run again (README: "Durable broker").
         assert not dups, f"job(s) ran twice although their workers came back in time: {dups}"
+
+
+def test_hosts_that_cannot_see_each_other_move_objects_through_the_relay(grid: Grid) -> None:
+    # Each host reaches the broker but not the other, as two sites behind their own NATs would.
+    _ip("-n", grid.ns["hostA"], "route", "add", "blackhole", f"{grid.ip['hostB']}/32")
+    _ip("-n", grid.ns["hostB"], "route", "add", "blackhole", f"{grid.ip['hostA']}/32")
+    for host in HOSTS:
+        grid.start_worker(host, slots=1)
+    client = grid.client()
+    _wait_workers(client, set(HOSTS))
+    size = 6 << 20
+    ref = client.submit("tests.data_jobs:blob", args=[size, 3], requires=["hostA"]).result(timeout=60, fetch=False)
+    [(holder, endpoint)] = client.locate(ref)["sources"]
+    assert holder == "hostA" and endpoint.startswith(f"tcp://{grid.ip['hostA']}:")  # its own port, out of B's reach
+    h = client.submit("tests.data_jobs:length", args=[ref], requires=["hostB"])
+    assert h.result(timeout=60) == {"len": size, "worker": "hostB"}
+    assert client.status(h.id).fetched == {ref.id: {"from": "hostA", "route": "relay", "bytes": ref.size}}
+    from tests.data_jobs import blob
+
+    assert client.get(ref) == blob(size, 3)  # this process sees hostA: straight from there

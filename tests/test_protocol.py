@@ -51,7 +51,7 @@ _SAMPLES = [
     _sample("Error", rid=9, code=P.E_BAD_JOB, message="job #0 of the batch: bad"),
     _sample("Done", records=[{"id": "a", "state": "succeeded"}]),
     _sample("Ready", name="w1", host="h", tags=["cpu", "gpu"], slots=4, pid=123, running=["a"], cached=[SHA],
-            services=["web.0"], draining=True),
+            services=["web.0"], draining=True, objects={"endpoint": "tcp://h:1", "held": [[SHA, 10]]}),
     _sample("Heartbeat", load={"cpu": 12.5, "mem": 40.0}),
     _sample("Log", lines=[["j1", 1700000000.5, "out", "hello"]]),
     _sample("Logs", rid=11, id="j1", after=3, limit=10),
@@ -79,6 +79,8 @@ _SAMPLES = [
     ),
     _sample("Kill", ids=["a"], reason="lost"),
     _sample("Reregister"),
+    _sample("Objects", rid=21, verb="locate", args={"id": SHA}),
+    _sample("ObjFree", ids=[SHA]),
 ]
 SAMPLES: list[P.Message] = [m for m in _SAMPLES if m is not None]
 

@@ -20,11 +20,12 @@ SAMPLES: list[Any] = [
     R.Commit(3), R.Header(1, 2, 3.5), R.SnapshotEnd(10),
     R.Accepted({"id": "j", "kind": "call", "target": "m:f"}, 1.5), R.Blob("ab" * 32, b"print(1)"),
     R.Progress("j", "running", 1, 7, "w1", 0, 0, 1.0, 2.0, None, 0.0, None, False, None, None, None, None,
-               None, "", "", {"p": 1}, 1, 2),
+               None, "", "", {"p": 1}, 1, 2, {"ab" * 32: {"from": "w2", "route": "direct", "bytes": 9}}),
     R.Forgotten("j"), R.LastLease(9), R.EndOrder(["a", "b"]), R.Edge("p", "c"),
     R.KvSet("k", {"v": 1}, None), R.KvDel("k"), R.KvSadd("s", [1, 2]), R.KvSrem("s", [1]), R.KvExpire("k", 5.0),
     R.ServiceDeployed({"name": "web"}, None), R.ServiceStopped("web"), R.ReplicaFailed("web", "web.0", "boom"),
     R.ScheduleAdded("n", "* * * * *", [], "skip", None), R.ScheduleRemoved("n"), R.ScheduleFired("n", 60.0),
+    R.ObjectAdded("ab" * 32, 100, "value", None, "j", "dag:d", None, False), R.ObjectReleased("ab" * 32, "dag:d"),
 ]  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from titan_zmq import __version__, serve_cli
 from titan_zmq.broker import aof_cli
 from titan_zmq.client import commands as client_cli
 from titan_zmq.client import job_commands as job_cli
+from titan_zmq.client import object_commands as object_cli
 from titan_zmq.client import retry_commands as retry_cli
 from titan_zmq.errors import ConfigError, JobFailed, TitanError
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     aof_cli.add_parsers(sub, common)
     client_cli.add_parsers(sub, common, _add_broker_addr)
     retry_cli.add_parsers(sub, common, _add_broker_addr)
+    object_cli.add_parsers(sub, common, _add_broker_addr)
     return parser
 
 
@@ -129,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "logs": client_cli.cmd_logs, "services": client_cli.cmd_services, "stop": client_cli.cmd_stop,
             "approve": client_cli.cmd_decide, "reject": client_cli.cmd_decide, "keys": cmd_keys,
             "dead": retry_cli.cmd_dead, "retry": retry_cli.cmd_retry, "gates": client_cli.cmd_gates,
+            "objects": object_cli.cmd_objects, "put": object_cli.cmd_put, "get": object_cli.cmd_get,
+            "release": object_cli.cmd_release,
         }[args.command]  # fmt: skip
         return handler(args)
     except ConfigError as exc:

@@ -185,6 +185,7 @@ class BrokerConfig:
     front: int = DEFAULT_FRONT
     back: int = 5556
     events: int = 5557
+    objects: int = -1  # the object relay's port; -1: front + 3 (5558), or a free one when front is 0
     heartbeat_interval: float = 0.5
     heartbeat_liveness: int = 4
     max_message_size: int = 64 * 1024 * 1024
@@ -206,6 +207,17 @@ class BrokerConfig:
     max_pending_per_client: int = 1_000_000  # unfinished jobs one client connection has submitted
     max_kv_value: int = 1024 * 1024  # bytes of one KV write's value (msgpack)
     max_log_line: int = 8192  # characters of one log line kept; a longer line is cut and marked
+    # The data plane: placement by locality, and how long objects nobody releases are kept.
+    locality_wait: float = 1.0  # s a job waits for the worker holding most of its input bytes (0: off)
+    locality_min_mb: float = 1.0  # inputs smaller than this do not pin a job anywhere
+    object_ttl: float = 3600.0  # s a DAG's final results (and results outside DAGs) are kept
+
+    @property
+    def relay_port(self) -> int:
+        """The object relay's port: ``objects``, or front + 3 (0, a free one, when front is)."""
+        if self.objects != -1:
+            return self.objects
+        return self.front + 3 if self.front else 0
 
     @property
     def orphan_window(self) -> float:
@@ -221,9 +233,16 @@ class BrokerConfig:
             raise ConfigError(f"orphan_wait must be 0 (automatic) or more seconds, got {self.orphan_wait}")
         for name in ("front", "back", "events"):
             _check_port(name, getattr(self, name))
+        if self.objects != -1:
+            _check_port("objects", self.objects)
         ports = [p for p in (self.front, self.back, self.events) if p]
         if len(set(ports)) != len(ports):
             raise ConfigError(f"front, back and events ports must differ, got {self.front}, {self.back}, {self.events}")
+        if self.relay_port and self.relay_port in ports:
+            raise ConfigError(f"the objects port {self.relay_port} is taken by another of the broker's sockets; "
+                              "choose another with --objects")  # fmt: skip
+        if self.locality_wait < 0 or self.locality_min_mb < 0 or self.object_ttl < 0:
+            raise ConfigError("locality_wait, locality_min_mb and object_ttl must be 0 or more")
         _check_heartbeat(self.heartbeat_interval, self.heartbeat_liveness)
         if self.max_message_size < 1024:
             raise ConfigError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
@@ -261,9 +280,19 @@ class WorkerConfig:
     advertise: str = ""  # address its services are reached at (default: its IP facing the broker)
     fork_server: bool = True  # script jobs fork from a warm interpreter instead of starting a new one
     keys: str = ""  # CURVE key folder: the worker key pair and the broker's public key
+    # Its object store: results above inline_max_kb stay here (the broker records a reference).
+    object_store_mb: int = 10240  # in all, memory and spill folder; an object that would pass it is refused
+    object_memory_mb: int = 256  # objects of at most 1 MiB are kept in memory, up to this much
+    inline_max_kb: int = 256  # a result larger than this (packed) is stored here, not sent to the broker
+    object_direct: bool = True  # serve objects on a port of its own (False: only through the broker's relay)
 
     def validate(self) -> None:
         parse_address(self.broker)
+        if self.object_store_mb < 1 or self.object_memory_mb < 0 or self.inline_max_kb < 1:
+            raise ConfigError("object_store_mb and inline_max_kb must be at least 1, object_memory_mb at least 0")
+        if self.inline_max_kb * 1024 > self.max_message_size // 4:
+            raise ConfigError(f"inline_max_kb ({self.inline_max_kb}) must be at most a quarter of max_message_size "
+                              f"({self.max_message_size} bytes): larger results are kept as objects")  # fmt: skip
         if not 0 <= self.prefetch <= 1000 or self.prefetch_wait <= 0:
             raise ConfigError("prefetch must be 0-1000 jobs per slot and prefetch_wait above 0 seconds")
         if self.slots < 0 or self.slots > 4096:

@@ -48,6 +48,7 @@ class Outcome(str, enum.Enum):
     INTERRUPTED = "interrupted"  # the worker stopped it while shutting down
     CACHE_MISS = "cache_miss"  # the worker lacked a script blob it was thought to hold
     RETURNED = "returned"  # a prefetched job waited too long for a slot there and came back unstarted
+    INPUT_LOST = "input_lost"  # the worker could not fetch an object the job receives from any holder
 
     def __str__(self) -> str:
         return self.value
@@ -148,11 +149,15 @@ class Job:
     fallback: tuple[dict[str, Any], ...] = ()
     wait: float | None = None  # seconds to wait for an eligible worker before its first fallback
     when: str | None = None  # a condition on its parents' results (titan_zmq.expr); false: it is skipped
+    # Files (shell and script jobs; they then run in a folder of their own): ``outputs`` are paths in it
+    # published as artifacts when it succeeds; ``files`` are {name: [parent id, output path]}, put there first.
+    outputs: tuple[str, ...] = ()
+    files: dict[str, list[str]] = field(default_factory=dict)
 
     WIRE_FIELDS = (
         "id", "kind", "target", "args", "kwargs", "env", "requires", "priority", "delay",
         "timeout", "retries", "backoff", "idempotency_key", "labels", "blob", "depends_on", "dag", "on_failure",
-        "node", "affinity", "affinity_wait", "fallback", "wait", "when",
+        "node", "affinity", "affinity_wait", "fallback", "wait", "when", "outputs", "files",
     )  # fmt: skip
 
     def to_wire(self) -> dict[str, Any]:  # noqa: C901 - one flat pass per job on the hot path; helpers cost a call per field
@@ -200,6 +205,10 @@ class Job:
             d["wait"] = self.wait
         if self.when is not None:
             d["when"] = self.when
+        if self.outputs:
+            d["outputs"] = list(self.outputs)
+        if self.files:
+            d["files"] = self.files
         return d
 
     def level(self, n: int) -> tuple[frozenset[str], float | None, float | None]:
@@ -220,6 +229,8 @@ class Job:
             kw["depends_on"] = tuple(kw["depends_on"])
         if "fallback" in kw:
             kw["fallback"] = tuple(kw["fallback"])
+        if "outputs" in kw:
+            kw["outputs"] = tuple(kw["outputs"])
         return _build(**kw)
 
     @classmethod
@@ -333,6 +344,8 @@ class Job:
             fallback=_fallback(jid, d.get("fallback")),
             wait=None if d.get("wait") is None else float(_num(d, "wait", None, 0.01, 86400.0)),
             when=_when(jid, d.get("when"), parents),
+            outputs=_outputs(jid, kind, d.get("outputs")),
+            files=_files(jid, kind, d.get("files"), parents),
         )
 
     @classmethod
@@ -381,6 +394,43 @@ def _args(jid: str, kind: str, args: Any) -> list[Any]:
         if isinstance(a, bool) or not isinstance(a, (str, int, float)):
             raise JobError(f"job {jid}: arguments of a {kind} job must be strings or numbers, got {a!r}")
     return [a if isinstance(a, str) else str(a) for a in args]
+
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def _relative(jid: str, what: str, path: Any) -> str:
+    if not isinstance(path, str) or not path or path.startswith("/") or ".." in path.replace("\\", "/").split("/"):
+        raise JobError(f"job {jid}: {what} {path!r} must be a relative path inside the job's folder")
+    return path
+
+
+def _outputs(jid: str, kind: str, raw: Any) -> tuple[str, ...]:
+    if not raw:
+        return ()
+    if kind not in ("shell", "script"):
+        raise JobError(f"job {jid}: 'outputs' are files of shell and script jobs; a {kind} job returns objects")
+    if not isinstance(raw, list) or len(raw) > 100:
+        raise JobError(f"job {jid}: 'outputs' must be a list (at most 100) of relative paths")
+    return tuple(_relative(jid, "output", p) for p in raw)
+
+
+def _files(jid: str, kind: str, raw: Any, parents: list[str]) -> dict[str, list[str]]:
+    if not raw:
+        return {}
+    if kind not in ("shell", "script"):
+        raise JobError(f"job {jid}: input files are for shell and script jobs; a {kind} job receives objects")
+    if not isinstance(raw, dict) or len(raw) > 100:
+        raise JobError(f"job {jid}: 'files' must be a map (at most 100) of name: [parent id, path]")
+    out = {}
+    for name, spec in raw.items():
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            raise JobError(f"job {jid}: input name {name!r} must be a word (letters, digits, _)")
+        if not isinstance(spec, list) or len(spec) != 2 or spec[0] not in parents:
+            raise JobError(f"job {jid}: input {name} must name one of its parents and a path it outputs, "
+                           f"[parent, path]; got {spec!r}")  # fmt: skip
+        out[name] = [spec[0], _relative(jid, f"input {name}", spec[1])]
+    return out
 
 
 def _when(jid: str, raw: Any, parents: list[str]) -> str | None:
@@ -454,6 +504,7 @@ class JobRecord:
     labels: dict[str, str] = field(default_factory=dict)
     depends_on: list[str] = field(default_factory=list)
     dag: str | None = None
+    fetched: dict[str, Any] | None = None  # where each input object came from: {id: {from, route, bytes}}
 
     @property
     def ok(self) -> bool:
@@ -511,6 +562,7 @@ _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Job))  # id, kind, targe
 # Every field's default, in order, for plain jobs (their kwargs, env and labels are always given).
 _DEFAULTS: list[Any] = [None if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(Job)]
 _KWARGS, _ENV, _LABELS = (_FIELD_NAMES.index(n) for n in ("kwargs", "env", "labels"))
+_DEFAULTS[_FIELD_NAMES.index("files")] = {}  # shared: a job's files are never changed in place
 _RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
 _WIRE_SET = frozenset(Job.WIRE_FIELDS)
 _BASIC = frozenset({"id", "kind", "target", "args", "kwargs", "env", "labels"})  # all a plain job has

@@ -98,9 +98,10 @@ class LocalCluster:
         """Start the broker (again, on the same ports if it ran before)."""
         ready = self.log_dir / "broker.ready"
         ready.unlink(missing_ok=True)
-        ports = self.ports or {"front": 0, "back": 0, "events": 0}
+        ports = self.ports or {"front": 0, "back": 0, "events": 0, "objects": 0}
         args = ["broker", "--host", self.host, "--ready-file", str(ready)]
-        args += ["--front", str(ports["front"]), "--back", str(ports["back"]), "--events", str(ports["events"])]
+        args += ["--front", str(ports["front"]), "--back", str(ports["back"]), "--events", str(ports["events"]),
+                 "--objects", str(ports.get("objects", 0))]  # fmt: skip
         self.broker = self._spawn(args + self.broker_args, "broker.log")
         proc = self.broker
 

@@ -64,6 +64,7 @@ APPROVE = b"\x30"
 SCHEDULE = b"\x31"
 EDGE = b"\x32"
 RETRY = b"\x33"
+OBJECTS = b"\x34"
 
 # Worker <-> broker, on the back socket.
 READY = b"\x10"
@@ -77,6 +78,7 @@ KILL = b"\x21"
 REREGISTER = b"\x23"
 SVC_START = b"\x24"
 SVC_STOP = b"\x25"
+OBJ_FREE = b"\x26"
 
 # Broker -> client (and error replies to anyone).
 REPLY = b"\x40"
@@ -351,6 +353,16 @@ class Retry(Message):
 
 
 @dataclass(frozen=True)
+class Objects(Message):
+    """The object directory: ``verb`` is locate, add, place, release or list (see broker/handlers.py)."""
+
+    CODE = OBJECTS
+    rid: int
+    verb: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Drain(Message):
     """A worker stops taking jobs; it leaves once those it holds are done."""
 
@@ -407,6 +419,7 @@ class Ready(Message):
     services: list[str] = field(default_factory=list)  # service replicas it runs
     draining: bool = False  # it takes no new jobs
     address: str = ""  # the IP others reach its services on (the one facing the broker)
+    objects: dict[str, Any] = field(default_factory=dict)  # {endpoint, held: [[id, size]...]}: its object store
 
     def check(self) -> None:
         if self.slots > MAX_SLOTS or self.prefetch > MAX_PREFETCH:
@@ -486,6 +499,14 @@ class SvcStop(Message):
 
 
 @dataclass(frozen=True)
+class ObjFree(Message):
+    """Objects nobody refers to any more: the worker may delete its copies."""
+
+    CODE = OBJ_FREE
+    ids: list[str]
+
+
+@dataclass(frozen=True)
 class Assign(Message):
     """Jobs for a worker (at most its free slots), the scripts it lacks (``blobs``), and the ids of
     results the broker now holds (``acks``: the worker may forget them). Acks ride along with new
@@ -519,14 +540,14 @@ MESSAGES: dict[bytes, type[Message]] = {}
 for _cls in (
     Hello, Submit, Status, Cancel, Workers, Watch, List, Kv, Logs, Deploy, Services, Stop, Pressure, Notify, Approve,
     Schedule, Edge, Retry, Reply, Error, Done, Ready, Heartbeat, Result, Bye, Log, SvcState, Drain, Assign, Kill,
-    Reregister, SvcStart, SvcStop,
+    Reregister, SvcStart, SvcStop, Objects, ObjFree,
 ):  # fmt: skip
     _cls._build_spec()
     MESSAGES[_cls.CODE] = _cls
 
 FRONT_COMMANDS = frozenset(
     {HELLO, SUBMIT, STATUS, CANCEL, WORKERS, WATCH, LIST, KV, LOGS, DEPLOY, SERVICES, STOP, PRESSURE, NOTIFY, APPROVE,
-     SCHEDULE, EDGE, RETRY}
+     SCHEDULE, EDGE, RETRY, OBJECTS}
 )
 BACK_COMMANDS = frozenset({READY, HEARTBEAT, RESULT, BYE, LOG, SVC_STATE, DRAIN})
 

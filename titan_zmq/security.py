@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 PAIRS = ("broker", "client", "worker")
 ROLES = {"client": "clients", "worker": "workers"}  # role -> its allow-list folder under allowed/
-DOMAINS = {"front": ("client", "worker"), "back": ("worker",), "events": ("client",)}  # who each socket admits
+DOMAINS = {"front": ("client", "worker"), "back": ("worker",), "events": ("client",),
+           "objects": ("client", "worker")}  # who each socket admits (objects: the relay)
 
 
 def generate(folder: str | os.PathLike[str], force: bool = False) -> list[Path]:

@@ -49,6 +49,9 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
     p.add_argument("--front", type=int, default=None, help="client port (default 5555; 0 picks a free one)")
     p.add_argument("--back", type=int, default=None, help="worker port (default 5556)")
     p.add_argument("--events", type=int, default=None, help="PUB port for logs and stats (default 5557)")
+    p.add_argument("--objects", type=int, default=None, help="object relay port (default: front + 3, 5558)")
+    p.add_argument("--locality-wait", type=float, default=None, metavar="S",
+                   help="how long a job waits for the worker holding its inputs (1.0; 0: no locality)")  # fmt: skip
     p.add_argument("--config", default=None, help="YAML file of broker settings")
     p.add_argument("--heartbeat-interval", type=float, default=None, help="seconds between heartbeats (0.5)")
     p.add_argument("--max-message-size", type=int, default=None, help="largest accepted message in bytes (64 MiB)")
@@ -67,7 +70,13 @@ def _add_worker_opts(p: argparse.ArgumentParser, single: bool = True) -> None:
         p.add_argument("--idle", type=float, default=30.0, metavar="S", help="autoscale: drain after S s idle (30)")
         p.add_argument("--scale-webhook", default=None, metavar="URL",
                        help="autoscale: POST a scale request here when saturated at MAX")  # fmt: skip
-    p.add_argument("--cache-dir", default=None, help="where shipped scripts are cached")
+    p.add_argument("--cache-dir", default=None, help="where shipped scripts (and the object store) are kept")
+    p.add_argument("--object-store", type=int, default=None, metavar="MB",
+                   help="object store limit, memory and disk (10240)")  # fmt: skip
+    p.add_argument("--inline-max", type=int, default=None, metavar="KB",
+                   help="results larger than this stay on the worker as objects (256)")  # fmt: skip
+    p.add_argument("--no-direct-objects", action="store_true",
+                   help="serve objects only through the broker's relay (no port of the worker's own)")  # fmt: skip
     p.add_argument("--job-memory", type=int, default=None, metavar="MB", help="address-space limit per job")
     p.add_argument("--no-gpu-probe", action="store_true", help="do not run nvidia-smi to detect GPUs")
     p.add_argument(
@@ -85,7 +94,8 @@ def _broker_config(args: argparse.Namespace) -> Any:
 
     return load(
         BrokerConfig, args.config, host=args.host, front=args.front, back=args.back, events=args.events,
-        heartbeat_interval=args.heartbeat_interval, max_message_size=args.max_message_size,
+        objects=args.objects, locality_wait=args.locality_wait, heartbeat_interval=args.heartbeat_interval,
+        max_message_size=args.max_message_size,
         data_dir=args.data_dir, fsync=args.fsync,
     )  # fmt: skip
 
@@ -124,7 +134,8 @@ def _worker_config(args: argparse.Namespace, **extra: Any) -> Any:
         WorkerConfig, getattr(args, "config", None), broker=getattr(args, "broker", None), tags=args.tags,
         slots=args.slots, name=getattr(args, "name", None), cache_dir=args.cache_dir,
         job_memory_mb=args.job_memory, gpu_probe=False if args.no_gpu_probe else None, prefetch=args.prefetch,
-        fork_server=False if args.no_fork_server else None, **extra,
+        fork_server=False if args.no_fork_server else None, object_store_mb=args.object_store,
+        inline_max_kb=args.inline_max, object_direct=False if args.no_direct_objects else None, **extra,
     )  # fmt: skip
 
 

@@ -55,7 +55,7 @@ class Blob(NamedTuple):
 
 
 class Progress(NamedTuple):
-    """A job's progress after a turn that changed it (the last three fields came later: older
+    """A job's progress after a turn that changed it (the last four fields came later: older
     journals lack them)."""
 
     id: str
@@ -81,6 +81,27 @@ class Progress(NamedTuple):
     inputs: dict[str, Any] | None = None
     level: int = 0
     fb_base: int = 0
+    fetched: dict[str, Any] | None = None
+
+
+class ObjectAdded(NamedTuple):
+    """An object recorded, or one more owner of it (``owner`` None: a holder only)."""
+
+    id: str
+    size: int
+    kind: str
+    name: str | None
+    producer: str | None
+    owner: str | None
+    ttl_at: float | None
+    artifact: bool
+
+
+class ObjectReleased(NamedTuple):
+    """An owner of an object let it go (``*``: every owner, as a TTL does); with none left it is freed."""
+
+    id: str
+    owner: str
 
 
 class Forgotten(NamedTuple):
@@ -176,7 +197,7 @@ class ScheduleFired(NamedTuple):
 Record = (
     Commit | Header | SnapshotEnd | Accepted | Blob | Progress | Forgotten | LastLease | EndOrder | Edge
     | KvSet | KvDel | KvSadd | KvSrem | KvExpire | ServiceDeployed | ServiceStopped | ReplicaFailed
-    | ScheduleAdded | ScheduleRemoved | ScheduleFired
+    | ScheduleAdded | ScheduleRemoved | ScheduleFired | ObjectAdded | ObjectReleased
 )  # fmt: skip
 
 # The one table of letters. "K" is the KV store's, whose records are told apart by a verb.
@@ -185,6 +206,7 @@ KINDS: dict[str, type] = {
     "A": Accepted, "B": Blob, "S": Progress, "F": Forgotten, "L": LastLease, "O": EndOrder, "E": Edge,
     "V": ServiceDeployed, "v": ServiceStopped, "X": ReplicaFailed,
     "Y": ScheduleAdded, "y": ScheduleRemoved, "Z": ScheduleFired,
+    "G": ObjectAdded, "g": ObjectReleased,
 }  # fmt: skip
 KV = "K"
 KV_VERBS: dict[str, type] = {"set": KvSet, "del": KvDel, "sadd": KvSadd, "srem": KvSrem, "exp": KvExpire}

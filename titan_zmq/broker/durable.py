@@ -23,6 +23,7 @@ from typing import Any
 from titan_zmq.aof import records as R
 from titan_zmq.aof.kv import KVStore
 from titan_zmq.broker.scheduler import Entry, Scheduler, state_op
+from titan_zmq.broker.scheduler.objects import top_refs
 from titan_zmq.errors import AOFCorrupt
 from titan_zmq.job import FINAL_STATES, Job, JobState
 
@@ -47,6 +48,7 @@ class Restorer:
         self._handlers: dict[type, Callable[[Any], None]] = {
             R.Accepted: self._accept, R.Blob: self._blob, R.Progress: self._state, R.Forgotten: self._forget,
             R.LastLease: self._lease, R.EndOrder: self._order, R.Edge: self._edge,
+            R.ObjectAdded: self._object, R.ObjectReleased: self._released,
         }  # fmt: skip
         for cls in R.KV_VERBS.values():
             self._handlers[cls] = kv.apply
@@ -74,6 +76,7 @@ class Restorer:
         entry = Entry(job, self.seq, rec.submitted_at)
         self.seq += 1
         entry.state = JobState.PENDING
+        entry.refs = bool(job.files) or bool(top_refs(job.args) or top_refs(job.kwargs))
         sched.jobs[job.id] = entry
         if job.idempotency_key is not None:
             sched.idempotency[job.idempotency_key] = job.id
@@ -98,6 +101,15 @@ class Restorer:
         e = self.sched.jobs.get(rec.child)
         if e is not None and rec.parent not in e.job.depends_on:
             e.job = dataclasses.replace(e.job, depends_on=(*e.job.depends_on, rec.parent))
+
+    def _object(self, rec: R.ObjectAdded) -> None:
+        self.sched.directory.add(
+            rec.id, rec.size, kind=rec.kind, name=rec.name, producer=rec.producer, owner=rec.owner, ttl=rec.ttl_at,
+            artifact=rec.artifact, replay=True,
+        )  # fmt: skip
+
+    def _released(self, rec: R.ObjectReleased) -> None:
+        self.sched.directory.release(rec.id, rec.owner, replay=True)
 
     def _lease(self, rec: R.LastLease) -> None:
         self.max_lease = max(self.max_lease, int(rec.lease))
@@ -127,7 +139,7 @@ class Restorer:
         e.not_before, e.pin, e.pin_soft = rec.not_before, rec.pin, rec.pin_soft  # not_before: wall time till finish()
         e.result, e.error, e.error_type, e.traceback = rec.result, rec.error, rec.error_type, rec.traceback
         e.exit_code, e.stdout, e.stderr = rec.exit_code, rec.stdout, rec.stderr
-        e.level, e.fb_base = rec.level, rec.fb_base
+        e.level, e.fb_base, e.fetched = rec.level, rec.fb_base, rec.fetched
         if rec.inputs:
             self.inputs[e.job.id] = rec.inputs
         if e.state in FINAL_STATES and not was_final:
@@ -239,5 +251,6 @@ def _capture(sched: Scheduler, kv: KVStore) -> list[list[Any]]:
         ops.append(state_op(e, now, wall))
     ops.append(R.encode(R.EndOrder(list(sched.finished))))
     ops.append(R.encode(R.LastLease(sched.last_lease)))
+    ops.extend(sched.directory.capture())
     ops.extend(kv.capture())
     return ops

@@ -42,7 +42,7 @@ class ClientRequests:
             P.Workers: self.workers, P.List: self.list_jobs, P.Kv: self.kv, P.Logs: self.logs,
             P.Deploy: self.deploy, P.Services: self.services, P.Stop: self.stop, P.Edge: self.edge,
             P.Schedule: self.schedule, P.Approve: self.approve, P.Pressure: self.pressure,
-            P.Notify: self.notify, P.Hello: self.hello, P.Retry: self.retry,
+            P.Notify: self.notify, P.Hello: self.hello, P.Retry: self.retry, P.Objects: broker.objects.request,
         }  # fmt: skip
 
     def handle(self, ident: bytes, msg: P.Message) -> Any:

@@ -33,6 +33,7 @@ from titan_zmq.aof.kv import KVStore
 from titan_zmq.broker.durable import Restorer, capture
 from titan_zmq.broker.handlers import ClientRequests, WorkerMessages
 from titan_zmq.broker.logs import LogStore
+from titan_zmq.broker.object_plane import ObjectPlane
 from titan_zmq.broker.scheduler import Entry, Scheduler
 from titan_zmq.broker.schedules import ScheduleManager
 from titan_zmq.broker.service_nodes import ServiceNodes
@@ -66,6 +67,9 @@ class Broker:
             prefetch_below=cfg.prefetch_below,
             max_dag_jobs=cfg.max_dag_jobs,
             max_pending_per_client=cfg.max_pending_per_client,
+            locality_wait=cfg.locality_wait,
+            locality_min=int(cfg.locality_min_mb * (1 << 20)),
+            object_ttl=cfg.object_ttl,
         )
         self.kv = KVStore()
         self.kv.max_value = cfg.max_kv_value
@@ -80,6 +84,9 @@ class Broker:
         log_root = Path(cfg.data_dir) / "logs" if cfg.data_dir else None
         self.logs = LogStore(cfg.log_tail_lines, cfg.log_memory_lines, log_root, cfg.max_log_line)
         self.feed = StatsFeed(self.sched)
+        self.objects = ObjectPlane(self)
+        if self.data is not None:
+            self.objects.restored()
         self.requests = ClientRequests(self)
         self.from_workers = WorkerMessages(self)
         self.ctx = zmq.Context()
@@ -206,6 +213,7 @@ class Broker:
                         f"is another broker running? choose another port with --{name}"
                     ) from None
             self.ports[name] = port
+        self.ports["objects"] = self.objects.bind(host, self.config.relay_port)
         log.info(
             "broker listening on %s front=%d back=%d events=%d",
             host, self.ports["front"], self.ports["back"], self.ports["events"],
@@ -215,6 +223,10 @@ class Broker:
     def stop(self) -> None:
         """Ask the loop to finish its turn and return. Safe from signal handlers and threads."""
         self._stopping.set()
+        self._waker.wake()
+
+    def wake(self) -> None:
+        """Make the loop take a turn now (a helper thread has something for it). Thread-safe."""
         self._waker.wake()
 
     def run(self) -> None:
@@ -265,6 +277,7 @@ class Broker:
                     self.data.unlock()
         finally:
             self._closed = True
+            self.objects.close()
             for mon in self._monitors:
                 mon.close(0)
             for s in (self.front, self.back, self.events):
@@ -359,6 +372,7 @@ class Broker:
             self.services.tick()
         if self.schedules.schedules:
             self.schedules.tick()
+        self.objects.tick(now)
         if now >= self._next_beat:
             self._heartbeat(now)
             self._next_beat = now + self.config.heartbeat_interval
@@ -468,6 +482,8 @@ class Broker:
             self._outbox.append((self.front, [ident, *done.encode()]))
         for kind, body in fx.events:
             self.publish(b"event." + kind.encode(), body)
+        if fx.free or fx.keep or fx.unkeep:
+            self.objects.flush()
         fx.clear()
         svc = self.services
         for ident, starts in svc.start.items():

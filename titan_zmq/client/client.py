@@ -26,6 +26,7 @@ from titan_zmq.client.dag import Dag, DagRun
 from titan_zmq.client.feed import LogLine, Subscription, read_logs
 from titan_zmq.client.handle import JobHandle, raise_for
 from titan_zmq.client.kv import KV
+from titan_zmq.client.objects import ObjectCalls
 from titan_zmq.client.specs import SpecBuilder, zip_folder  # noqa: F401 - zip_folder re-exported
 from titan_zmq.config import parse_address, resolve_broker, tcp_endpoint
 from titan_zmq.errors import (
@@ -39,6 +40,7 @@ from titan_zmq.errors import (
     WaitTimeout,
 )
 from titan_zmq.job import JobRecord, JobState, new_job_ids
+from titan_zmq.objects.codec import REF_KEY
 from titan_zmq.security import Keys
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ _REWATCH = 3.0  # seconds between re-sent WATCHes while waiting (survives a brok
 _MAX_DONE = 100_000  # final records kept for later wait()s
 
 
-class TitanClient(SpecBuilder):
+class TitanClient(SpecBuilder, ObjectCalls):
     """A connection to a titan_zmq broker.
 
     ``broker`` is ``HOST[:PORT]`` of its front socket; without it ``TITAN_BROKER``, else
@@ -525,7 +527,8 @@ class TitanClient(SpecBuilder):
                     with self._lock:
                         for rec in self.request(P.Watch, ids=list(pending))["done"]:
                             self._done[rec["id"]] = rec
-        return _map_results(order, results)
+        out = _map_results(order, results)
+        return [self.fetch_result(r) if type(r) is dict and REF_KEY in r else r for r in out]  # objects: fetched
 
     def _submit_items(
         self, template: dict[str, Any], blobs: dict[str, bytes], items: Iterator[Any], n: int

@@ -26,6 +26,7 @@ from titan_zmq.client.client import TitanClient
 from titan_zmq.client.kv import KV
 from titan_zmq.errors import IterationLimit, TitanError
 from titan_zmq.job import new_job_id
+from titan_zmq.objects.codec import ObjectRef
 
 ITERATION_LABEL = "titan.iteration"
 
@@ -102,6 +103,66 @@ class JobContext:
         labels[ITERATION_LABEL] = str(nxt)
         after = [self.job_id] if after_me else []
         return self.spawn(call, after=after, labels=labels, **options)
+
+    # ---- objects ---------------------------------------------------------------------------------
+
+    def put(self, value: Any, *, ttl: float | None = None) -> ObjectRef:
+        """Store ``value`` in this worker's object store (no copy leaves the host until someone
+        needs it); returns its reference. It lives as long as this job's DAG (or ``ttl`` seconds)."""
+        from titan_zmq.objects.codec import encode_value
+
+        return self._keep(encode_value(value), ttl, artifact=False)
+
+    def publish(self, path: str | os.PathLike[str], *, ttl: float | None = None) -> ObjectRef:
+        """Publish a file or folder as an artifact: held here, and copied to the broker's data
+        directory when it has one, so it outlives this worker."""
+        from titan_zmq.objects.codec import encode_path
+
+        return self._keep(encode_path(path, self._store_dir()), ttl, artifact=True)
+
+    def _store_dir(self) -> str:
+        folder = os.environ.get("TITAN_OBJECT_DIR")
+        if not folder or not self.worker:
+            raise TitanError("ctx.put and ctx.publish need a worker's object store (TITAN_OBJECT_DIR is not set); "
+                             "outside a job, use TitanClient.put or upload")  # fmt: skip
+        return folder
+
+    def _keep(self, enc: Any, ttl: float | None, artifact: bool) -> ObjectRef:
+        from titan_zmq.errors import ObjectStoreFull
+        from titan_zmq.objects.codec import KIND_NAMES, write_object
+
+        folder = self._store_dir()
+        limit = int(os.environ.get("TITAN_OBJECT_LIMIT") or 0)
+        if limit and enc.size > limit:
+            enc.discard()
+            raise ObjectStoreFull(f"an object of {enc.size:,} bytes is larger than the worker's object store limit "
+                                  f"of {limit:,} bytes (object_store_mb)")  # fmt: skip
+        kind, name = KIND_NAMES[enc.kind], enc.meta.get("name")
+        oid, size, _ = write_object(enc, folder)
+        owner = f"dag:{self.dag_id}" if os.environ.get("TITAN_DAG_ID") else f"job:{self.job_id}"
+        from titan_zmq import protocol as P
+
+        self.client.request(P.Objects, verb="add", args={
+            "id": oid, "size": size, "kind": kind, "name": name, "holder": self.worker, "owner": owner,
+            "producer": self.job_id, "ttl": ttl, "artifact": artifact,
+        })  # fmt: skip
+        return ObjectRef(oid, size, kind, name)
+
+    def get(self, ref: Any) -> Any:
+        """The value of an object: read in place when this worker holds it, else fetched."""
+        from titan_zmq.objects.codec import as_ref
+
+        r = as_ref(ref)
+        folder = os.environ.get("TITAN_OBJECT_DIR")
+        if r is not None and folder and os.path.exists(os.path.join(folder, r.id)):
+            from titan_zmq.worker.child_objects import load
+
+            return load(os.path.join(folder, r.id))
+        return self.client.get(ref)
+
+    def download(self, ref: Any, dest: str | os.PathLike[str]) -> Any:
+        """Write a file or folder object out to ``dest``."""
+        return self.client.download(ref, dest)
 
     def close(self) -> None:
         if self._client is not None:

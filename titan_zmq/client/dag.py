@@ -102,6 +102,10 @@ class Dag:
             copy = dict(node)
             copy["id"] = rename[node["id"]]
             copy["after"] = [rename.get(p, p) for p in node["after"]]
+            files = node["options"].get("files")
+            if files:  # input files name their parents' ids
+                renamed = {k: [rename.get(j, j), f] for k, (j, f) in files.items()}
+                copy["options"] = {**node["options"], "files": renamed}
             run.nodes.append(copy)
             run._ids.add(copy["id"])
         return run

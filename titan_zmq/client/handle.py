@@ -40,11 +40,17 @@ class JobHandle:
         """Block until the job ends; return its final record whatever the outcome."""
         return self.client.wait([self.id], timeout)[self.id]
 
-    def result(self, timeout: float | None = None) -> Any:
-        """Block until the job ends; return its result or raise JobFailed / JobTimeout / JobCancelled."""
+    def result(self, timeout: float | None = None, fetch: bool = True) -> Any:
+        """Block until the job ends; return its result or raise JobFailed / JobTimeout / JobCancelled.
+        A result its worker kept as an object (a large one) is fetched from there, unless ``fetch`` is
+        False: then its ObjectRef comes back, to pass on to other jobs or to ``client.get`` later."""
         rec = self.wait(timeout)
         raise_for(rec)
-        return rec.result
+        if fetch:
+            return self.client.fetch_result(rec.result)
+        from titan_zmq.objects.codec import as_ref
+
+        return as_ref(rec.result) or rec.result
 
     def status(self) -> JobRecord:
         return self.client.status(self.id)

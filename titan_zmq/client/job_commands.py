@@ -115,6 +115,10 @@ def _print_record(rec: dict[str, Any]) -> None:
         fields.append(("result", json.dumps(rec.get("result"), default=repr)))
     for k, v in fields:
         print(f"{k:>10}: {v}")
+    for oid, src in (rec.get("fetched") or {}).items():  # its input objects, and where each came from
+        how = "already here" if src.get("from") == "local" else f"from {src.get('from')} ({src.get('route')})"
+        size = f", {src['bytes']:,} bytes" if src.get("bytes") else ""
+        print(f"{'input':>10}: {oid[:16]}… {how}{size}")
     for stream in ("stdout", "stderr"):
         if rec.get(stream):
             print(f"--- {stream} ---")

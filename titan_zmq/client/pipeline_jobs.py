@@ -29,7 +29,7 @@ TITAN_RETRIES = 3
 OWN_JOB = (
     "id", "call", "shell", "script", "args", "kwargs", "env", "requires", "priority", "delay", "timeout",
     "retries", "backoff", "after", "depends_on", "on_failure", "labels", "node", "affinity", "affinity_wait",
-    "type", "port", "health", "replicas", "message", "fallback", "wait", "when", "approval",
+    "type", "port", "health", "replicas", "message", "fallback", "wait", "when", "approval", "outputs", "inputs",
 )  # fmt: skip
 TITAN_JOB = (  # the keys the original reads; any other is a warning
     "id", "type", "file", "args", "depends_on", "priority", "delay", "affinity", "requirement", "port",
@@ -115,7 +115,36 @@ def own_job(job: YamlJob) -> dict[str, Any]:
             options[key] = value
     _own_gate(job, options)
     options["after"] = _after(job)
+    _files(job, kind, options)
     return options
+
+
+def _files(job: YamlJob, kind: str, options: dict[str, Any]) -> None:
+    """``outputs: [model.pkl]`` (files it publishes) and ``inputs: {data: prepare/out.csv}`` (a
+    parent's output, put in its folder; its path in ``$TITAN_INPUT_DATA``). An input's job comes
+    before it, as if named in ``after``."""
+    outputs = job.get("outputs")
+    inputs = job.get("inputs")
+    if (outputs or inputs) and kind == "call":
+        raise job.fail("outputs" if outputs else "inputs", "'outputs' and 'inputs' are files of shell and script "
+                       "jobs; a call job returns and receives objects")  # fmt: skip
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(isinstance(p, str) and p for p in outputs):
+            raise job.fail("outputs", f"'outputs' must be a list of file paths, got {outputs!r}")
+        options["outputs"] = list(outputs)
+    if inputs is None:
+        return
+    if not isinstance(inputs, dict):
+        raise job.fail("inputs", f"'inputs' must map names to JOB/PATH (a parent's output), got {inputs!r}")
+    files: dict[str, list[str]] = {}
+    for name, source in inputs.items():
+        parent, sep, path = str(source).partition("/")
+        if not sep or not parent or not path:
+            raise job.fail("inputs", f"input {name!r}: {source!r} is not JOB/PATH (the job that outputs it, its path)")
+        files[str(name)] = [parent, path]
+        if parent not in options["after"]:
+            options["after"].append(parent)
+    options["files"] = files
 
 
 def _own_gate(job: YamlJob, options: dict[str, Any]) -> None:

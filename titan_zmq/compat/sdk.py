@@ -22,9 +22,8 @@ Each original call, and what it does here:
 * ``get_service_address`` / ``get_service_url`` / ``list_services`` / ``stop_service``: our services
   (``stop_service`` answers ``"STOPPED: DAG-<id>"`` or ``"ERROR: ... not found"``).
 * ``upload_file``, ``upload_project_folder``, ``publish_artifact``, ``get_artifact``,
-  ``fetch_artifact``, ``deploy_script`` and ``TitanJob(is_archive=True)`` need the original's
-  artifact store on the master: they raise :class:`~titan_zmq.errors.TitanError` (artifacts come
-  with titan_zmq's data plane).
+  ``fetch_artifact``, ``deploy_script`` and ``TitanJob(is_archive=True)``: the original's artifact
+  store, over our data plane (see :mod:`titan_zmq.compat.artifacts`: names map to objects).
 
 ``TitanJob`` arguments: ``args`` one string (split like a shell command line) or a list;
 ``requirement`` ``GENERAL`` (any worker) or a tag, lower-cased (``GPU`` -> workers tagged ``gpu``);
@@ -57,8 +56,9 @@ from titan_zmq.client import Dag
 from titan_zmq.client import TitanClient as NativeClient
 from titan_zmq.client.pipeline_jobs import TITAN_RETRIES
 from titan_zmq.compat import convert as C
+from titan_zmq.compat.artifacts import Artifacts
 from titan_zmq.config import parse_address
-from titan_zmq.errors import BadRequest, Conflict, JobError, TitanError, UnknownJob, UnknownService, WaitTimeout
+from titan_zmq.errors import BadRequest, Conflict, JobError, UnknownJob, UnknownService, WaitTimeout
 from titan_zmq.job import JobRecord, new_job_id
 
 log = logging.getLogger(__name__)
@@ -66,17 +66,6 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRIES = TITAN_RETRIES  # the original's promise: 3 retries, then DEAD
 ID_KEY = "titan.compat.id:"  # KV prefix: original job id -> our job id of its latest run
 HITL_KEY = "titan:hitl:status:"  # the original's KV key a gate's decision is written to
-ARTIFACTS = (
-    "{what}: the original Titan's artifact store (files uploaded to the master) has no counterpart "
-    "in titan_zmq yet; artifacts come with titan_zmq's data plane (issue \"Data plane\"). Until then, "
-    "pass small data through store_put/store_get, or ship a folder with a job (TitanClient.submit(project=...))"
-)
-
-
-def _no_artifacts(what: str) -> TitanError:
-    return TitanError(ARTIFACTS.format(what=what))
-
-
 class TitanJob:
     """One job of a DAG, with the original's constructor (the file is read now, as there)."""
 
@@ -155,8 +144,10 @@ class TitanClient:
         self.backoff = backoff
         self.address = C.broker_address(broker)
         self.native = NativeClient(self.address, timeout=timeout, keys=keys)
+        self.artifacts = Artifacts(self.native)
 
     def close(self) -> None:
+        self.artifacts.close()
         self.native.close()
 
     def __enter__(self) -> TitanClient:
@@ -208,12 +199,15 @@ class TitanClient:
         if isinstance(item, _Gate):
             dag.add(approval=item.message, id=real, after=parents, timeout=item.timeout or None, labels=labels)
             return
-        if item.is_archive:
-            raise _no_artifacts(f"job {item.id}: is_archive (a project zip uploaded to the master)")
-        assert item.path is not None
-        command: dict[str, Any] = {"script": item.path}
-        if item.path.suffix in (".sh", ".bash"):
-            command = {"shell": item.path.read_text()}
+        command: dict[str, Any]
+        if item.is_archive:  # a project uploaded with upload_project_folder
+            folder, entry = self.artifacts.project(item.filename)
+            command = {"project": folder, "script": entry}
+        else:
+            assert item.path is not None
+            command = {"script": item.path}
+            if item.path.suffix in (".sh", ".bash"):
+                command = {"shell": item.path.read_text()}
         requires = C.requirement_tags(item.requirement)
         if item.is_service:
             dag.deploy(C.safe_id(item.id), **command, args=C.split_args(item.args) or None, id=real, after=parents,
@@ -359,25 +353,37 @@ class TitanClient:
             return f"ERROR: service DAG-{name} not found"
         return f"STOPPED: DAG-{name}"
 
-    # ---- the original's artifact store: not here (yet) ------------------------------------
+    # ---- the original's artifact store, over the data plane (compat/artifacts.py) ------------
 
     def upload_file(self, filepath: str) -> str:
-        raise _no_artifacts("upload_file")
+        return self.artifacts.upload_file(filepath)
 
     def upload_project_folder(self, folder_path: str, project_name: str | None = None) -> str:
-        raise _no_artifacts("upload_project_folder")
+        folder = Path(folder_path)
+        if not folder.is_dir():
+            return f"ERROR: Folder not found at: {folder_path}"
+        return self.artifacts.upload_file(folder_path, f"{project_name or folder.resolve().name}.zip")
 
     def publish_artifact(self, key: str, filename: str) -> bool:
-        raise _no_artifacts("publish_artifact")
+        result = self.upload_file(filename)
+        if result != "UPLOAD_SUCCESS":
+            log.warning("publish_artifact: upload failed: %s", result)
+            return False
+        self.store_put(key, os.path.basename(filename))
+        return True
 
     def get_artifact(self, key: str, save_path: str | None = None) -> bool:
-        raise _no_artifacts("get_artifact")
+        filename = self.store_get(key)
+        if not filename or filename in ("NULL", "CLEARED"):
+            return False
+        return self.fetch_artifact(filename, save_path or f"/tmp/{filename}")
 
     def fetch_artifact(self, filename: str, save_path: str | None = None) -> bool:
-        raise _no_artifacts("fetch_artifact")
+        return self.artifacts.fetch(filename, save_path)
 
     def deploy_script(self, filepath: str) -> str:
-        raise _no_artifacts("deploy_script (a script kept on the master)")
+        result = self.artifacts.upload_file(filepath)
+        return "DEPLOY_SUCCESS" if result == "UPLOAD_SUCCESS" else result
 
 
 def _written_id(node: dict[str, Any]) -> str:

@@ -127,6 +127,9 @@ class Attempts:
             res["stdout"] = stdout
         if stderr:
             res["stderr"] = stderr
+        fetched = task.job.get("fetched")
+        if fetched:  # where its input objects came from (titan status shows it)
+            res["fetched"] = fetched
         res.update(fields)
         self.finished.append(res)
 

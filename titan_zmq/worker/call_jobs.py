@@ -65,6 +65,8 @@ class CallJobs(Attempts):
             msg["labels"] = job["labels"]
         if "inputs" in job:
             msg["inputs"] = job["inputs"]
+        if "object_paths" in job:  # objects it receives, in this worker's store
+            msg["object_paths"] = job["object_paths"]
         if job.get("blob"):
             if not self.cache.has(job["blob"]):
                 self._finish(task, Outcome.CACHE_MISS, error="module source not in the cache")

@@ -162,10 +162,14 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         os.environ[k] = v
     try:
         fn = resolve(job["target"], job.get("module_path"), job.get("blob"))
-        kwargs = job.get("kwargs", {})
+        args, kwargs, inputs = job.get("args", ()), job.get("kwargs", {}), job.get("inputs")
+        if "object_paths" in job:  # objects it receives: read in place from the worker's store
+            from titan_zmq.worker.child_objects import resolve as resolve_objects
+
+            args, kwargs, inputs = resolve_objects(job)
         if "inputs" in job and _takes_inputs(fn):
-            kwargs = {**kwargs, "inputs": job["inputs"]}  # parents' results, by parent id
-        value = fn(*job.get("args", ()), **kwargs)
+            kwargs = {**kwargs, "inputs": inputs}  # parents' results, by parent id
+        value = fn(*args, **kwargs)
         return {"outcome": _SUCCEEDED, "result": value}
     except BaseException as exc:  # the job's own failure, whatever it is, is its outcome
         if isinstance(exc, KeyboardInterrupt):
@@ -344,7 +348,32 @@ class Inbox:
                     self.outbox.send({"id": jid, "outcome": SKIPPED})
 
 
+_INLINE_MAX = int(os.environ.get("TITAN_INLINE_MAX") or 0)  # results packed larger are stored as objects
+_BUFFERS = (bytes, bytearray, memoryview)
+
+
 def _packed(out: dict[str, Any]) -> bytes:
+    """An outcome for the pipe. A success whose result is too large to go inline, or that msgpack
+    cannot carry, is stored as an object first (``child_objects``), and carries its reference."""
+    if _INLINE_MAX and out.get("outcome") == _SUCCEEDED:
+        value = out.get("result")
+        if type(value) in _BUFFERS or hasattr(value, "nbytes"):  # a buffer: its size, without packing it
+            from titan_zmq.worker.child_objects import is_big
+
+            big = is_big(value, _INLINE_MAX)
+        else:
+            big = False
+        if not big:
+            try:
+                body = msgpack.packb(out, use_bin_type=True)
+            except (TypeError, ValueError, OverflowError):
+                big = True
+            else:
+                if len(body) <= _INLINE_MAX:
+                    return body
+        from titan_zmq.worker.child_objects import store_result
+
+        out = store_result(out, _FAILED)
     try:
         return msgpack.packb(out, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:

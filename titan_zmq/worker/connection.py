@@ -30,6 +30,7 @@ from titan_zmq.security import Keys
 from titan_zmq.worker.cache import BlobCache
 from titan_zmq.worker.executors import Executor
 from titan_zmq.worker.gpu import gpu_tags
+from titan_zmq.worker.objects import WorkerObjects
 from titan_zmq.worker.services import ServiceRunner
 
 log = logging.getLogger(__name__)
@@ -98,19 +99,21 @@ class Worker:
         if self.keys is not None:
             self.keys.pair("worker")  # fails now, with the fix, rather than at the first connection
             env["TITAN_KEYS"] = str(self.keys.root)
+        self.address = cfg.advertise or facing_ip(self.host, self.front_port)
+        self.ctx = zmq.Context()
+        self._waker = Waker()
+        self.objects = WorkerObjects(cfg, self.ctx, self.address, self._waker.wake, self.keys)
+        env.update(self.objects.env)  # where its jobs store results and objects
         self.executor = Executor(
             self.cache, env, slots=cfg.slots, output_tail=cfg.output_tail, memory_mb=cfg.job_memory_mb,
             prefetch_wait=cfg.prefetch_wait, fork_server=cfg.fork_server, pipeline=cfg.prefetch,
         )  # fmt: skip
         self.services = ServiceRunner(self.cache, env, self.executor.logs, cfg.output_tail)
-        self.address = cfg.advertise or facing_ip(self.host, self.front_port)
         self.draining = False  # takes no new jobs; leaves when those it holds are done
         self._drain_sent = False
-        self.ctx = zmq.Context()
         self.sock: zmq.Socket[bytes] | None = None
         self.unacked: dict[str, dict[str, Any]] = {}
         self._stopping = threading.Event()
-        self._waker = Waker()
         self._last_heard = 0.0
         self._last_sent = 0.0
         self._last_load = 0.0
@@ -119,6 +122,7 @@ class Worker:
         self.jobs_done = 0
         self.seen_lease = 0  # highest lease received from the broker
         self.beat = cfg.heartbeat_interval  # heartbeat period; the broker's, once it said
+        self.max_message = cfg.max_message_size  # the broker's limit, once it said
         self.silence = cfg.heartbeat_interval * cfg.heartbeat_liveness  # broker silence before reconnecting
 
     # ---- life cycle -----------------------------------------------------------------
@@ -155,7 +159,7 @@ class Worker:
             for r in done:
                 self.unacked[r["id"]] = r
             if self.unacked:
-                self._send(P.Result(results=list(self.unacked.values())))
+                self._send_results(list(self.unacked.values()), bare=False)
             states = self.services.take_states()
             if states:
                 self._send(P.SvcState(states=states))
@@ -163,6 +167,7 @@ class Worker:
             self.sock.setsockopt(zmq.LINGER, 1000)
             self.sock.close()
             self.sock = None
+        self.objects.close()
         self.ctx.term()
         self._waker.close()
         log.info("worker %s stopped", self.config.name)
@@ -194,14 +199,33 @@ class Worker:
                 self._waker.drain()
             else:
                 ex.on_readable(int(item))
+        objects = self.objects
+        if objects.fetching:
+            self._fetched(objects.take_ready())
         ex.poll()
         if self.services.replicas:
             self.services.poll()
         finished = ex.take_finished()
         for r in finished:
+            if "object" in r:  # a result its job stored as an object: the result is its reference
+                objects.absorb(r)
+            if objects.busy:
+                objects.done(r)
             self.unacked[r["id"]] = r
         self.jobs_done += len(finished)
         return ready, finished
+
+    def _fetched(self, ready: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
+        """Jobs whose input objects were fetched start; those whose inputs could not be, are reported."""
+        ex = self.executor
+        for job, failure in ready:
+            if failure is None:
+                ex.submit(job, fill=False)
+            else:
+                ex.finished.append({"id": job["id"], "lease": job.get("lease", 0), "attempt": job.get("attempt", 1),
+                                    "outcome": Outcome.INPUT_LOST, "runtime": 0.0, **failure})  # fmt: skip
+        if ready:
+            ex.fill()
 
     def _poller(self, sock: zmq.Socket[bytes] | None) -> zmq.Poller:
         poller = zmq.Poller()
@@ -264,6 +288,8 @@ class Worker:
             return False
         # Heartbeat at the broker's pace, and allow it the larger of its window and ours.
         cfg = self.config
+        self.objects.serve(self.host, int(info.get("objects") or 0))
+        self.max_message = min(int(info.get("max_message_size") or cfg.max_message_size), cfg.max_message_size)
         self.beat = float(info.get("heartbeat_interval") or cfg.heartbeat_interval)
         theirs = self.beat * int(info.get("heartbeat_liveness") or cfg.heartbeat_liveness)
         self.silence = max(theirs, cfg.heartbeat_interval * cfg.heartbeat_liveness)
@@ -286,6 +312,7 @@ class Worker:
     def _register(self) -> None:
         """Announce ourselves, then resend every result not yet acknowledged."""
         held = self.executor.held()
+        held.update(self.objects.held())
         for jid, res in self.unacked.items():
             held.setdefault(jid, int(res.get("lease", 0)))
         self._send(
@@ -303,21 +330,49 @@ class Worker:
                 services=self.services.running(),
                 draining=self.draining,
                 address=self.address,
+                objects=self.objects.announce(),
             )
         )
         self._drain_sent = self.draining
         self.services.report_all()
         self._outgoing = []  # every unacknowledged result goes now
         if self.unacked:
-            self._send(P.Result(results=list(self.unacked.values())))
+            self._send_results(list(self.unacked.values()), bare=False)
         self._last_heard = time.monotonic()
 
+    def _send_results(self, results: list[dict[str, Any]], bare: bool = True) -> None:
+        """RESULT for these outcomes, split so that no message passes the broker's size limit (it
+        would drop the connection, and the results would never be acknowledged): a result that is
+        too large on its own is replaced by the failure that says so."""
+        msg = result_message(results) if bare else P.Result(results=results)
+        frames = msg.encode()
+        if len(frames[-1]) <= self.max_message:
+            self._send_frames(frames)
+            return
+        if len(results) > 1:
+            half = len(results) // 2
+            self._send_results(results[:half], bare)
+            self._send_results(results[half:], bare)
+            return
+        r = results[0]
+        size = len(frames[-1])
+        fail: dict[str, Any] = {k: r[k] for k in ("id", "attempt", "lease", "runtime") if k in r}
+        fail.update(outcome=Outcome.FAILED, error_type="ResultTooLarge", error=(
+            f"its outcome is {size:,} bytes, over the broker's limit of {self.max_message:,} (max_message_size); "
+            f"return less, or a large value (kept on the worker as an object above inline_max_kb)"))  # fmt: skip
+        if r.get("id") in self.unacked:
+            self.unacked[r["id"]] = fail
+        self._send(P.Result(results=[fail]))
+
     def _send(self, msg: P.Message) -> None:
+        self._send_frames(msg.encode())
+
+    def _send_frames(self, frames: list[bytes]) -> None:
         assert self.sock is not None
         try:
-            P.send_frames(self.sock, msg.encode())
+            P.send_frames(self.sock, frames)
         except zmq.Again:
-            log.warning("outgoing queue to the broker is full; %s dropped", type(msg).__name__)
+            log.warning("outgoing queue to the broker is full; a message (command %r) dropped", frames[1])
         self._last_sent = time.monotonic()
 
     # ---- serving ----------------------------------------------------------------------
@@ -362,7 +417,7 @@ class Worker:
             if self._outgoing and (
                 not ex.tasks or len(self._outgoing) >= 256 or now - self._outgoing_since >= _RESULT_LINGER
             ):
-                self._send(result_message(self._outgoing))
+                self._send_results(self._outgoing)
                 self._outgoing = []
             if now - self._last_heard > silence:
                 log.warning("broker silent for %.1fs; reconnecting", now - self._last_heard)
@@ -423,11 +478,17 @@ class Worker:
             for job in msg.jobs:
                 lease = int(job.get("lease", 0))
                 self.seen_lease = max(self.seen_lease, lease)
-                have = self.executor.lease_of(job["id"])
-                if have == lease:
+                jid = job["id"]
+                have = self.executor.lease_of(jid)
+                fetching = self.objects.fetching.get(jid)
+                if have == lease or (fetching is not None and fetching.get("lease") == lease):
                     continue  # already has this very lease: a duplicate after a reconnect
                 if have is not None:  # an older lease of the same job: the broker wants this one
-                    self.executor.kill(job["id"], Outcome.INTERRUPTED)
+                    self.executor.kill(jid, Outcome.INTERRUPTED)
+                if fetching is not None:
+                    self.objects.cancel(jid)
+                if ("objects" in job or "outputs" in job or "files" in job) and not self.objects.prepare(job):
+                    continue  # its inputs are being fetched: it starts when they are here
                 self.executor.submit(job, fill=False)
             if msg.jobs:
                 self.executor.fill()  # the whole batch: one write per call executor
@@ -437,6 +498,12 @@ class Worker:
             reason = Outcome.CANCELLED if msg.reason == Outcome.CANCELLED else Outcome.INTERRUPTED
             leases = msg.leases + [0] * (len(msg.ids) - len(msg.leases))
             for jid, lease in zip(msg.ids, leases, strict=False):
+                if jid in self.objects.fetching:  # still fetching its inputs: it never starts
+                    stopped = self.objects.cancel(jid)
+                    if stopped is not None and (not lease or stopped["lease"] == lease):
+                        stopped["outcome"] = reason
+                        self.executor.finished.append(stopped)
+                    continue
                 if lease and self.executor.lease_of(jid) != lease:
                     continue  # it holds another lease of that job (or none): not the one meant
                 if self.executor.kill(jid, reason):
@@ -447,6 +514,8 @@ class Worker:
         elif isinstance(msg, P.SvcStop):
             for rid in msg.ids:
                 self.services.stop(rid, msg.grace)
+        elif isinstance(msg, P.ObjFree):
+            self.objects.free(msg.ids)
         elif isinstance(msg, P.Reregister):
             log.info("broker asked us to register again (it restarted)")
             self._register()

@@ -61,7 +61,7 @@ class ProcessJobs(Attempts):
 
     def _start_process(self, task: Task) -> None:
         job = task.job
-        cwd: str | None = None
+        cwd: str | None = job.get("cwd")  # a folder of its own, for a job with input or output files
         if job["kind"] == "shell":
             argv = ["/bin/sh", "-c", job["target"], "titan-job", *job.get("args", [])]
         else:

@@ -2,7 +2,7 @@
 
 It holds no sockets. The broker loop feeds it decoded messages and sends what it returns, so
 every rule here is testable with a fake clock and no network. It is one shared :class:`State`
-and seven parts, each of one responsibility, each in its own module:
+and nine parts, each of one responsibility, each in its own module:
 
 ==============  =======================================================================
 ``admission``   submissions checked whole (ids, content, limits, the graph), accepted
@@ -13,6 +13,7 @@ and seven parts, each of one responsibility, each in its own module:
 ``membership``  workers joining, heartbeats, lost or leaving, orphans after a restart
 ``records``     what queries, watchers and the stats feed are shown
 ``rerun``       ended jobs run again: the dead-letter list, a DAG retried from its failures
+``objects``     the object directory: holders, owners and lifetime, lineage, locality
 ==============  =======================================================================
 
 The :class:`Scheduler` is the state with its parts wired to it; its public methods are the
@@ -25,6 +26,7 @@ from titan_zmq.broker.scheduler.admission import Admission
 from titan_zmq.broker.scheduler.dispatch import Dispatch
 from titan_zmq.broker.scheduler.graph import Graph
 from titan_zmq.broker.scheduler.membership import Membership
+from titan_zmq.broker.scheduler.objects import Objects
 from titan_zmq.broker.scheduler.outcomes import Outcomes
 from titan_zmq.broker.scheduler.records import Records
 from titan_zmq.broker.scheduler.rerun import Rerun
@@ -47,6 +49,7 @@ class Scheduler(State):
         self.membership = Membership(self)
         self.records = Records(self)
         self.rerun = Rerun(self)
+        self.directory = Objects(self)
         # admission
         self.submit = self.admission.submit
         self.submit_items = self.admission.submit_items

@@ -12,9 +12,11 @@ from collections import deque
 from typing import Any
 
 from titan_zmq.aof.records import Accepted, Blob, encode
+from titan_zmq.broker.scheduler.objects import top_refs
 from titan_zmq.broker.scheduler.state import Entry, Part
 from titan_zmq.errors import BrokerError, Conflict, JobError, LimitExceeded
 from titan_zmq.job import RUN_NOWHERE, Job
+from titan_zmq.objects.codec import REF_KEY
 
 
 def is_plain(job: Job) -> bool:
@@ -66,11 +68,12 @@ class Admission(Part):
     ) -> list[str]:  # fmt: skip
         """Accept validated jobs, all or nothing: the checks between them and against the broker first.
         ``uniform``: they differ only in id and args (a template's), so one of them tells if all are plain."""
-        resubmitted = self._check_batch(jobs, blobs)
+        resubmitted, with_refs = self._check_batch(jobs, blobs)
         if any(job.depends_on for job in jobs):
             jobs = check_graph(jobs, self.st.jobs)
         self._check_limits(jobs, owner)
-        if self.fast_paths and not resubmitted and all(map(is_plain, jobs[:1] if uniform else jobs)):
+        plain = not with_refs and all(map(is_plain, jobs[:1] if uniform else jobs))
+        if self.fast_paths and not resubmitted and plain:
             self.accept_plain(jobs, watcher, owner, lean, uniform)
             return [job.id for job in jobs]
         st = self.st
@@ -92,17 +95,23 @@ class Admission(Part):
             ids.append(job.id)
         return ids
 
-    def _check_batch(self, jobs: list[Job], blobs: dict[str, bytes]) -> bool:
-        """Refuse repeated ids, missing or damaged content and ids taken by other jobs. Returns whether
-        any job of the batch is a resubmission of a known one."""
+    def _check_batch(self, jobs: list[Job], blobs: dict[str, bytes]) -> tuple[bool, bool]:
+        """Refuse repeated ids, missing or damaged content, ids taken by other jobs and unknown object
+        references. Returns whether any job of the batch is a resubmission of a known one, and whether
+        any receives objects (such jobs are placed by locality: never on the plain path)."""
         seen: set[str] = set()
         known_jobs = self.st.jobs
-        resubmitted = False
+        resubmitted = with_refs = False
         for job in jobs:
             jid = job.id
             if jid in seen:
                 raise JobError(f"job id {jid!r} appears twice in one submission")
             seen.add(jid)
+            if (job.args and any(type(a) is dict for a in job.args)) or job.kwargs:
+                refs = top_refs(job.args) + top_refs(job.kwargs)
+                if refs:
+                    self.st.directory.check_known(refs)
+                    with_refs = True
             if job.blob is not None and job.blob not in blobs and job.blob not in self.st.blobs:
                 raise JobError(f"job {jid}: its content (blob {job.blob[:12]}...) was not sent with it")
             if job.kind == "service":
@@ -115,7 +124,7 @@ class Admission(Part):
         for sha, content in blobs.items():
             if hashlib.sha256(content).hexdigest() != sha:
                 raise JobError(f"blob {sha[:12]}... does not match its sha256; the content was damaged")
-        return resubmitted
+        return resubmitted, with_refs
 
     def _check_service(self, job: Job) -> None:
         """A service node's spec must be one the broker can deploy (checked now, not when it is due)."""
@@ -198,6 +207,16 @@ class Admission(Part):
             st.idempotency[job.idempotency_key] = job.id
         if job.dag is not None:
             st.dags.setdefault(job.dag, {})[job.id] = None
+            st.dag_left.pop(job.dag, None)  # one more unfinished job: counted again when one ends
+        refs = top_refs(job.args) + top_refs(job.kwargs) if job.args or job.kwargs else None
+        if job.files:
+            entry.refs = True  # its input files are its parents' outputs: placed by locality too
+        if refs:  # the job holds the objects it receives until it is forgotten
+            entry.refs = True
+            for r in refs:
+                info = st.objects.get(r[REF_KEY])
+                if info is not None:
+                    st.directory.add(info.id, info.size, owner=f"job:{job.id}")
         if job.blob is not None:
             slot = st.blobs.get(job.blob)
             if slot is None:

@@ -12,6 +12,7 @@ import heapq
 
 from titan_zmq.broker.scheduler.state import Entry, Part, QueueItem, QueueKey, WorkerInfo
 from titan_zmq.job import RUN_NOWHERE, JobState
+from titan_zmq.objects.codec import REF_KEY
 
 
 def least_loaded(ws: list[WorkerInfo], blob: str | None) -> WorkerInfo:
@@ -52,9 +53,40 @@ class Dispatch(Part):
         requires, _, wait = entry.job.level(entry.level)
         if wait is not None and entry.level < len(entry.job.fallback):
             st.timers.fallback_wait(entry, wait)
+        if (entry.refs or entry.inputs) and self._by_inputs(entry):
+            return
         if entry.pin is not None and entry.pin_soft:
             st.timers.unpin_after(entry, entry.job.affinity_wait)
         self.push(entry, (requires, entry.pin))
+
+    def _by_inputs(self, entry: Entry) -> bool:
+        """A job that receives objects: if some were lost with every holder, it waits for them to be
+        made again; otherwise it is pinned, softly, to the worker that holds most of their bytes (for
+        at most ``locality_wait``). True when that took care of it; False: queue it as usual."""
+        st = self.st
+        directory = st.directory
+        if entry.job.files:
+            absent = [n for n, r in directory.input_files(entry).items() if r is None]
+            if absent:
+                name = absent[0]
+                parent, path = entry.job.files[name]
+                entry.error = f"input file {name}: job {parent} published no output {path!r} (list it in its outputs)"
+                entry.error_type = "InputMissing"
+                st.outcomes.finish(entry, JobState.FAILED)
+                return True
+        lost = directory.missing(entry)
+        if lost:
+            directory.remake(entry, lost)
+            return True
+        if entry.pin is None and not entry.placed and st.locality_wait > 0:
+            entry.placed = True  # once an attempt: an unpinned job is not pinned again
+            best = directory.place(entry)
+            if best is not None:
+                entry.pin, entry.pin_soft = best, True
+                st.timers.unpin_after(entry, st.locality_wait)
+                self.push(entry, (entry.job.level(entry.level)[0], best))
+                return True
+        return False
 
     def _run_nowhere(self, entry: Entry) -> None:
         """A gate waits for a person; a service node deploys its service and waits for it to be healthy."""
@@ -196,6 +228,14 @@ class Dispatch(Part):
         wire["lease"] = entry.lease
         if entry.inputs is not None:
             wire["inputs"] = entry.inputs
+        if entry.refs or entry.inputs:
+            entry.placed = False  # a later attempt is placed afresh
+            where = st.directory.locations(entry)
+            if where:
+                wire["objects"] = where
+            if job.files:
+                refs = st.directory.input_files(entry)
+                wire["files"] = {n: [r[REF_KEY], job.files[n][1]] for n, r in refs.items() if r is not None}
         st.fx.assign.setdefault(w.ident, []).append(wire)
         sha = job.blob
         if sha is not None and sha not in w.cached:

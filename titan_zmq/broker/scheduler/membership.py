@@ -20,6 +20,10 @@ class Membership(Part):
         """A worker joins or re-joins. Reconcile the jobs it says it still holds."""
         st = self.st
         w = self._register(ident, info)
+        objects = info.get("objects")
+        if isinstance(objects, dict):  # its object server, and what its store holds
+            w.endpoint = str(objects.get("endpoint") or "")
+            st.directory.worker_joined(w, w.endpoint, list(objects.get("held") or ()))
         running = list(info.get("running") or ())
         leases = list(info.get("leases") or ())
         held_lease = dict(zip(running, leases + [0] * (len(running) - len(leases)), strict=True))
@@ -134,6 +138,8 @@ class Membership(Part):
             return
         for hook in st.gone_hooks:
             hook(ident)
+        if st.objects:
+            st.directory.worker_lost(w)  # before its jobs are queued again: their inputs may need remaking
         log.warning("worker %s removed: %s; %d job(s) go back to the queue", w.name, reason, len(w.running))
         clean = set(stopped)
         for jid in sorted(w.running):

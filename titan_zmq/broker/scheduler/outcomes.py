@@ -14,6 +14,7 @@ from typing import Any
 from titan_zmq.aof.records import Forgotten, encode
 from titan_zmq.broker.scheduler.state import Entry, Part, WorkerInfo, fmt_tags
 from titan_zmq.job import FINAL_STATES, OUTCOMES, JobState, Outcome, backoff_delay
+from titan_zmq.objects.codec import REF_KEY
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class Outcomes(Part):
         self.set_output(entry, res)
         entry.worker_name = w.name
         _started(entry, runtime, self.st.wall)
+        if entry.fetched:  # the copies its inputs left on w: another holder of each
+            self.st.directory.copied(w, entry.fetched)
         self._success(w, entry, result)
 
     @staticmethod
@@ -104,6 +107,7 @@ class Outcomes(Part):
         entry.exit_code = get("exit_code")
         entry.stdout = get("stdout") or ""
         entry.stderr = get("stderr") or ""
+        entry.fetched = get("fetched")
 
     def _observe(self, w: WorkerInfo, outcome: str, runtime: Any) -> None:
         below = self.st.prefetch_below
@@ -123,21 +127,15 @@ class Outcomes(Part):
 
     def _apply(self, w: WorkerInfo, entry: Entry, outcome: Outcome, res: dict[str, Any]) -> None:
         """An attempt's outcome, other than returned, on a job that has not ended."""
-        st = self.st
         if outcome is Outcome.SUCCEEDED:
             self._success(w, entry, res.get("result"))
         elif outcome is Outcome.CACHE_MISS:
             if entry.job.blob is not None:
                 w.cached.discard(entry.job.blob)
-            entry.misses += 1
-            entry.worker = None
-            if entry.misses > MAX_MISSES:
-                entry.error = f"workers could not store its content {entry.misses} times (is a disk full?)"
-                entry.error_type = "CacheMiss"
-                self.finish(entry, JobState.FAILED)
-            else:
-                entry.attempts -= 1
-                st.queues.enqueue(entry)
+            self.missed(entry, "CacheMiss", f"workers could not store its content {entry.misses + 1} times "
+                        "(is a disk full?)")  # fmt: skip
+        elif outcome is Outcome.INPUT_LOST:
+            self._input_lost(w, entry, res)
         elif outcome is Outcome.INTERRUPTED:
             self.interrupted(entry, w.name)
         elif outcome is Outcome.CANCELLED:
@@ -150,8 +148,35 @@ class Outcomes(Part):
             entry.traceback = res.get("traceback")
             self.fail_attempt(entry)
 
+    def _input_lost(self, w: WorkerInfo, entry: Entry, res: dict[str, Any]) -> None:
+        """The worker could not fetch some of the job's objects: the holders it tried no longer count
+        as holders (they re-announce what they hold when they join), and the job is queued again, its
+        inputs made again where no holder is left. Not counted as an attempt, at most MAX_MISSES times."""
+        st = self.st
+        lost = res.get("lost")
+        for oid, holders in (lost.items() if isinstance(lost, dict) else ()):
+            info = st.objects.get(oid)
+            if info is not None and isinstance(holders, list):
+                info.holders.difference_update(h for h in holders if isinstance(h, str))
+        self.missed(entry, "InputLost", f"its input objects could not be fetched {entry.misses + 1} times: "
+                    f"{res.get('error')}")  # fmt: skip
+
+    def missed(self, entry: Entry, kind: str, why: str) -> None:
+        """The worker lacked what the job needs (its content, its inputs): queued again without
+        counting an attempt, or failed with ``why`` after MAX_MISSES of them."""
+        entry.misses += 1
+        entry.worker = None
+        if entry.misses > MAX_MISSES:
+            entry.error, entry.error_type = why, kind
+            self.finish(entry, JobState.FAILED)
+            return
+        entry.attempts -= 1
+        self.st.queues.enqueue(entry)
+
     def _success(self, w: WorkerInfo, entry: Entry, result: Any) -> None:
         w.done += 1
+        if type(result) is dict and (REF_KEY in result or "outputs" in result):  # kept on w: the broker has references
+            self.st.directory.produced(entry, w, result)
         entry.result = result
         entry.error = entry.error_type = entry.traceback = None
         self.finish(entry, JobState.SUCCEEDED)
@@ -238,6 +263,8 @@ class Outcomes(Part):
             entry.lean = None
         st.finished.append(entry.job.id)
         entry.inputs = None
+        if st.owned and entry.job.dag:
+            st.directory.job_ended(entry)
         if propagate and entry.children:
             st.graph.release_children(entry)
         while len(st.finished) > st.max_finished:
@@ -281,6 +308,8 @@ class Outcomes(Part):
         if old is None:
             return
         st.journal(encode(Forgotten(jid)))
+        if st.owned and f"job:{jid}" in st.owned:
+            st.directory.release_owner(f"job:{jid}")
         if old.job.blob is not None and old.state is not JobState.SUCCEEDED:
             st.release_blob(old.job.blob)
         key = old.job.idempotency_key

@@ -42,6 +42,7 @@ class Records(Part):
             "labels": j.labels,
             "depends_on": list(j.depends_on),
             "dag": j.dag,
+            "fetched": entry.fetched,
         }
 
     def final_record(self, entry: Entry) -> dict[str, Any]:
@@ -55,7 +56,7 @@ class Records(Part):
             ("worker", entry.worker_name), ("error", entry.error), ("error_type", entry.error_type),
             ("traceback", entry.traceback), ("exit_code", entry.exit_code), ("submitted_at", entry.submitted_at),
             ("queued_at", entry.queued_at), ("started_at", entry.started_at), ("finished_at", entry.finished_at),
-            ("dag", j.dag),
+            ("dag", j.dag), ("fetched", entry.fetched),
         ):  # fmt: skip
             if value is not None:  # their default is None
                 rec[key] = value

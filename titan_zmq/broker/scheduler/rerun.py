@@ -55,6 +55,13 @@ class Rerun(Part):
             st.graph.wire_parents(e)
         return {"records": [st.records.record(e) for e in order]}
 
+    def again(self, e: Entry, then: str | None = None) -> None:
+        """Run one ended job again (lineage: to remake an object it made); ``then`` waits for it."""
+        self._reset(e)
+        if then is not None:
+            e.children = [then]
+        self.st.graph.wire_parents(e)
+
     def _downstream(self, roots: list[str], only_unsucceeded: bool = False) -> set[str]:
         """``roots`` and the jobs after them (with ``only_unsucceeded``, only those that did not succeed)."""
         st = self.st
@@ -78,6 +85,8 @@ class Rerun(Part):
     def _reset(self, e: Entry) -> None:
         st = self.st
         st.touch(e)
+        if e.job.dag:
+            st.dag_left.pop(e.job.dag, None)  # counted again when one of its jobs ends
         try:
             st.finished.remove(e.job.id)  # it must not be forgotten while it runs again
         except ValueError:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from titan_zmq.broker.scheduler.dispatch import Dispatch
     from titan_zmq.broker.scheduler.graph import Graph
     from titan_zmq.broker.scheduler.membership import Membership
+    from titan_zmq.broker.scheduler.objects import ObjectInfo, Objects
     from titan_zmq.broker.scheduler.outcomes import Outcomes
     from titan_zmq.broker.scheduler.records import Records
     from titan_zmq.broker.scheduler.rerun import Rerun
@@ -48,6 +49,7 @@ class Entry:
         "error_type",
         "exit_code",
         "fb_base",
+        "fetched",
         "finished_at",
         "inputs",
         "job",
@@ -60,8 +62,10 @@ class Entry:
         "owner",
         "pin",
         "pin_soft",
+        "placed",
         "queue",
         "queued_at",
+        "refs",
         "result",
         "seq",
         "started_at",
@@ -112,6 +116,9 @@ class Entry:
         # The wire map of every field but id and args, shared by the jobs of one template (None: to_wire()).
         self.wire: dict[str, Any] | None = None
         self.queue: list[QueueItem] | None = None  # the ready queue it was last put on
+        self.refs = False  # its arguments hold object references (it receives their values)
+        self.placed = False  # placement by locality was considered for this attempt
+        self.fetched: dict[str, Any] | None = None  # where each input object came from, for its last attempt
 
 
 def state_op(e: Entry, now: float, wall: float) -> list[Any]:
@@ -121,6 +128,7 @@ def state_op(e: Entry, now: float, wall: float) -> list[Any]:
         e.job.id, e.state.value, e.attempts, e.lease, e.worker_name, e.lost, e.misses,
         e.queued_at, e.started_at, e.finished_at, nb, e.pin, e.pin_soft,
         e.result, e.error, e.error_type, e.traceback, e.exit_code, e.stdout, e.stderr, e.inputs, e.level, e.fb_base,
+        e.fetched,
     ))  # fmt: skip
 
 
@@ -138,6 +146,7 @@ class WorkerInfo:
     joined_at: float
     running: set[str] = field(default_factory=set)
     cached: set[str] = field(default_factory=set)
+    endpoint: str = ""  # its object server, "" when it is reached through the broker's relay only
     last_sent: float = 0.0
     done: int = 0
     failed: int = 0
@@ -202,6 +211,9 @@ class Effects:
     done: dict[bytes, list[dict[str, Any]]] = field(default_factory=dict)
     ok: dict[bytes, list[list[Any]]] = field(default_factory=dict)  # [id, result] of successes, for lean watchers
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    free: dict[bytes, list[str]] = field(default_factory=dict)  # objects workers may delete
+    keep: list[str] = field(default_factory=list)  # artifacts the broker's keeper copies to its store
+    unkeep: list[str] = field(default_factory=list)  # objects freed from the broker's store
 
     def add_kill(self, ident: bytes, job_id: str, lease: int = 0) -> None:
         """Tell a worker to stop ``job_id`` (only its lease ``lease``; 0: whatever it holds)."""
@@ -215,6 +227,9 @@ class Effects:
         self.done.clear()
         self.ok.clear()
         self.events.clear()
+        self.free.clear()
+        self.keep.clear()
+        self.unkeep.clear()
 
 
 def fmt_tags(tags: Iterable[str]) -> str:
@@ -249,6 +264,7 @@ class State:
     membership: Membership
     records: Records
     rerun: Rerun
+    directory: Objects
 
     def __init__(
         self,
@@ -262,6 +278,9 @@ class State:
         prefetch_below: float = 0.05,
         max_dag_jobs: int = 100_000,
         max_pending_per_client: int = 1_000_000,
+        locality_wait: float = 1.0,
+        locality_min: int = 1024 * 1024,
+        object_ttl: float = 3600.0,
         rng: random.Random | None = None,
     ) -> None:
         self.clock = clock
@@ -274,6 +293,16 @@ class State:
         self.max_dag_jobs = max_dag_jobs
         self.max_pending_per_client = max_pending_per_client
         self.rng = rng or random.Random()
+        # The object directory (``objects.py``): by id; ids by owner token; worker object servers by name.
+        self.objects: dict[str, ObjectInfo] = {}
+        self.owned: dict[str, set[str]] = {}
+        self.endpoints: dict[str, str] = {}
+        self.dag_left: dict[str, int] = {}  # unfinished jobs of DAGs that own objects (counted down)
+        self.lineage: dict[str, set[str]] = {}  # job -> producers it waits on that are not its parents
+        self.locality_wait = locality_wait  # 0: placement by locality off
+        self.locality_min = locality_min
+        self.object_ttl = object_ttl
+        self.keeps_artifacts = False  # the broker copies published artifacts to its data directory
         self.jobs: dict[str, Entry] = {}
         self.workers: dict[bytes, WorkerInfo] = {}
         self.pending: dict[bytes, int] = {}  # unfinished jobs by the client connection that submitted them
