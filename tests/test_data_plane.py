@@ -324,3 +324,20 @@ def test_titan_put_and_get_from_the_command_line(cluster: LocalCluster, tmp_path
     assert titan("release", oid).returncode == 0
     missing = titan("get", "ab" * 32, str(tmp_path / "x"))
     assert missing.returncode == 1 and "unknown object" in missing.stderr
+
+
+def test_after_a_broker_restart_objects_are_found_again_on_their_workers(tmp_path: Path) -> None:
+    broker_args = ["--data-dir", str(tmp_path / "state")]
+    with LocalCluster(workers=0, broker_args=broker_args, env={"TITAN_ORPHAN_WAIT": "3"}) as cluster:
+        cluster.add_worker(name="a", slots=1)
+        cluster.wait_workers(1)
+        c = cluster.client()
+        h = c.submit("tests.data_jobs:blob", args=[2 * MB, 9])
+        ref = h.result(timeout=60, fetch=False)
+        cluster.kill_broker()
+        cluster.start_broker()
+        c2 = cluster.client()
+        use = c2.submit("tests.data_jobs:length", args=[ref])  # before worker a has announced its store again
+        assert use.result(timeout=60) == {"len": 2 * MB, "worker": "a"}
+        assert c2.status(h.id).attempts == 1  # not made again: its holder came back with it
+        assert c2.locate(ref)["holders"] == ["a"]

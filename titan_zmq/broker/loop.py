@@ -137,6 +137,8 @@ class Broker:
         self.sched.journaled()
         if self.services.services:  # let workers report the replicas they still run before placing any
             self.services.hold_until = self.clock() + cfg.orphan_window
+        if self.sched.objects:  # and the objects they hold, before an input is taken for lost
+            self.sched.holders_settle = self.clock() + cfg.orphan_window
         gc.freeze()  # the replayed state lives on: keep the cyclic GC from rescanning it
         self.kv.journal = self._journal_op
         self.services.journal = self._journal_op

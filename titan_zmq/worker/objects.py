@@ -143,6 +143,7 @@ class WorkerObjects:
         lost: dict[str, list[str]] = {}
         errors = []
         for oid, spec in missing.items():
+            tmp = None
             try:
                 size, holders = int(spec[0]), list(spec[1])
                 sources = self._sources(holders)
@@ -154,6 +155,7 @@ class WorkerObjects:
                 finally:
                     sink.close()
                 self.store.commit(tmp, oid, size, held=False)
+                tmp = None
                 fetched[oid] = {"from": stats.holder, "route": stats.route, "bytes": size}
             except ObjectStoreFull as exc:
                 errors.append(str(exc))
@@ -161,6 +163,9 @@ class WorkerObjects:
             except (TitanError, OSError, ValueError, TypeError, IndexError) as exc:
                 errors.append(str(exc))
                 lost[oid] = [str(h[0]) for h in spec[1] if isinstance(h, list) and h] if isinstance(spec, list) else []
+            finally:
+                if tmp is not None:  # a fetch that failed leaves nothing behind
+                    Path(tmp).unlink(missing_ok=True)
         failure = None
         if lost:
             failure = {"lost": lost, "error": "; ".join(errors)[:2000]}
@@ -286,7 +291,8 @@ class WorkerObjects:
         res["result"] = ObjectRef(oid, size, str(obj.get("kind") or "value"))
 
     def free(self, ids: list[str]) -> None:
-        """The broker freed these objects: delete the copies here (those in use are deleted once unpinned)."""
+        """The broker freed these objects: delete the copies here (one a running job still uses is only
+        released: evicted first when space runs out)."""
         for oid in ids:
             self.store.release(oid)
             if not self._in_use(oid):

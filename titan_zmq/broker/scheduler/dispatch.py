@@ -76,6 +76,9 @@ class Dispatch(Part):
                 return True
         lost = directory.missing(entry)
         if lost:
+            if st.clock() < st.holders_settle:  # a restarted broker: their workers may not have joined yet
+                st.timers.hold(entry, st.holders_settle)
+                return True
             directory.remake(entry, lost)
             return True
         if entry.pin is None and not entry.placed and st.locality_wait > 0:

@@ -303,6 +303,7 @@ class State:
         self.locality_min = locality_min
         self.object_ttl = object_ttl
         self.keeps_artifacts = False  # the broker copies published artifacts to its data directory
+        self.holders_settle = 0.0  # after a restart: until then, inputs with no holder wait (workers re-announce)
         self.jobs: dict[str, Entry] = {}
         self.workers: dict[bytes, WorkerInfo] = {}
         self.pending: dict[bytes, int] = {}  # unfinished jobs by the client connection that submitted them
