@@ -221,6 +221,30 @@ def test_a_lost_object_is_made_again_by_its_producer(cluster: LocalCluster) -> N
     assert make_rec.worker == "b" and make_rec.attempts == 2  # run again, where the data is needed
 
 
+def test_lineage_remakes_lost_inputs_of_lost_inputs(cluster: LocalCluster) -> None:
+    cluster.add_worker(name="a", slots=1)
+    cluster.wait_workers(1)
+    c = cluster.client()
+    from titan_zmq.client.dag import Dag
+
+    dag = Dag("deep")
+    make = dag.add("tests.data_jobs:blob", args=[1 * MB, 8], id="deep.make")
+    mid = dag.add("tests.data_jobs:double", after=[make], id="deep.mid")
+    gate = dag.add(approval="go on?", after=[mid], id="deep.gate")
+    dag.add("tests.data_jobs:length_of_inputs", after=[mid, gate], id="deep.use")
+    c.submit_dag(dag)
+    wait_for(lambda: c.status("deep.gate").state.value == "awaiting_approval", 60, "make and mid to succeed")
+    cluster.workers[0].kill()  # both objects had one holder: both are lost
+    cluster.workers[0].wait(10)
+    wait_for(lambda: not c.workers(), 3 * HEARTBEAT_WINDOW + 30, "worker a to be lost")
+    cluster.add_worker(name="b", slots=1)
+    c.approve("deep.gate")
+    rec = c.wait(["deep.use"], timeout=90)["deep.use"]
+    assert rec.state.value == "succeeded", rec.error
+    assert rec.result["lens"]["deep.mid"] == 2 * MB
+    assert [c.status(j).attempts for j in ("deep.make", "deep.mid")] == [2, 2]  # mid's remake needed make's
+
+
 def test_a_published_artifact_outlives_its_worker_with_a_data_dir(tmp_path: Path) -> None:
     data_dir = tmp_path / "state"
     with LocalCluster(workers=0, broker_args=["--data-dir", str(data_dir)]) as cluster:
