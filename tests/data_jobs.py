@@ -58,3 +58,7 @@ def double(inputs: dict[str, Any]) -> bytes:
     """Its parents' bytes, twice: a large result made from large inputs."""
     data = b"".join(v for v in inputs.values() if isinstance(v, bytes))
     return data + data
+
+
+def text(n: int, i: int = 0) -> str:
+    return chr(97 + i % 26) * n

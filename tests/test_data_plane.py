@@ -365,3 +365,20 @@ def test_after_a_broker_restart_objects_are_found_again_on_their_workers(tmp_pat
         assert use.result(timeout=60) == {"len": 2 * MB, "worker": "a"}
         assert c2.status(h.id).attempts == 1  # not made again: its holder came back with it
         assert c2.locate(ref)["holders"] == ["a"]
+
+
+def test_results_are_sent_in_messages_under_the_brokers_limit() -> None:
+    with LocalCluster(workers=0, broker_args=["--max-message-size", str(600 * 1024)]) as cluster:
+        cluster.add_worker(name="a", slots=4)
+        cluster.wait_workers(1)
+        c = cluster.client()
+        # 200 KB each (inline: under 256 KiB), finishing together: one RESULT of them would pass 600 KiB.
+        handles = [c.submit("tests.data_jobs:text", args=[200_000, i]) for i in range(12)]
+        assert [h.result(timeout=60) for h in handles] == [chr(97 + i) * 200_000 for i in range(12)]
+    with LocalCluster(workers=0, broker_args=["--max-message-size", str(128 * 1024)]) as cluster:
+        cluster.add_worker(name="a", slots=1)
+        cluster.wait_workers(1)
+        c = cluster.client()
+        with pytest.raises(JobFailed, match=r"over the broker's limit of 131,072 \(max_message_size\)"):
+            c.submit("tests.data_jobs:text", args=[200_000]).result(timeout=60)  # one alone is too large
+        assert c.submit("tests.jobs:add", args=[2, 2]).result(timeout=60) == 4  # and the worker goes on
