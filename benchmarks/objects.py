@@ -28,6 +28,10 @@ Four figures, each against a baseline measured in the same run on the same machi
   with its own data movement and an untimed run first, against titan's time with locality on. A peer that
   is not installed is skipped with a note.
 
+The jobs' functions, which titan, Dask and Ray all run, are in :mod:`benchmarks.objects_jobs`; the baselines (the
+raw stream, and the MapReduce in Dask and Ray) in :mod:`benchmarks.objects_baselines`. This module measures
+titan, runs the whole scenario and reports it.
+
 Every process started here is stopped when the measurement ends, however it ends.
 """
 
@@ -38,7 +42,6 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -46,33 +49,23 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import zmq
-
-from benchmarks.ceiling import _child_setup, stop_process  # die with the benchmark; SIGTERM, then SIGKILL
+from benchmarks.objects_baselines import PEER_RUNNERS, raw_stream
+from benchmarks.objects_jobs import _TIMEOUT, WORKERS, GiB, MiB, combine, expected_sum, new_seed
 from benchmarks.report import Row, format_table, median
 
 log = logging.getLogger(__name__)
 
-MiB = 1 << 20
-GiB = 1 << 30
-ROOT = Path(__file__).resolve().parent.parent  # the repository root: workers import benchmarks.objects from it
-HOST = "127.0.0.1"
-FRAME = 4 * MiB  # the raw stream's frames: titan's chunk size
-_HWM = 8  # frames queued at each end of the raw stream (titan's fetcher keeps 4 chunks in flight, 8 queued)
-WORKERS = 4  # the MapReduce cluster: 4 workers x 1 slot, and 4-way parallelism for the peers
+ROOT = Path(__file__).resolve().parent.parent  # the repository root: workers import benchmarks.objects_jobs from it
 PEERS = ("dask", "ray")
-_TIMEOUT = 600.0
-_U64 = 1 << 64
 
 # The titan functions the jobs run (by name, from the repository root).
-MAKE = "benchmarks.objects:make_partition"
-TOUCH = "benchmarks.objects:touch"
-REDUCE = "benchmarks.objects:reduce_inputs"
-COMBINE = "benchmarks.objects:combine_inputs"
+MAKE = "benchmarks.objects_jobs:make_partition"
+TOUCH = "benchmarks.objects_jobs:touch"
+REDUCE = "benchmarks.objects_jobs:reduce_inputs"
+COMBINE = "benchmarks.objects_jobs:combine_inputs"
 
 
 @dataclass(frozen=True)
@@ -96,151 +89,7 @@ def unavailable() -> str | None:
     return None
 
 
-# ---- the jobs' functions (titan, Dask and Ray run the same ones) ------------------------------------------
-
-
-def make_partition(nbytes: int, seed: int) -> Any:
-    """A map: a numpy array of ``nbytes`` (uint64 ``arange + seed``: distinct content for every seed)."""
-    import numpy as np
-
-    a = np.arange(nbytes // 8, dtype=np.uint64)
-    a += np.uint64(seed)
-    return a
-
-
-def expected_sum(nbytes: int, seed: int) -> int:
-    """What :func:`reduce_partition` returns for ``make_partition(nbytes, seed)`` (mod 2**64, as numpy adds)."""
-    n = nbytes // 8
-    return (n * (n - 1) // 2 + n * seed) % _U64
-
-
-def reduce_partition(arr: Any) -> int:
-    """A reduce: the sum of every element (it reads all the partition's bytes)."""
-    return int(arr.sum())
-
-
-def combine(values: list[int]) -> int:
-    return sum(values) % _U64
-
-
-def reduce_inputs(inputs: dict[str, Any]) -> int:
-    """titan's reduce: its one parent's array arrives in ``inputs``."""
-    (arr,) = inputs.values()
-    return reduce_partition(arr)
-
-
-def combine_inputs(inputs: dict[str, Any]) -> int:
-    return combine(list(inputs.values()))
-
-
-def combine_args(*values: int) -> int:
-    """Ray's combine: refs passed as arguments arrive as values (refs inside a list would not)."""
-    return combine(list(values))
-
-
-def touch(arr: Any) -> dict[str, int]:
-    """The transfer's consumer: reads one element of every 4 KiB page of the array it received."""
-    return {"bytes": int(arr.nbytes), "check": int(arr[::512].sum())}
-
-
-# ---- the baseline: a raw pyzmq stream ---------------------------------------------------------------------
-
-
-def _sender_main(conn: Connection, nbytes: int) -> None:
-    """Bind a ROUTER, make the bytes, say the port; on a receiver's request, stream them in FRAME-byte frames."""
-    _child_setup()
-    data = memoryview(make_partition(nbytes + 7, 1)).cast("B")[:nbytes]  # made (its pages touched) before the clock
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, _HWM)  # a full queue blocks the send (ROUTER_MANDATORY): nothing is dropped
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    conn.send(sock.bind_to_random_port(f"tcp://{HOST}"))
-    ident, _ = sock.recv_multipart()
-    for off in range(0, data.nbytes, FRAME):
-        sock.send_multipart([ident, data[off : off + FRAME]], copy=False)
-    conn.recv()  # the receiver has every byte: the frames may go now
-
-
-def _receiver_main(conn: Connection, port: int, nbytes: int, path: str | None) -> None:
-    """Connect a DEALER, ask for the bytes, receive them all (dropping them, or writing them to ``path``);
-    send the seconds from the request to the last byte."""
-    _child_setup()
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IMMEDIATE, 1)
-    sock.setsockopt(zmq.RCVHWM, _HWM)
-    sock.connect(f"tcp://{HOST}:{port}")
-    if not sock.poll(10_000, zmq.POLLOUT):
-        conn.send(None)
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600) if path else -1
-    got = 0
-    start = time.perf_counter()
-    sock.send(b"go")
-    while got < nbytes:
-        if not sock.poll(30_000):
-            conn.send(None)
-            return
-        buf = sock.recv(copy=False).buffer
-        if fd >= 0:
-            off = got
-            view = memoryview(buf)
-            while view.nbytes:
-                n = os.pwrite(fd, view, off)
-                view, off = view[n:], off + n
-        got += buf.nbytes
-    elapsed = time.perf_counter() - start
-    if fd >= 0:
-        os.close(fd)
-    conn.send(elapsed)
-
-
-def raw_stream(nbytes: int, into: str | None = None, timeout: float = 120.0) -> float:
-    """Seconds a raw pyzmq stream takes to carry ``nbytes`` from one process to another (FRAME-byte frames,
-    zero copy, from memory): from the receiver's request to its last byte. With ``into``, a folder, the
-    receiver writes the bytes into a file there (deleted after)."""
-    mp = multiprocessing.get_context("spawn")  # fresh interpreters: no ZeroMQ state crosses a fork
-    procs = []
-    s_parent, s_child = mp.Pipe()
-    r_parent, r_child = mp.Pipe()
-    path = None
-    if into is not None:
-        fd, path = tempfile.mkstemp(prefix="raw-", dir=into)
-        os.close(fd)
-    try:
-        sender = mp.Process(target=_sender_main, args=(s_child, nbytes), name="raw-sender", daemon=True)
-        procs.append(sender)
-        sender.start()
-        port = _wait(s_parent, sender, 60.0)
-        receiver = mp.Process(target=_receiver_main, args=(r_child, port, nbytes, path), name="raw-receiver",
-                              daemon=True)  # fmt: skip
-        procs.append(receiver)
-        receiver.start()
-        elapsed = _wait(r_parent, receiver, timeout)
-        if elapsed is None:
-            raise RuntimeError("the raw stream's receiver did not connect, or stalled")
-        s_parent.send("done")
-        return float(elapsed)
-    finally:
-        for p in reversed(procs):
-            stop_process(p)
-        for c in (s_parent, s_child, r_parent, r_child):
-            c.close()
-        if path is not None:
-            os.unlink(path)
-
-
-def _wait(conn: Connection, proc: Any, timeout: float) -> Any:
-    """What ``proc`` sends on ``conn``; RuntimeError if it exits first, TimeoutError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not conn.poll(0.1):
-        if not proc.is_alive():
-            raise RuntimeError(f"the raw stream's {proc.name} exited with {proc.exitcode}")
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"the raw stream's {proc.name} sent nothing within {timeout:g} s")
-    return conn.recv()
+# ---- the broker's CPU -------------------------------------------------------------------------------------
 
 
 class ProcessCpu:
@@ -301,7 +150,7 @@ def cluster(workers: int, broker_args: list[str] | None = None,
 
 
 def _warm(client: Any, workers: int) -> None:
-    """Start each worker's call executor and import numpy and this module there; move one small object."""
+    """Start each worker's call executor and import numpy and the jobs' module there; move one small object."""
     for i in range(workers):
         node = f"local-{i + 1}"
         ref = client.submit(MAKE, args=[2 * MiB, 10_000 + i + int.from_bytes(os.urandom(4), "big")],
@@ -311,11 +160,6 @@ def _warm(client: Any, workers: int) -> None:
             got = client.submit(TOUCH, args=[ref], node=where).result(timeout=120)
             if got["bytes"] != 2 * MiB:
                 raise RuntimeError(f"the warm-up consumer received {got['bytes']} bytes, not {2 * MiB}")
-
-
-def _seed() -> int:
-    """A seed no earlier run used: every run's objects are new (objects are named by their content)."""
-    return int.from_bytes(os.urandom(5), "big")
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -330,7 +174,7 @@ def transfer_once(client: Any, nbytes: int, meter: ProcessCpu | None = None,
     measured by ``meter``), then again where it is local. Returns the figures of this one transfer."""
     from titan_zmq.objects import as_ref
 
-    made = client.submit(MAKE, args=[nbytes, _seed()], node=holder).result(fetch=False, timeout=_TIMEOUT)
+    made = client.submit(MAKE, args=[nbytes, new_seed()], node=holder).result(fetch=False, timeout=_TIMEOUT)
     ref = as_ref(made)
     if ref is None or ref.size < nbytes:
         raise RuntimeError(f"the producer's result is not a stored object of {nbytes:,} bytes: {made!r}")
@@ -413,7 +257,7 @@ def mapreduce_dag(partitions: int, nbytes: int, tag: str) -> tuple[Any, list[str
     from titan_zmq.client import Dag
 
     dag = Dag(f"mapreduce-{tag}")
-    seeds = [_seed() for _ in range(partitions)]
+    seeds = [new_seed() for _ in range(partitions)]
     maps = [dag.add(MAKE, args=[nbytes, s], id=f"mr-{tag}.map.{i}") for i, s in enumerate(seeds)]
     reduces = [dag.add(REDUCE, after=[m], id=f"mr-{tag}.reduce.{i}") for i, m in enumerate(maps)]
     final = dag.add(COMBINE, after=reduces, id=f"mr-{tag}.combine")
@@ -445,93 +289,6 @@ def mapreduce_titan(client: Any, partitions: int, nbytes: int) -> dict[str, Any]
                 fetches += 1
         local += recs[m].worker == recs[r].worker
     return {"seconds": elapsed, "bytes_moved": moved, "fetches": fetches, "reduces_where_their_input_was": local}
-
-
-# ---- the peers ------------------------------------------------------------------------------------------
-
-
-def mapreduce_dask(partitions: int, nbytes: int, runs: int, timeout: float = _TIMEOUT) -> dict[str, Any]:
-    """The same MapReduce on a Dask LocalCluster of 4 processes x 1 thread: futures passed to tasks."""
-    from distributed import Client, LocalCluster
-
-    from benchmarks import peers
-
-    # The reaper outermost: it ends last, once the cluster has closed (it kills only what outlives that).
-    with peers._Reaper() as reaper, ExitStack() as stack, peers._on_pythonpath():
-        quiet = logging.getLogger("distributed")
-        stack.callback(quiet.setLevel, quiet.level)
-        quiet.setLevel(logging.WARNING)
-        cl = stack.enter_context(LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, host=HOST,
-                                              dashboard_address=None, silence_logs=logging.ERROR))  # fmt: skip
-        client = stack.enter_context(Client(cl))
-        stack.callback(reaper.snapshot)  # before the cluster closes: its processes are still descendants then
-
-        def moved() -> int:
-            def incoming(dask_worker: Any) -> int:
-                return sum(int(d.get("total", 0)) for d in dask_worker.transfer_incoming_log)
-
-            return sum(client.run(incoming).values())
-
-        def once(n: int) -> tuple[float, int]:
-            seeds = [_seed() for _ in range(partitions)]
-            before = moved()
-            t0 = time.perf_counter()
-            maps = [client.submit(make_partition, n, s, pure=False) for s in seeds]
-            reds = [client.submit(reduce_partition, m, pure=False) for m in maps]
-            total = client.submit(combine, reds, pure=False).result(timeout=timeout)
-            elapsed = time.perf_counter() - t0
-            if total != combine([expected_sum(n, s) for s in seeds]):
-                raise RuntimeError(f"dask's MapReduce returned {total!r}")
-            del maps, reds
-            return elapsed, moved() - before
-
-        once(nbytes)  # an untimed run at full size: the workers import numpy and this module, and warm up
-        res = [once(nbytes) for _ in range(runs)]
-        return {
-            "seconds": median([r[0] for r in res]), "runs_s": [r[0] for r in res],
-            "bytes_moved": median([r[1] for r in res]), "versions": peers._versions("dask", "distributed"),
-            "setup": f"distributed.LocalCluster: {WORKERS} worker processes x 1 thread",
-        }  # fmt: skip
-
-
-def mapreduce_ray(partitions: int, nbytes: int, runs: int, timeout: float = _TIMEOUT) -> dict[str, Any]:
-    """The same MapReduce on a local Ray instance with num_cpus=4: object refs passed to tasks."""
-    import ray
-
-    from benchmarks import peers
-
-    store = max(256 * MiB, 3 * partitions * nbytes)
-    with peers._Reaper() as reaper:
-        try:
-            with peers._on_pythonpath():
-                ray.init(address="local", num_cpus=WORKERS, include_dashboard=False, object_store_memory=store,
-                         log_to_driver=False, logging_level=logging.WARNING)  # fmt: skip
-            make_r, reduce_r, combine_r = (ray.remote(f) for f in (make_partition, reduce_partition, combine_args))
-
-            def once(n: int) -> float:
-                seeds = [_seed() for _ in range(partitions)]
-                t0 = time.perf_counter()
-                maps = [make_r.remote(n, s) for s in seeds]
-                reds = [reduce_r.remote(m) for m in maps]
-                total = ray.get(combine_r.remote(*reds), timeout=timeout)
-                elapsed = time.perf_counter() - t0
-                if total != combine([expected_sum(n, s) for s in seeds]):
-                    raise RuntimeError(f"ray's MapReduce returned {total!r}")
-                return elapsed
-
-            once(nbytes)  # untimed, as for the others
-            res = [once(nbytes) for _ in range(runs)]
-        finally:
-            reaper.snapshot()
-            ray.shutdown()
-    return {
-        "seconds": median(res), "runs_s": res, "bytes_moved": None, "versions": peers._versions("ray"),
-        "setup": f"local instance, num_cpus={WORKERS}, object store {store // MiB} MiB (shared memory: one node "
-                 "moves nothing)",
-    }  # fmt: skip
-
-
-PEER_RUNNERS: dict[str, Callable[[int, int, int], dict[str, Any]]] = {"dask": mapreduce_dask, "ray": mapreduce_ray}
 
 
 def peer_unavailable(name: str) -> str | None:

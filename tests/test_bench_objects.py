@@ -1,15 +1,17 @@
-"""The data-plane benchmark (benchmarks/objects.py) end to end on objects of a few MB: the structure of its
-figures, never their speed."""
+"""The data-plane benchmark (benchmarks/objects.py, with objects_jobs.py and objects_baselines.py) end to end on
+objects of a few MB: the structure of its figures, never their speed."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from pathlib import Path
 
 import pytest
 
-from benchmarks import objects
+from benchmarks import objects, objects_baselines
+from benchmarks import objects_jobs as jobs
 from benchmarks.run import Run, parse_args
 
 pytest.importorskip("numpy")
@@ -20,20 +22,23 @@ TINY = objects.Sizes(transfer=4 * MiB, transfer_runs=1, relay=2 * MiB, partition
 
 
 def test_the_functions_the_jobs_run() -> None:
-    arr = objects.make_partition(1 * MiB, 7)
+    arr = jobs.make_partition(1 * MiB, 7)
     assert arr.nbytes == 1 * MiB
-    assert objects.reduce_partition(arr) == objects.expected_sum(1 * MiB, 7)
-    big = objects.make_partition(1 * MiB, 2**40)  # the sum wraps as numpy's does
-    assert objects.reduce_partition(big) == objects.expected_sum(1 * MiB, 2**40)
-    assert objects.touch(arr)["bytes"] == 1 * MiB
-    assert objects.reduce_inputs({"parent": arr}) == objects.expected_sum(1 * MiB, 7)
-    assert objects.combine_inputs({"a": 2**63, "b": 2**63 + 5}) == objects.combine_args(2**63, 2**63 + 5) == 5
+    assert jobs.reduce_partition(arr) == jobs.expected_sum(1 * MiB, 7)
+    big = jobs.make_partition(1 * MiB, 2**40)  # the sum wraps as numpy's does
+    assert jobs.reduce_partition(big) == jobs.expected_sum(1 * MiB, 2**40)
+    assert jobs.touch(arr)["bytes"] == 1 * MiB
+    assert jobs.reduce_inputs({"parent": arr}) == jobs.expected_sum(1 * MiB, 7)
+    assert jobs.combine_inputs({"a": 2**63, "b": 2**63 + 5}) == jobs.combine_args(2**63, 2**63 + 5) == 5
     assert objects.unavailable() is None
+    for name in (objects.MAKE, objects.TOUCH, objects.REDUCE, objects.COMBINE):  # the names titan's jobs run
+        module, _, fn = name.partition(":")
+        assert callable(getattr(importlib.import_module(module), fn))
 
 
 def test_the_raw_stream_carries_every_byte(tmp_path: Path) -> None:
-    assert objects.raw_stream(3 * MiB + 17) > 0  # the receiver counts every byte before it reports
-    assert objects.raw_stream(2 * MiB, str(tmp_path)) > 0
+    assert objects_baselines.raw_stream(3 * MiB + 17) > 0  # the receiver counts every byte before it reports
+    assert objects_baselines.raw_stream(2 * MiB, str(tmp_path)) > 0
     assert list(tmp_path.iterdir()) == []  # the file it wrote is gone
 
 
