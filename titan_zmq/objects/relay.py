@@ -41,6 +41,7 @@ class Relay(threading.Thread):
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.sock.setsockopt(zmq.SNDHWM, 4096)  # chunks queued for requesters (each asks for a window of them)
         if setup is not None:
             setup(self.sock)
         self.port = self.sock.bind_to_random_port(f"tcp://{host}") if port == 0 else port

@@ -39,8 +39,11 @@ log = logging.getLogger(__name__)
 
 TAG = b"TZO1"
 GET, DATA, ERR, PUT, ACK, REG = b"G", b"D", b"X", b"P", b"A", b"R"
-CHUNK = 4 * 1024 * 1024
-WINDOW = 4
+# 2 MiB chunks, 8 in flight: 2.4 GB/s between two processes here, against 1.9 for 4 MiB x 4 (chunks
+# that stay in the CPU's caches are copied faster) and 1.5 for 16 MiB x 2.
+CHUNK = 2 * 1024 * 1024
+WINDOW = 8
+MAX_WINDOW = 256  # a server queues at most what its requesters asked for: its send queue holds this many
 
 
 checksum = xxhash.xxh3_64_intdigest  # of one chunk, on both sides of a transfer
@@ -217,7 +220,7 @@ class ObjectServer(threading.Thread):
         if bind_host is not None:
             self.router = ctx.socket(zmq.ROUTER)
             self.router.setsockopt(zmq.LINGER, 0)
-            self.router.setsockopt(zmq.SNDHWM, 64)
+            self.router.setsockopt(zmq.SNDHWM, MAX_WINDOW * 4)  # a full queue would drop a chunk
             port = self.router.bind_to_random_port(f"tcp://{bind_host}")
             self.endpoint = f"tcp://{advertise_host}:{port}"
         self.dealer: zmq.Socket[Any] | None = None
@@ -323,7 +326,7 @@ class Fetcher:
         stall_timeout: float = 30.0,
         setup: Callable[[zmq.Socket[Any], bool], None] | None = None,
     ) -> None:
-        self.ctx, self.chunk, self.window = ctx, chunk, window
+        self.ctx, self.chunk, self.window = ctx, chunk, max(1, min(window, MAX_WINDOW))
         self.connect_timeout, self.stall_timeout = connect_timeout, stall_timeout
         self.setup = setup  # CURVE keys, for routes through the broker's relay
         self.unreachable: dict[str, float] = {}  # direct endpoints that did not connect, and when
