@@ -106,7 +106,7 @@ def test_without_locality_the_least_loaded_worker_fetches_the_input() -> None:
         assert c.status(h.id).fetched[ref.id]["from"] == "a"
 
 
-def test_a_busy_holder_is_waited_for_no_longer_than_locality_wait() -> None:
+def test_a_busy_holder_does_not_keep_a_free_worker_idle() -> None:
     with LocalCluster(workers=0, broker_args=["--locality-wait", "0.5"]) as cluster:
         cluster.add_worker(name="a", slots=1)
         cluster.add_worker(name="b", slots=1)
@@ -117,6 +117,7 @@ def test_a_busy_holder_is_waited_for_no_longer_than_locality_wait() -> None:
         wait_for(lambda: c.status(busy.id).state.value == "running", 30, "a to be busy")
         h = c.submit("tests.data_jobs:length", args=[ref])
         assert h.result(timeout=60)["worker"] == "b"  # a is busy for 30 s: b fetched the input instead
+        assert c.status(h.id).fetched[ref.id]["from"] == "a"
         c.cancel(busy.id)
 
 

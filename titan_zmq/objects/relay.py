@@ -53,14 +53,21 @@ class Relay(threading.Thread):
         self.holders: dict[bytes, bytes] = {}  # holder name -> its DEALER's identity here
         self.relayed_bytes = 0
         self._halt = threading.Event()
+        from titan_zmq.process import Waker
+
+        self._waker = Waker()  # stop() wakes the poll at once: the broker's shutdown does not wait for it
 
     def stop(self) -> None:
         self._halt.set()
+        self._waker.wake()
 
     def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._waker.fd, zmq.POLLIN)
         try:
             while not self._halt.is_set():
-                if not self.sock.poll(200):
+                if self.sock not in dict(poller.poll(1000)):
                     continue
                 for _ in range(512):
                     try:
@@ -73,6 +80,7 @@ class Relay(threading.Thread):
             log.exception("the object relay stopped")
         finally:
             self.sock.close(0)
+            self._waker.close()
 
     def _one(self, frames: list[Any]) -> None:
         rid = frames[0].bytes

@@ -212,9 +212,12 @@ class ObjectServer(threading.Thread):
         setup_relay: Callable[[zmq.Socket[Any]], None] | None = None,
     ) -> None:
         super().__init__(name="titan-objects", daemon=True)
+        from titan_zmq.process import Waker
+
         self.ctx, self.store, self.holder = ctx, store, name
         self.handler = Handler(store)
         self._halt = threading.Event()
+        self._waker = Waker()  # stop() wakes the poll at once: a worker's shutdown does not wait for it
         self.endpoint: str | None = None
         self.router: zmq.Socket[Any] | None = None
         if bind_host is not None:
@@ -233,12 +236,14 @@ class ObjectServer(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
+        self._waker.wake()
 
     def run(self) -> None:
         poller = zmq.Poller()
         for s in (self.router, self.dealer):
             if s is not None:
                 poller.register(s, zmq.POLLIN)
+        poller.register(self._waker.fd, zmq.POLLIN)
         registered = 0.0
         try:
             while not self._halt.is_set():
@@ -246,7 +251,9 @@ class ObjectServer(threading.Thread):
                     # Registered again now and then: a relay that restarted learns it again.
                     self.dealer.send_multipart([TAG, REG, self.holder.encode()])
                     registered = time.monotonic()
-                for sock, _ in poller.poll(200):
+                for sock, _ in poller.poll(1000):
+                    if not isinstance(sock, zmq.Socket):
+                        continue  # the waker
                     for _ in range(256):
                         try:
                             frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -264,6 +271,7 @@ class ObjectServer(threading.Thread):
             for s in (self.router, self.dealer):
                 if s is not None:
                     s.close(0)
+            self._waker.close()
 
 
 # -- fetching ----------------------------------------------------------------------------------

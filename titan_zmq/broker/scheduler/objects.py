@@ -10,7 +10,8 @@ read them). An object with no owner left is freed on every holder.
 
 Placement by locality is a soft pin: a job whose inputs held somewhere weigh at least
 ``locality_min`` bytes is pinned to the worker holding most of them, for at most
-``locality_wait`` seconds (as affinity does), so a busy holder is not waited for forever.
+``locality_wait`` seconds (as affinity does). A holder with no free slot is pinned to only when
+no other eligible worker has one either, so a free worker is never left idle behind a busy one.
 
 An object whose every holder is lost is made again by running its producer again (lineage, as
 Ray does): the job that needs it waits for its producer, which may itself need lost inputs made
@@ -272,10 +273,15 @@ class Objects(Part):
             if info is not None:
                 for h in info.holders:
                     weight[h] = weight.get(h, 0) + info.size
-        live = {w.name for w in st.workers.values() if not w.draining}
-        best = max((h for h in weight if h in live), key=lambda h: (weight[h], h), default=None)
+        workers = {w.name: w for w in st.workers.values() if not w.draining}
+        best = max((h for h in weight if h in workers), key=lambda h: (weight[h], h), default=None)
         if best is None or weight[best] < st.locality_min:
             return None
+        w = workers[best]
+        if len(w.running) >= w.slots:  # busy: worth waiting for only if no other worker could start it now
+            requires = entry.job.level(entry.level)[0]
+            if any(len(x.running) < x.slots and requires <= x.tags for x in workers.values() if x is not w):
+                return None
         return best
 
     def missing(self, entry: Entry) -> list[ObjectInfo]:
