@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,9 @@ def test_a_busy_holder_does_not_keep_a_free_worker_idle() -> None:
         ref = c.submit("tests.data_jobs:blob", args=[4 * MB], node="a").result(timeout=60, fetch=False)
         busy = c.submit("tests.jobs:sleep", args=[30], node="a")
         wait_for(lambda: c.status(busy.id).state.value == "running", 30, "a to be busy")
+        # Once its job has run longer than 4 MB take to move, waiting for a is the slower choice.
+        started = c.status(busy.id).started_at or time.time()
+        wait_for(lambda: time.time() - started > 0.1, 10, "a's job to have run a while")
         h = c.submit("tests.data_jobs:length", args=[ref])
         assert h.result(timeout=60)["worker"] == "b"  # a is busy for 30 s: b fetched the input instead
         assert c.status(h.id).fetched[ref.id]["from"] == "a"
