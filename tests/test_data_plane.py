@@ -387,3 +387,16 @@ def test_results_are_sent_in_messages_under_the_brokers_limit() -> None:
         with pytest.raises(JobFailed, match=r"over the broker's limit of 131,072 \(max_message_size\)"):
             c.submit("tests.data_jobs:text", args=[200_000]).result(timeout=60)  # one alone is too large
         assert c.submit("tests.jobs:add", args=[2, 2]).result(timeout=60) == 4  # and the worker goes on
+
+
+def test_a_copy_evicted_for_room_is_no_longer_counted_as_held(cluster: LocalCluster) -> None:
+    cluster.add_worker(name="a", slots=1)
+    cluster.add_worker(name="b", slots=1, extra=["--object-store", "10"])
+    cluster.wait_workers(2)
+    c = cluster.client()
+    ref = c.submit("tests.data_jobs:blob", args=[4 * MB, 1], node="a").result(timeout=60, fetch=False)
+    assert c.submit("tests.data_jobs:length", args=[ref], node="b").result(timeout=60)["len"] == 4 * MB
+    assert sorted(c.locate(ref)["holders"]) == ["a", "b"]  # b keeps the copy it fetched
+    for seed in (2, 3):  # b's own results need the room: the copy nobody holds there goes
+        c.submit("tests.data_jobs:blob", args=[4 * MB, seed], node="b").result(timeout=60, fetch=False)
+    wait_for(lambda: c.locate(ref)["holders"] == ["a"], 30, "b to report the eviction")

@@ -52,7 +52,7 @@ _SAMPLES = [
     _sample("Done", records=[{"id": "a", "state": "succeeded"}]),
     _sample("Ready", name="w1", host="h", tags=["cpu", "gpu"], slots=4, pid=123, running=["a"], cached=[SHA],
             services=["web.0"], draining=True, objects={"endpoint": "tcp://h:1", "held": [[SHA, 10]]}),
-    _sample("Heartbeat", load={"cpu": 12.5, "mem": 40.0}),
+    _sample("Heartbeat", load={"cpu": 12.5, "mem": 40.0}, dropped=[SHA]),
     _sample("Log", lines=[["j1", 1700000000.5, "out", "hello"]]),
     _sample("Logs", rid=11, id="j1", after=3, limit=10),
     _sample("Deploy", rid=12, spec={"name": "web", "kind": "shell", "target": "serve"}, blobs={SHA: b"x"}),

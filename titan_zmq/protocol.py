@@ -440,10 +440,12 @@ class Ready(Message):
 @dataclass(frozen=True)
 class Heartbeat(Message):
     """Liveness, both ways; any message counts as one too. A worker's carries its ``load``
-    (cpu percent, memory percent, load average) about once a second."""
+    (cpu percent, memory percent, load average) about once a second, and the objects its store
+    evicted since the last one (``dropped``: it holds them no more)."""
 
     CODE = HEARTBEAT
     load: dict[str, Any] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,8 @@ class WorkerMessages:
     def heartbeat(self, w: WorkerInfo, msg: P.Heartbeat) -> None:
         if msg.load:
             w.load = msg.load
+        if msg.dropped:
+            self.b.sched.directory.dropped(w, msg.dropped)
 
     def svc_state(self, w: WorkerInfo, msg: P.SvcState) -> None:
         for st in msg.states:

@@ -63,6 +63,7 @@ class ObjectStore:
         self.memory_used = 0
         self.evicted = 0
         self.deletions = 0  # counts every object dropped: whoever caches views of objects checks it
+        self.evictions: list[str] = []  # ids evicted since the owner last took them (the worker tells the broker)
         if not clear:
             for p in self.root.iterdir():
                 if p.is_file() and len(p.name) == 64 and not p.name.startswith("."):
@@ -195,6 +196,7 @@ class ObjectStore:
             freed += item.size
             self._drop(oid)
             self.evicted += 1
+            self.evictions.append(oid)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -279,6 +281,11 @@ class ObjectStore:
         """Every object here, with its size."""
         with self._lock:
             return {oid: item.size for oid, item in self._items.items()}
+
+    def take_evictions(self) -> list[str]:
+        with self._lock:
+            out, self.evictions = self.evictions, []
+            return out
 
     def stats(self) -> dict[str, int]:
         with self._lock:

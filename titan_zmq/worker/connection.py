@@ -426,7 +426,7 @@ class Worker:
                 return
             if now - self._last_load >= _LOAD_EVERY:  # also under load, when heartbeats are not needed
                 self._last_load = now
-                self._send(P.Heartbeat(load=host_load()))
+                self._send(P.Heartbeat(load=host_load(), dropped=self.objects.store.take_evictions()))
             elif now - self._last_sent >= beat:
                 self._send(P.Heartbeat())
 

@@ -370,6 +370,13 @@ class Objects(Part):
             if info is not None:
                 info.holders.add(w.name)
 
+    def dropped(self, w: WorkerInfo, ids: list[str]) -> None:
+        """``w`` evicted its copies of these objects: it is no holder of them any more."""
+        for oid in ids:
+            info = self.st.objects.get(oid) if isinstance(oid, str) else None
+            if info is not None:
+                info.holders.discard(w.name)
+
     def kept(self, oid: str) -> None:
         """The broker's keeper holds a copy of an artifact now."""
         info = self.st.objects.get(oid)
