@@ -138,8 +138,10 @@ def test_put_get_upload_download_release_and_titan_objects(cluster: LocalCluster
     (folder / "sub" / "x.txt").write_text("hi")
     art = c.upload(folder)
     assert art.kind == "dir" and art.name == "data"
-    out = c.download(art, tmp_path / "copy")
+    seen: list[tuple[int, int]] = []
+    out = c.download(art, tmp_path / "copy", progress=lambda done, total: seen.append((done, total)))
     assert (out / "sub" / "x.txt").read_text() == "hi"
+    assert seen and seen[-1] == (art.size, art.size)  # progress reported, ending at the whole object
     assert c.submit("tests.data_jobs:read_path", args=[art]).result(timeout=60) == "sub"  # a folder arrives as a path
     listed = subprocess.run(
         [sys.executable, "-m", "titan_zmq", "objects", "--json", "--broker", cluster.address],

@@ -54,6 +54,26 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _progress(verb: str) -> Any:
+    """A progress line on stderr when it is a terminal (None otherwise: scripts read clean output)."""
+    if not sys.stderr.isatty():
+        return None
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 0.1:
+            return
+        last[0] = now
+        pct = 100 * done / total if total else 100.0
+        bar = "#" * int(pct / 4)
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{verb} [{bar:<25}] {pct:5.1f}%  {_size(done)} of {_size(total)}{end}")
+        sys.stderr.flush()
+
+    return show
+
+
 def cmd_objects(args: argparse.Namespace) -> int:
     from titan_zmq.client import TitanClient
 
@@ -84,7 +104,7 @@ def cmd_put(args: argparse.Namespace) -> int:
     from titan_zmq.client import TitanClient
 
     with TitanClient(args.broker) as client:
-        ref = client.upload(args.path, ttl=args.ttl)
+        ref = client.upload(args.path, ttl=args.ttl, progress=_progress("put"))
     if args.json:
         print(json.dumps(dict(ref)))
     else:
@@ -100,12 +120,12 @@ def cmd_get(args: argparse.Namespace) -> int:
         info = client.locate(args.id)
         ref = ObjectRef(info["id"], int(info["size"]), info["kind"], info.get("name"))
         if ref.kind in ("file", "dir"):
-            out = client.download(ref, args.dest)
+            out = client.download(ref, args.dest, progress=_progress("get"))
         else:
             import pickle
             from pathlib import Path
 
-            value = client.get(ref)
+            value = client.get(ref, progress=_progress("get"))
             out = Path(args.dest)
             out.write_bytes(value if isinstance(value, bytes) else pickle.dumps(value, protocol=5))
     print(out, file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     import zmq
 
 BROKER = "@broker"
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
 
 def _ref(ref: Any) -> ObjectRef:
@@ -65,16 +67,19 @@ class ObjectCalls:
 
     # ---- storing -----------------------------------------------------------------------------
 
-    def put(self, value: Any, *, ttl: float | None = None) -> ObjectRef:
+    def put(self, value: Any, *, ttl: float | None = None, progress: Progress | None = None) -> ObjectRef:
         """Store ``value`` on a worker (pickled, its buffers out of band; bytes as they are)."""
-        return self._store(encode_value(value), ttl=ttl, artifact=False)
+        return self._store(encode_value(value), ttl=ttl, artifact=False, progress=progress)
 
-    def upload(self, path: str | os.PathLike[str], *, ttl: float | None = None) -> ObjectRef:
-        """Store a file or a folder as an artifact; jobs get it back with ``ctx.download`` or as a path."""
+    def upload(
+        self, path: str | os.PathLike[str], *, ttl: float | None = None, progress: Progress | None = None
+    ) -> ObjectRef:
+        """Store a file or a folder as an artifact; jobs get it back with ``ctx.download`` or as a path.
+        ``progress(bytes done, bytes in all)`` is called as it goes (get and download take one too)."""
         with tempfile.TemporaryDirectory(prefix="titan-upload-") as tmp:
-            return self._store(encode_path(path, tmp), ttl=ttl, artifact=True)
+            return self._store(encode_path(path, tmp), ttl=ttl, artifact=True, progress=progress)
 
-    def _store(self, enc: Encoded, *, ttl: float | None, artifact: bool) -> ObjectRef:
+    def _store(self, enc: Encoded, *, ttl: float | None, artifact: bool, progress: Progress | None) -> ObjectRef:
         oid, size = enc.digest(), enc.size
         kind = KIND_NAMES[enc.kind]
         name = enc.meta.get("name")
@@ -89,7 +94,7 @@ class ObjectCalls:
             errors = []
             for endpoint, prefix in routes:
                 try:
-                    upload(self._ctx, endpoint, prefix, oid, enc.pieces(), size, setup=self._setup)
+                    upload(self._ctx, endpoint, prefix, oid, enc.pieces(), size, setup=self._setup, progress=progress)
                     break
                 except TransferError as exc:
                     errors.append(f"{'relay' if prefix else endpoint}: {exc}")
@@ -108,7 +113,7 @@ class ObjectCalls:
         """Where an object is held: its record (size, kind, holders and their endpoints, owners)."""
         return dict(self.request(P.Objects, verb="locate", args={"id": _ref(ref).id}))
 
-    def _fetch(self, ref: Any, path: str | None) -> tuple[dict[str, Any], Sink]:
+    def _fetch(self, ref: Any, path: str | None, progress: Progress | None = None) -> tuple[dict[str, Any], Sink]:
         info = self.locate(ref)
         relay = tcp_endpoint(self.host, int(info["relay"])) if info.get("relay") else None
         sources = [
@@ -116,18 +121,18 @@ class ObjectCalls:
         ]
         sink = Sink(int(info["size"]), path)
         try:
-            Fetcher(self._ctx, setup=self._setup).fetch(info["id"], int(info["size"]), sources, sink)
+            Fetcher(self._ctx, setup=self._setup).fetch(info["id"], int(info["size"]), sources, sink, progress)
         finally:
             sink.close()
         return info, sink
 
-    def get(self, ref: Any) -> Any:
+    def get(self, ref: Any, *, progress: Progress | None = None) -> Any:
         """The value an object holds (a numpy array comes back as a view on the received bytes)."""
-        _, sink = self._fetch(ref, None)
+        _, sink = self._fetch(ref, None, progress)
         assert sink.buf is not None
         return decode_value(memoryview(sink.buf))
 
-    def download(self, ref: Any, dest: str | os.PathLike[str]) -> Path:
+    def download(self, ref: Any, dest: str | os.PathLike[str], *, progress: Progress | None = None) -> Path:
         """Write a file or folder object out to ``dest`` (into it, if it is an existing folder)."""
         d = Path(dest)
         parent = d if d.is_dir() else d.parent
@@ -135,7 +140,7 @@ class ObjectCalls:
         fd, tmp = tempfile.mkstemp(prefix=".titan-download-", dir=parent)
         os.close(fd)
         try:
-            self._fetch(ref, tmp)
+            self._fetch(ref, tmp, progress)
             return extract(map_file(tmp), d)
         finally:
             os.unlink(tmp)

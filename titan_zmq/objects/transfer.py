@@ -339,8 +339,12 @@ class Fetcher:
         self.setup = setup  # CURVE keys, for routes through the broker's relay
         self.unreachable: dict[str, float] = {}  # direct endpoints that did not connect, and when
 
-    def fetch(self, oid: str, size: int, sources: list[Source], sink: Sink) -> FetchStats:
-        """Fill ``sink`` with object ``oid``; raises TransferError naming every holder tried."""
+    def fetch(
+        self, oid: str, size: int, sources: list[Source], sink: Sink,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> FetchStats:  # fmt: skip
+        """Fill ``sink`` with object ``oid``; raises TransferError naming every holder tried.
+        ``progress(done, size)`` is called after each chunk."""
         stats = FetchStats()
         done = 0
         errors: list[str] = []
@@ -350,7 +354,7 @@ class Fetcher:
                     continue  # it did not connect a moment ago: straight to the relay
                 stats.attempts += 1
                 try:
-                    done = self._route(oid, size, endpoint, prefix, sink, done)
+                    done = self._route(oid, size, endpoint, prefix, sink, done, progress)
                 except TransferError as exc:
                     errors.append(f"{src.holder} ({'relay' if prefix else endpoint}): {exc}")
                     if exc.args and "did not connect" in str(exc) and not prefix:
@@ -361,7 +365,10 @@ class Fetcher:
         tried = "; ".join(errors) or "no holder is known"
         raise TransferError(f"object {oid} could not be fetched: {tried}")
 
-    def _route(self, oid: str, size: int, endpoint: str, prefix: list[bytes], sink: Sink, done: int) -> int:
+    def _route(
+        self, oid: str, size: int, endpoint: str, prefix: list[bytes], sink: Sink, done: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> int:  # fmt: skip
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -372,11 +379,14 @@ class Fetcher:
             sock.connect(endpoint)
             if not sock.poll(int(self.connect_timeout * 1000), zmq.POLLOUT):
                 raise TransferError(f"did not connect within {self.connect_timeout:g} s")
-            return self._pull(sock, oid, size, prefix, sink, done)
+            return self._pull(sock, oid, size, prefix, sink, done, progress)
         finally:
             sock.close(0)
 
-    def _pull(self, sock: zmq.Socket[Any], oid: str, size: int, prefix: list[bytes], sink: Sink, done: int) -> int:
+    def _pull(
+        self, sock: zmq.Socket[Any], oid: str, size: int, prefix: list[bytes], sink: Sink, done: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> int:  # fmt: skip
         asked, in_flight = done, 0
         if size == 0:
             return 0
@@ -406,13 +416,15 @@ class Fetcher:
             sink.write(off, data)
             done += data.nbytes
             in_flight -= 1
+            if progress is not None:
+                progress(done, size)
         return done
 
 
 def upload(
     ctx: zmq.Context[Any], endpoint: str, prefix: list[bytes], oid: str, pieces: Any, total: int,
     chunk: int = CHUNK, window: int = WINDOW, timeout: float = 30.0, connect_timeout: float = 3.0,
-    setup: Callable[[zmq.Socket[Any]], None] | None = None,
+    setup: Callable[[zmq.Socket[Any]], None] | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> None:  # fmt: skip
     """Send an object's bytes (an iterable of buffers, ``total`` bytes in all) to a holder's store.
     Raises TransferError ("did not connect") when the endpoint cannot be reached."""
@@ -435,6 +447,8 @@ def upload(
             while in_flight >= window or (last and in_flight):
                 _ack(sock, timeout)
                 in_flight -= 1
+            if progress is not None:
+                progress(sent, total)
         if total == 0:
             raise TransferError("an object has at least its prefix")
     finally:
