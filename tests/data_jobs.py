@@ -62,3 +62,10 @@ def double(inputs: dict[str, Any]) -> bytes:
 
 def text(n: int, i: int = 0) -> str:
     return chr(97 + i % 26) * n
+
+
+def put_and_return(n: int) -> Any:
+    """An object put from inside the job, and returned as the job's result too."""
+    import titan_zmq
+
+    return titan_zmq.current().put(b"r" * n)

@@ -192,13 +192,17 @@ def test_a_dag_frees_what_it_made_and_keeps_its_final_results(cluster: LocalClus
     make = dag.add("tests.data_jobs:blob", args=[2 * MB, 1], id="objs.make")
     dag.add("tests.data_jobs:length_of_inputs", after=[make], id="objs.use")
     dag.add("tests.data_jobs:blob", args=[2 * MB, 2], id="objs.final")
+    twice = dag.add("tests.data_jobs:put_and_return", args=[2 * MB], id="objs.twice")  # put, and returned
+    dag.add("tests.data_jobs:length_of_inputs", after=[twice], id="objs.use2")
     c.submit_dag(dag).wait(timeout=60)
+    put_ref = c.status("objs.twice").result
     made = c.status("objs.make").result
     final = c.status("objs.final").result
     assert c.status("objs.use").result["lens"] == {"objs.make": 2 * MB}
     def freed() -> dict[str, Any] | None:
         objs = _objects(c)
-        return objs if made["__titan_object__"] not in objs else None
+        gone = made["__titan_object__"] not in objs and put_ref["__titan_object__"] not in objs
+        return objs if gone else None
 
     objs = wait_for(freed, 30, "the DAG's intermediate object to be freed")
     assert objs[final["__titan_object__"]]["owners"] == {"ttl": 1}  # a final result: kept for its reader

@@ -216,7 +216,8 @@ class Objects(Part):
             final = info.producer in members and info.producer not in parents  # no job of the DAG after it
             if final and st.object_ttl:
                 self.add(oid, info.size, owner="ttl", ttl=st.object_ttl)
-            self.release(oid, owner)
+            for _ in range(info.owners.get(owner, 0)):  # (a ctx.put the job also returned counts twice)
+                self.release(oid, owner)
 
     def refs_of(self, entry: Entry) -> list[dict[str, Any]]:
         """The references a job receives: its top-level arguments, its parents' results, and the
