@@ -126,3 +126,22 @@ def test_events_feed_is_encrypted_too(keys: Path) -> None:
             assert not plain.poll(2500)  # stats go out every second: a plain subscriber gets none
         finally:
             plain.close()
+
+
+def test_under_curve_objects_move_through_the_encrypted_relay(tmp_path: Path, keys: Path) -> None:
+    env = {"TITAN_KEYS": str(keys), "PYTHONPATH": str(ROOT)}
+    with LocalCluster(workers=0, env=env) as cluster:
+        cluster.add_worker(name="a", slots=1)
+        cluster.add_worker(name="b", slots=1)
+        cluster.wait_workers(2)
+        client = cluster.client()
+        ref = client.submit("tests.data_jobs:blob", args=[3 << 20, 4], node="a").result(timeout=60, fetch=False)
+        assert client.locate(ref)["sources"] == [["a", ""]]  # no port of its own: it could not be encrypted
+        h = client.submit("tests.data_jobs:length", args=[ref], node="b")
+        assert h.result(timeout=60) == {"len": 3 << 20, "worker": "b"}
+        assert client.status(h.id).fetched[ref.id]["route"] == "relay"
+        from tests.data_jobs import blob
+
+        assert client.get(ref) == blob(3 << 20, 4)
+        put = client.put(b"secret" * 100_000)
+        assert client.get(put) == b"secret" * 100_000
