@@ -23,7 +23,7 @@ from typing import Any
 from titan_zmq.aof import records as R
 from titan_zmq.aof.kv import KVStore
 from titan_zmq.broker.scheduler import Entry, Scheduler, state_op
-from titan_zmq.broker.scheduler.objects import top_refs
+from titan_zmq.broker.scheduler.objects import receives_objects
 from titan_zmq.errors import AOFCorrupt
 from titan_zmq.job import FINAL_STATES, Job, JobState
 
@@ -76,7 +76,7 @@ class Restorer:
         entry = Entry(job, self.seq, rec.submitted_at)
         self.seq += 1
         entry.state = JobState.PENDING
-        entry.refs = bool(job.files) or bool(top_refs(job.args) or top_refs(job.kwargs))
+        entry.refs = receives_objects(job)
         sched.jobs[job.id] = entry
         if job.idempotency_key is not None:
             sched.idempotency[job.idempotency_key] = job.id

@@ -47,7 +47,7 @@ class WorkerObjects:
         }  # fmt: skip
         self.server: ObjectServer | None = None
         self.relay = ""
-        self.fetcher = Fetcher(ctx, setup=self._setup if keys is not None else None)
+        self.fetcher = Fetcher(ctx, setup=self._curve if keys is not None else None)
         self._pool: ThreadPoolExecutor | None = None
         self.fetching: dict[str, dict[str, Any]] = {}  # jobs waiting for their inputs, by id
         self._cancelled: set[str] = set()
@@ -74,18 +74,15 @@ class WorkerObjects:
         direct = self.cfg.object_direct and self.keys is None
         try:
             self.server = ObjectServer(self.ctx, self.store, self.cfg.name, self.address if direct else None,
-                                       self.address, relay or None, self._relay_setup)  # fmt: skip
+                                       self.address, relay or None, self._curve)  # fmt: skip
         except zmq.ZMQError as exc:
             log.warning("cannot serve objects on %s (%s); serving through the broker's relay only", self.address, exc)
             self.server = ObjectServer(self.ctx, self.store, self.cfg.name, None, self.address, relay or None,
-                                       self._relay_setup)  # fmt: skip
+                                       self._curve)  # fmt: skip
         self.server.start()
 
-    def _relay_setup(self, sock: zmq.Socket[Any]) -> None:
-        if self.keys is not None:
-            self.keys.connect(sock, "worker")
-
-    def _setup(self, sock: zmq.Socket[Any], relayed: bool) -> None:
+    def _curve(self, sock: zmq.Socket[Any], *_: Any) -> None:
+        """Under CURVE: the worker's key pair, for the relay (the only route there is then)."""
         if self.keys is not None:
             self.keys.connect(sock, "worker")
 
@@ -276,7 +273,6 @@ class WorkerObjects:
                 oid, size = self.store.put_bytes(obj["data"])
             else:
                 oid, size = str(obj["id"]), int(obj["size"])
-                self.store.reserve(0)
                 if self.store.adopt(oid) is None:
                     raise TitanError(f"the job's result object {oid} is missing from the store's folder")
                 if self.store.used > self.store.limit:

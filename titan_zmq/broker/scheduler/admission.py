@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any
 
 from titan_zmq.aof.records import Accepted, Blob, encode
-from titan_zmq.broker.scheduler.objects import top_refs
+from titan_zmq.broker.scheduler.objects import receives_objects, top_refs
 from titan_zmq.broker.scheduler.state import Entry, Part
 from titan_zmq.errors import BrokerError, Conflict, JobError, LimitExceeded
 from titan_zmq.job import RUN_NOWHERE, Job
@@ -208,12 +208,9 @@ class Admission(Part):
         if job.dag is not None:
             st.dags.setdefault(job.dag, {})[job.id] = None
             st.dag_left.pop(job.dag, None)  # one more unfinished job: counted again when one ends
-        refs = top_refs(job.args) + top_refs(job.kwargs) if job.args or job.kwargs else None
-        if job.files:
-            entry.refs = True  # its input files are its parents' outputs: placed by locality too
-        if refs:  # the job holds the objects it receives until it is forgotten
+        if receives_objects(job):  # placed by locality; holds what it receives until it is forgotten
             entry.refs = True
-            for r in refs:
+            for r in top_refs(job.args) + top_refs(job.kwargs):
                 info = st.objects.get(r[REF_KEY])
                 if info is not None:
                     st.directory.add(info.id, info.size, owner=f"job:{job.id}")

@@ -72,6 +72,12 @@ def top_refs(values: Any) -> list[dict[str, Any]]:
     return [v for v in items if type(v) is dict and REF_KEY in v]
 
 
+def receives_objects(job: Any) -> bool:
+    """Whether a job receives objects through its own spec: references at the top level of its
+    arguments, or input files (its parents' results are looked at when they come)."""
+    return bool(job.files) or bool((job.args or job.kwargs) and (top_refs(job.args) or top_refs(job.kwargs)))
+
+
 class Objects(Part):
     """The object directory: holders, owners, lineage, placement by locality."""
 
@@ -115,20 +121,24 @@ class Objects(Part):
         if info is None:
             return False
         if owner == "*":
+            gone = list(info.owners)
             info.owners.clear()
         elif owner in info.owners:
             left = info.owners[owner] - 1
             if left > 0:
                 info.owners[owner] = left
+                gone = []
             else:
                 del info.owners[owner]
+                gone = [owner]
         else:
             return False
-        owned = st.owned.get(owner)
-        if owned is not None and owner not in info.owners:
-            owned.discard(oid)
-            if not owned:
-                del st.owned[owner]
+        for o in gone:  # owner tokens that refer to it no more
+            owned = st.owned.get(o)
+            if owned is not None:
+                owned.discard(oid)
+                if not owned:
+                    del st.owned[o]
         if journal and not replay:
             st.journal(encode(ObjectReleased(oid, owner)))
         if not info.owners:
@@ -138,11 +148,6 @@ class Objects(Part):
     def _free(self, info: ObjectInfo) -> None:
         st = self.st
         del st.objects[info.id]
-        for owner in list(st.owned):
-            ids = st.owned[owner]
-            ids.discard(info.id)
-            if not ids:
-                del st.owned[owner]
         by_name = {w.name: w.ident for w in st.workers.values()}
         for h in info.holders:
             if h == BROKER:
@@ -371,12 +376,17 @@ class Objects(Part):
             if info is not None:
                 info.holders.add(w.name)
 
+    def not_held(self, oid: Any, names: Any) -> None:
+        """The workers ``names`` hold ``oid`` no more (they evicted it, or could not serve it); a worker
+        that has it after all says so when it next announces its store."""
+        info = self.st.objects.get(oid) if isinstance(oid, str) else None
+        if info is not None and isinstance(names, (list, tuple, set)):
+            info.holders.difference_update(n for n in names if isinstance(n, str))
+
     def dropped(self, w: WorkerInfo, ids: list[str]) -> None:
-        """``w`` evicted its copies of these objects: it is no holder of them any more."""
+        """``w`` evicted its copies of these objects."""
         for oid in ids:
-            info = self.st.objects.get(oid) if isinstance(oid, str) else None
-            if info is not None:
-                info.holders.discard(w.name)
+            self.not_held(oid, (w.name,))
 
     def kept(self, oid: str) -> None:
         """The broker's keeper holds a copy of an artifact now."""

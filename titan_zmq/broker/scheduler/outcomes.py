@@ -152,12 +152,9 @@ class Outcomes(Part):
         """The worker could not fetch some of the job's objects: the holders it tried no longer count
         as holders (they re-announce what they hold when they join), and the job is queued again, its
         inputs made again where no holder is left. Not counted as an attempt, at most MAX_MISSES times."""
-        st = self.st
         lost = res.get("lost")
         for oid, holders in (lost.items() if isinstance(lost, dict) else ()):
-            info = st.objects.get(oid)
-            if info is not None and isinstance(holders, list):
-                info.holders.difference_update(h for h in holders if isinstance(h, str))
+            self.st.directory.not_held(oid, holders)
         self.missed(entry, "InputLost", f"its input objects could not be fetched {entry.misses + 1} times: "
                     f"{res.get('error')}")  # fmt: skip
 
