@@ -298,7 +298,6 @@ class State:
         self.owned: dict[str, set[str]] = {}
         self.endpoints: dict[str, str] = {}
         self.dag_left: dict[str, int] = {}  # unfinished jobs of DAGs that own objects (counted down)
-        self.lineage: dict[str, set[str]] = {}  # job -> producers it waits on that are not its parents
         self.locality_wait = locality_wait  # 0: placement by locality off
         self.locality_min = locality_min
         self.object_ttl = object_ttl
