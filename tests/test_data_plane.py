@@ -83,12 +83,17 @@ def test_a_worker_that_serves_through_the_relay_only(cluster: LocalCluster) -> N
     assert len(c.get(ref)) == 3 * MB  # a client, too
 
 
-def test_a_job_runs_where_its_input_bytes_are(cluster: LocalCluster) -> None:
+def _two_workers_and_an_object_on_a(cluster: LocalCluster) -> tuple[Any, ObjectRef]:
+    """Workers a and b of one slot each, and a 4 MB result held on a: a client and its reference."""
     cluster.add_worker(name="a", slots=1)
     cluster.add_worker(name="b", slots=1)
     cluster.wait_workers(2)
     c = cluster.client()
-    ref = c.submit("tests.data_jobs:blob", args=[4 * MB], node="a").result(timeout=60, fetch=False)
+    return c, c.submit("tests.data_jobs:blob", args=[4 * MB], node="a").result(timeout=60, fetch=False)
+
+
+def test_a_job_runs_where_its_input_bytes_are(cluster: LocalCluster) -> None:
+    c, ref = _two_workers_and_an_object_on_a(cluster)
     # Without locality, b would take it: both are idle and b has done fewer jobs (see test below).
     h = c.submit("tests.data_jobs:length", args=[ref])
     assert h.result(timeout=60) == {"len": 4 * MB, "worker": "a"}
@@ -97,11 +102,7 @@ def test_a_job_runs_where_its_input_bytes_are(cluster: LocalCluster) -> None:
 
 def test_without_locality_the_least_loaded_worker_fetches_the_input() -> None:
     with LocalCluster(workers=0, broker_args=["--locality-wait", "0"]) as cluster:
-        cluster.add_worker(name="a", slots=1)
-        cluster.add_worker(name="b", slots=1)
-        cluster.wait_workers(2)
-        c = cluster.client()
-        ref = c.submit("tests.data_jobs:blob", args=[4 * MB], node="a").result(timeout=60, fetch=False)
+        c, ref = _two_workers_and_an_object_on_a(cluster)
         h = c.submit("tests.data_jobs:length", args=[ref])
         assert h.result(timeout=60) == {"len": 4 * MB, "worker": "b"}
         assert c.status(h.id).fetched[ref.id]["from"] == "a"
@@ -109,11 +110,7 @@ def test_without_locality_the_least_loaded_worker_fetches_the_input() -> None:
 
 def test_a_busy_holder_does_not_keep_a_free_worker_idle() -> None:
     with LocalCluster(workers=0, broker_args=["--locality-wait", "0.5"]) as cluster:
-        cluster.add_worker(name="a", slots=1)
-        cluster.add_worker(name="b", slots=1)
-        cluster.wait_workers(2)
-        c = cluster.client()
-        ref = c.submit("tests.data_jobs:blob", args=[4 * MB], node="a").result(timeout=60, fetch=False)
+        c, ref = _two_workers_and_an_object_on_a(cluster)
         busy = c.submit("tests.jobs:sleep", args=[30], node="a")
         wait_for(lambda: c.status(busy.id).state.value == "running", 30, "a to be busy")
         # Once its job has run longer than 4 MB take to move, waiting for a is the slower choice.
