@@ -73,6 +73,20 @@ def tcp_endpoint(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
+def parse_members(addrs: str, default_port: int = DEFAULT_FRONT) -> list[tuple[str, int]]:
+    """Parse a comma-separated list of ``HOST[:PORT]`` (the members of a broker group; one entry:
+    one broker) into (host, port) pairs, in order, without repeats."""
+    out: list[tuple[str, int]] = []
+    parts = [a for a in addrs.split(",") if a.strip()]
+    if not parts:
+        raise ConfigError(f"broker address {addrs!r} is empty; use HOST[:PORT], or HOST:PORT,HOST:PORT,... for a group")
+    for part in parts:
+        hp = parse_address(part, default_port)
+        if hp not in out:
+            out.append(hp)
+    return out
+
+
 def resolve_broker(explicit: str | None = None) -> str:
     """The broker address: the explicit one, else ``TITAN_BROKER``, else localhost:5555."""
     return explicit or os.environ.get("TITAN_BROKER") or DEFAULT_BROKER
@@ -211,6 +225,19 @@ class BrokerConfig:
     locality_wait: float = 1.0  # s a job waits for the worker holding most of its input bytes (0: off)
     locality_min_mb: float = 1.0  # inputs smaller than this do not pin a job anywhere
     object_ttl: float = 3600.0  # s a DAG's final results (and results outside DAGs) are kept
+    # A group (high availability): every member's front address; empty: one broker on its own.
+    peers: str = ""  # HOST:PORT,HOST:PORT,HOST:PORT; this broker is the one whose port is `front`
+    election_timeout: float = 0.8  # s without the leader before a follower stands (Raft's; 0.8-1.6 s random)
+
+    @property
+    def repl_port(self) -> int:
+        """The journal stream's port in a group: front + 4."""
+        return self.front + 4
+
+    @property
+    def raft_port(self) -> int:
+        """The election's (pysyncobj) port in a group: front + 5."""
+        return self.front + 5
 
     @property
     def relay_port(self) -> int:
@@ -241,6 +268,8 @@ class BrokerConfig:
         if self.relay_port and self.relay_port in ports:
             raise ConfigError(f"the objects port {self.relay_port} is taken by another of the broker's sockets; "
                               "choose another with --objects")  # fmt: skip
+        if self.peers:
+            self._check_group()
         if self.locality_wait < 0 or self.locality_min_mb < 0 or self.object_ttl < 0:
             raise ConfigError("locality_wait, locality_min_mb and object_ttl must be 0 or more")
         _check_heartbeat(self.heartbeat_interval, self.heartbeat_liveness)
@@ -251,6 +280,25 @@ class BrokerConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_finished_jobs < 0 or self.max_lost < 0 or self.batch < 1:
             raise ConfigError("max_finished_jobs and max_lost must be >= 0 and batch >= 1")
+
+    def members(self) -> list[tuple[str, int]]:
+        """The group's members (host, front port); empty without ``peers``."""
+        return parse_members(self.peers) if self.peers else []
+
+    def _check_group(self) -> None:
+        members = self.members()
+        if len(members) < 3 or len(members) % 2 == 0:
+            raise ConfigError(f"--peers lists {len(members)} member(s); a group needs an odd number, 3 or more, "
+                              "so that a majority survives the loss of one")  # fmt: skip
+        if not self.data_dir:
+            raise ConfigError("a group member (--peers) needs --data-dir: it keeps a full copy of the journal")
+        if not self.front:
+            raise ConfigError("a group member (--peers) needs a fixed --front port: the others reach it there")
+        if not [m for m in members if m[1] == self.front]:
+            raise ConfigError(f"--peers {self.peers} has no member with this broker's front port {self.front}; "
+                              "list this broker too (HOST:PORT of its front socket)")  # fmt: skip
+        if not 0.1 <= self.election_timeout <= 60:
+            raise ConfigError(f"election_timeout must be between 0.1 and 60 seconds, got {self.election_timeout}")
 
 
 def _check_heartbeat(interval: float, liveness: int) -> None:
@@ -287,7 +335,7 @@ class WorkerConfig:
     object_direct: bool = True  # serve objects on a port of its own (False: only through the broker's relay)
 
     def validate(self) -> None:
-        parse_address(self.broker)
+        parse_members(self.broker)
         if self.object_store_mb < 1 or self.object_memory_mb < 0 or self.inline_max_kb < 1:
             raise ConfigError("object_store_mb and inline_max_kb must be at least 1, object_memory_mb at least 0")
         if self.inline_max_kb * 1024 > self.max_message_size // 4:

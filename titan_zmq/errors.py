@@ -49,6 +49,12 @@ class BrokerError(TitanError):
             self.code = code  # a code this version has no class for (from a newer broker)
 
 
+class NotLeader(BrokerError):
+    """The member asked is not the group's leader now; the reply names the leader when it knows one."""
+
+    code = "not_leader"
+
+
 class BadRequest(BrokerError):
     """A request names an operation or value the broker does not have (an unknown state, a bad verb)."""
 

@@ -6,6 +6,8 @@ import ctypes
 import gc
 import os
 import signal
+import subprocess
+from collections.abc import Iterable
 
 import psutil
 
@@ -69,6 +71,20 @@ class Waker:
 
 
 GC_GEN0 = 50_000  # allocations between young collections in a broker or worker process (Python's default: 700)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[bytes] | None], grace: float = 10.0) -> None:
+    """SIGTERM each process still running, wait up to ``grace`` seconds for each, then SIGKILL it."""
+    live = [p for p in procs if p is not None]
+    for p in live:
+        if p.poll() is None:
+            p.terminate()
+    for p in live:
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
 
 
 def tune_gc() -> None:

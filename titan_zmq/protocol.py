@@ -27,6 +27,7 @@ from titan_zmq.errors import (
     JobError,
     KVTypeError,
     LimitExceeded,
+    NotLeader,
     PayloadTooLarge,
     ProtocolError,
     UnknownJob,
@@ -105,6 +106,7 @@ E_CONFLICT = Conflict.code
 E_KV_TYPE = KVTypeError.code
 E_LIMIT = LimitExceeded.code  # a configured limit refused the request
 E_FORBIDDEN = Forbidden.code  # the sender's key may not make this request
+E_NOT_LEADER = NotLeader.code  # a follower of a group: the leader is in Error.leader
 
 
 @dataclass(frozen=True)
@@ -387,6 +389,7 @@ class Error(Message):
     rid: int
     code: str
     message: str
+    leader: str = ""  # code not_leader: the group leader's front address (HOST:PORT), "" when none is known
 
 
 @dataclass(frozen=True)
@@ -519,6 +522,7 @@ class Assign(Message):
     blobs: dict[str, bytes] = field(default_factory=dict)
     acks: list[str] = field(default_factory=list)
     ack_leases: list[int] = field(default_factory=list)  # the lease of each acknowledged result
+    term: int = 0  # the sending leader's epoch (a group; 0 alone): a worker drops an Assign from an older one
 
 
 @dataclass(frozen=True)
@@ -529,6 +533,7 @@ class Kill(Message):
     ids: list[str]
     leases: list[int] = field(default_factory=list)  # kill only that lease of each job (0: any)
     reason: str = "cancelled"
+    term: int = 0  # the sending leader's epoch, as in Assign
 
 
 @dataclass(frozen=True)

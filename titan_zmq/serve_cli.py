@@ -30,6 +30,11 @@ def add_parsers(
     )
     _add_listen(p)
     p.add_argument("--ready-file", default=None, help="write the bound ports here as JSON once listening")
+    p.add_argument("--peers", default=None, metavar="HOST:PORT,...",
+                   help="run one member of a group: every member's front address, this one's too (3 or 5; "
+                        "needs --data-dir; the journal stream uses front+4, the election front+5)")  # fmt: skip
+    p.add_argument("--election-timeout", type=float, default=None, metavar="S",
+                   help="group: seconds without a leader before a member stands (0.8)")  # fmt: skip
 
     p = sub.add_parser("worker", parents=[common], help="run a worker", description="Run a worker in the foreground.")
     add_broker_addr(p)
@@ -96,7 +101,8 @@ def _broker_config(args: argparse.Namespace) -> Any:
         BrokerConfig, args.config, host=args.host, front=args.front, back=args.back, events=args.events,
         objects=args.objects, locality_wait=args.locality_wait, heartbeat_interval=args.heartbeat_interval,
         max_message_size=args.max_message_size,
-        data_dir=args.data_dir, fsync=args.fsync,
+        data_dir=args.data_dir, fsync=args.fsync, peers=getattr(args, "peers", None),
+        election_timeout=getattr(args, "election_timeout", None),
     )  # fmt: skip
 
 
@@ -111,19 +117,39 @@ def _on_signals(stop: Any) -> None:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     from titan_zmq.broker import Broker
-
-    broker = Broker(_broker_config(args))
-    ports = broker.bind()
-    if args.ready_file:
-        tmp = args.ready_file + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump({**ports, "pid": os.getpid()}, fh)
-        os.replace(tmp, args.ready_file)
-    _on_signals(broker.stop)
     from titan_zmq.process import tune_gc
 
+    config = _broker_config(args)
+    if config.peers:
+        return _member(config, args.ready_file)
+    broker = Broker(config)
+    ports = broker.bind()
+    _ready(args.ready_file, ports)
+    _on_signals(broker.stop)
     tune_gc()
     broker.run()
+    return EXIT_OK
+
+
+def _ready(path: str | None, ports: dict[str, int]) -> None:
+    if path:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump({**ports, "pid": os.getpid()}, fh)
+        os.replace(tmp, path)
+
+
+def _member(config: Any, ready_file: str | None) -> int:
+    """One member of a broker group, until Ctrl-C or SIGTERM."""
+    from titan_zmq.ha.member import Member
+    from titan_zmq.process import tune_gc
+
+    member = Member(config)
+    _ready(ready_file, {"front": config.front, "back": config.back, "events": config.events,
+                        "repl": config.repl_port, "raft": config.raft_port})  # fmt: skip
+    _on_signals(member.stop)
+    tune_gc()
+    member.run()
     return EXIT_OK
 
 
@@ -211,14 +237,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 log.warning("worker pid %d exited with %s", p.pid, p.returncode)
                 procs.remove(p)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        from titan_zmq.process import stop_processes
+
+        stop_processes(procs)
         broker.stop()
         thread.join(10)
     print("titan up: stopped", flush=True)

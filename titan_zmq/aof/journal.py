@@ -75,6 +75,17 @@ def generations(root: Path) -> tuple[list[int], list[int]]:
     return sorted(snaps), sorted(journals)
 
 
+def drop_before(root: Path, keep_from: int) -> None:
+    """Delete the snapshots and journals of generations older than ``keep_from``."""
+    snaps, journals = generations(root)
+    for g in snaps:
+        if g < keep_from:
+            snapshot_path(root, g).unlink(missing_ok=True)
+    for g in journals:
+        if g < keep_from:
+            journal_path(root, g).unlink(missing_ok=True)
+
+
 def plan(root: Path) -> tuple[int | None, list[int]]:
     """The snapshot to start from (None: the empty state) and the journals to replay after it."""
     snaps, journals = generations(root)
@@ -187,13 +198,7 @@ class DataDir:
 
     def _cleanup(self, keep_from: int) -> None:
         """Delete generations older than ``keep_from`` (left by a compaction cut short)."""
-        snaps, journals = generations(self.root)
-        for g in snaps:
-            if g < keep_from:
-                snapshot_path(self.root, g).unlink(missing_ok=True)
-        for g in journals:
-            if g < keep_from:
-                journal_path(self.root, g).unlink(missing_ok=True)
+        drop_before(self.root, keep_from)
 
     # ---- appending ---------------------------------------------------------------------
 

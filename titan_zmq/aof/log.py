@@ -234,6 +234,14 @@ class AppendLog:
         self._pending.append(frame([COMMIT, n]))
         data = b"".join(self._pending)
         self._pending = []
+        self.write_raw(data)
+        self.stats["commits"] += 1
+        self.stats["records"] += n
+        return len(data)
+
+    def write_raw(self, data: bytes | memoryview) -> None:
+        """Append bytes already framed (a follower's copy of its leader's stream) under the policy:
+        fsynced before returning under ``always``. Raises JournalWriteError when the disk refuses."""
         try:
             with self._lock:
                 view = memoryview(data)
@@ -251,14 +259,15 @@ class AppendLog:
                     self._unsynced += len(data)
                     self.stats["max_unsynced_bytes"] = max(self.stats["max_unsynced_bytes"], self._unsynced)
         except OSError as exc:
+            try:  # take back a partial write, so that the next one starts where the file really ends
+                self._fh.truncate(self.size)
+            except OSError:
+                pass  # the next start cuts the torn tail off
             raise JournalWriteError(
                 f"cannot write the journal {self.path}: {exc.strerror or exc}; the broker stops so that nothing "
                 "is acknowledged that is not on disk: free space (or fix the disk) and start it again"
             ) from None
         self.size += len(data)
-        self.stats["commits"] += 1
-        self.stats["records"] += n
-        return len(data)
 
     def sync(self) -> None:
         """fsync now (whatever the policy)."""
