@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from titan_zmq import __version__, serve_cli
 from titan_zmq.broker import aof_cli
+from titan_zmq.client import cluster_commands as cluster_cli
 from titan_zmq.client import commands as client_cli
 from titan_zmq.client import job_commands as job_cli
 from titan_zmq.client import object_commands as object_cli
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cli.add_parsers(sub, common, _add_broker_addr)
     retry_cli.add_parsers(sub, common, _add_broker_addr)
     object_cli.add_parsers(sub, common, _add_broker_addr)
+    cluster_cli.add_parsers(sub, common, _add_broker_addr)
     return parser
 
 
@@ -132,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "approve": client_cli.cmd_decide, "reject": client_cli.cmd_decide, "keys": cmd_keys,
             "dead": retry_cli.cmd_dead, "retry": retry_cli.cmd_retry, "gates": client_cli.cmd_gates,
             "objects": object_cli.cmd_objects, "put": object_cli.cmd_put, "get": object_cli.cmd_get,
-            "release": object_cli.cmd_release,
+            "release": object_cli.cmd_release, "cluster": cluster_cli.cmd_cluster,
         }[args.command]  # fmt: skip
         return handler(args)
     except ConfigError as exc:

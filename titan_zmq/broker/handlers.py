@@ -156,6 +156,7 @@ class ClientRequests:
             "durable": b.data is not None,
             "fsync": cfg.fsync if b.data is not None else None,
             **b.ports,
+            **({"group": b.replica.group()} if b.replica is not None else {}),
         }
 
 

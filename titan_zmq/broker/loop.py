@@ -34,6 +34,7 @@ from titan_zmq.broker.durable import Restorer, capture
 from titan_zmq.broker.handlers import ClientRequests, WorkerMessages
 from titan_zmq.broker.logs import LogStore
 from titan_zmq.broker.object_plane import ObjectPlane
+from titan_zmq.broker.replica import HeldTurns, Replica
 from titan_zmq.broker.scheduler import Entry, Scheduler
 from titan_zmq.broker.schedules import ScheduleManager
 from titan_zmq.broker.service_nodes import ServiceNodes
@@ -54,9 +55,18 @@ _HARD_SLACK = 64 * 1024  # frames this far above the limit still get a clear err
 class Broker:
     """The titan_zmq broker. ``run()`` blocks; ``stop()`` may be called from any thread."""
 
-    def __init__(self, config: BrokerConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: BrokerConfig | None = None, clock: Callable[[], float] = time.monotonic,
+        replica: Replica | None = None,
+    ) -> None:  # fmt: skip
         self.config = config or BrokerConfig()
         self.clock = clock
+        # In a group (titan_zmq.ha): the member that leads. Each turn's journal batch is shipped to the
+        # followers, and its replies and leases wait in `_held` until a majority holds the batch.
+        self.replica = replica
+        self.term = replica.term if replica is not None else 0
+        self._held = HeldTurns()
+        self._end = (0, 0)  # the journal's end after the last turn that wrote to it
         cfg = self.config
         self.sched = Scheduler(
             clock,
@@ -81,6 +91,8 @@ class Broker:
         self.loaded: LoadReport | None = None
         if cfg.data_dir:
             self._open_data()
+            assert self.data is not None
+            self._end = (self.data.gen, self.data.journal_bytes)
         log_root = Path(cfg.data_dir) / "logs" if cfg.data_dir else None
         self.logs = LogStore(cfg.log_tail_lines, cfg.log_memory_lines, log_root, cfg.max_log_line)
         self.feed = StatsFeed(self.sched)
@@ -172,6 +184,9 @@ class Broker:
         data.commit()
         if data.needs_compaction():
             data.compact(capture(self.sched, self.kv, self.services, self.schedules))
+        if self.replica is not None:
+            self._end = (data.gen, data.journal_bytes)
+            self.replica.advance(self._end)
 
     def _publish_changes(self, changed: list[Entry]) -> None:
         if not self._subs:
@@ -248,6 +263,8 @@ class Broker:
                 ready = dict(poller.poll(timeout_ms))
                 if self._waker.fd in ready:
                     self._waker.drain()
+                    if self._held:
+                        self._release()
                 if self._monitors:
                     self._refusals(ready)
                 if self.events in ready:
@@ -402,6 +419,8 @@ class Broker:
             for r in self.services.records()
         ]  # fmt: skip
         s["kv_keys"] = len(self.kv)
+        if self.replica is not None:
+            s["group"] = self.replica.group()
         if self.data is not None and self.data.writer is not None:
             s["journal"] = {
                 "dir": str(self.data.root), "fsync": self.data.fsync, "generation": self.data.gen,
@@ -471,12 +490,13 @@ class Broker:
         self._commit()
         fx = self.sched.fx
         for ident, kills in fx.kill.items():  # kills first: a worker must stop an old lease before a new one
-            self.to_worker(ident, P.Kill(ids=[k[0] for k in kills], leases=[k[1] for k in kills]).encode())
+            kill = P.Kill(ids=[k[0] for k in kills], leases=[k[1] for k in kills], term=self.term)
+            self.to_worker(ident, kill.encode())
         for ident in fx.assign.keys() | fx.acks.keys():
             acks = fx.acks.get(ident, [])
             msg = P.Assign(
                 jobs=fx.assign.get(ident, []), blobs=fx.blobs.get(ident, {}),
-                acks=[a[0] for a in acks], ack_leases=[a[1] for a in acks],
+                acks=[a[0] for a in acks], ack_leases=[a[1] for a in acks], term=self.term,
             )  # fmt: skip
             self.to_worker(ident, msg.encode())
         for ident in (fx.done.keys() | fx.ok.keys()) if fx.ok else fx.done:
@@ -497,9 +517,18 @@ class Broker:
         for body in svc.events:
             self.publish(b"event.service", body)
         svc.start, svc.stop_ids, svc.events = {}, {}, []
+        if self.replica is not None:
+            if self._outbox:
+                self._held.hold(self._end, self._outbox)
+                self._outbox = []
+            self._release()
+            return
         if not self._outbox:
             return
         outbox, self._outbox = self._outbox, []
+        self._send_all(outbox)
+
+    def _send_all(self, outbox: list[tuple[zmq.Socket[bytes], list[bytes]]]) -> None:
         send = P.send_frames
         for sock, frames in outbox:
             try:
@@ -508,6 +537,13 @@ class Broker:
                 self._undeliverable(sock, frames, exc)
         if self.sched.fx.assign or self.sched.fx.kill:  # re-queued work from an unreachable worker
             self.flush()
+
+    def _release(self) -> None:
+        """In a group: send the turns a majority now holds."""
+        assert self.replica is not None
+        out = self._held.release(self.replica.committed)
+        if out:
+            self._send_all(out)
 
     def _undeliverable(self, sock: zmq.Socket[bytes], frames: list[bytes], exc: zmq.ZMQError) -> None:
         ident = frames[0]
