@@ -4,6 +4,11 @@ One DEALER socket to the broker's front port. Requests carry an id (``rid``) and
 client matches replies to them; the broker pushes the final records of jobs the client
 watches (``DONE``), so waiting for thousands of results costs no polling. Job ids are made
 here, so a submission retried after a timeout is recognised by the broker, not run twice.
+
+Given the members of a broker group (``a:5555,b:5555,c:5555``), the socket goes to the one
+believed to lead (``titan_zmq.members``). A ``not_leader`` answer, or (in a group) no answer
+within ``MEMBER_WAIT``, moves it to the leader named or to the next member, and the request
+is sent again there, until its deadline (``client/failover.py``).
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ import zmq
 from titan_zmq import errors
 from titan_zmq import protocol as P
 from titan_zmq.client.dag import Dag, DagRun
+from titan_zmq.client.failover import MEMBER_WAIT, GroupCalls
 from titan_zmq.client.feed import LogLine, Subscription, read_logs
 from titan_zmq.client.handle import JobHandle, raise_for
 from titan_zmq.client.kv import KV
 from titan_zmq.client.objects import ObjectCalls
 from titan_zmq.client.specs import SpecBuilder, zip_folder  # noqa: F401 - zip_folder re-exported
-from titan_zmq.config import parse_address, resolve_broker, tcp_endpoint
+from titan_zmq.config import resolve_broker, tcp_endpoint
 from titan_zmq.errors import (
     BrokerUnavailable,
     JobError,
@@ -40,6 +46,7 @@ from titan_zmq.errors import (
     WaitTimeout,
 )
 from titan_zmq.job import JobRecord, JobState, new_job_ids
+from titan_zmq.members import Members
 from titan_zmq.objects.codec import REF_KEY
 from titan_zmq.security import Keys
 
@@ -49,13 +56,14 @@ _REWATCH = 3.0  # seconds between re-sent WATCHes while waiting (survives a brok
 _MAX_DONE = 100_000  # final records kept for later wait()s
 
 
-class TitanClient(SpecBuilder, ObjectCalls):
+class TitanClient(SpecBuilder, ObjectCalls, GroupCalls):
     """A connection to a titan_zmq broker.
 
-    ``broker`` is ``HOST[:PORT]`` of its front socket; without it ``TITAN_BROKER``, else
-    ``localhost:5555``. ``timeout`` bounds every request (not waits for results). ``keys`` is a
-    CURVE key folder (``titan keys generate``), else ``TITAN_KEYS``: the connection is encrypted
-    and authenticated with its client key pair.
+    ``broker`` is ``HOST[:PORT]`` of its front socket, or the members of a broker group
+    (``HOST:PORT,HOST:PORT,...``: requests go to the leader, and follow it when it changes);
+    without it ``TITAN_BROKER``, else ``localhost:5555``. ``timeout`` bounds every request (not
+    waits for results). ``keys`` is a CURVE key folder (``titan keys generate``), else
+    ``TITAN_KEYS``: the connection is encrypted and authenticated with its client key pair.
     """
 
     def __init__(
@@ -69,8 +77,11 @@ class TitanClient(SpecBuilder, ObjectCalls):
         self.keys = Keys.find(keys)
         if self.keys is not None:
             self.keys.pair("client")  # a missing key fails here, with the fix
-        self.address = resolve_broker(broker)
-        self.host, self.port = parse_address(self.address)
+        spec = resolve_broker(broker)
+        self.members = Members.parse(spec)
+        # The member in use: as given for one broker; HOST:PORT of the one now used in a group.
+        self.address = spec.strip() if len(self.members) == 1 else self.members.address()
+        self.host, self.port = self.members.current()
         self.timeout = timeout
         self.max_message_size = max_message_size
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -91,12 +102,14 @@ class TitanClient(SpecBuilder, ObjectCalls):
     # ---- plumbing -----------------------------------------------------------------------
 
     def _open(self) -> None:
+        self._group = self.members.grouped
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.IMMEDIATE, 1)
         s.setsockopt(zmq.SNDHWM, 100_000)
         s.setsockopt(zmq.RCVHWM, 100_000)
-        s.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
+        # In a group a member that cannot be reached is left after MEMBER_WAIT, not the whole timeout.
+        s.setsockopt(zmq.SNDTIMEO, int((min(self.timeout, MEMBER_WAIT) if self._group else self.timeout) * 1000))
         if self.keys is not None:
             self.keys.connect(s, "client")
         s.connect(tcp_endpoint(self.host, self.port))
@@ -129,7 +142,8 @@ class TitanClient(SpecBuilder, ObjectCalls):
             "is `titan broker` (or `titan up`) running there? set --broker or TITAN_BROKER"
         )
 
-    def _send(self, msg: P.Message) -> None:
+    def _send(self, msg: P.Message) -> bool:
+        """Send a request. False (in a group only) when the member in use cannot take it: try another."""
         frames = msg.encode()
         if len(frames[2]) > self.max_message_size:
             raise PayloadTooLarge(
@@ -141,7 +155,10 @@ class TitanClient(SpecBuilder, ObjectCalls):
         try:
             self._sock.send_multipart(frames)
         except zmq.Again:
+            if self._group:
+                return False
             raise self._unavailable(f"cannot send {type(msg).__name__.upper()}") from None
+        return True
 
     def _pump(self, timeout: float) -> bool:
         """Receive what arrives within ``timeout`` seconds. Returns whether anything came."""
@@ -180,14 +197,20 @@ class TitanClient(SpecBuilder, ObjectCalls):
         """Send a request and return the reply's data, or raise what the broker's error means."""
         with self._lock:
             rid = next(self._rids)
-            self._send(msg_type(rid=rid, **fields))  # type: ignore[call-arg]
             deadline = time.monotonic() + self.timeout
-            while rid not in self._replies:
-                left = deadline - time.monotonic()
+            sent = self._send(msg_type(rid=rid, **fields))  # type: ignore[call-arg]
+            # One broker: wait for it until the deadline. A group: each member for MEMBER_WAIT at most.
+            patience = min(deadline, time.monotonic() + MEMBER_WAIT) if self._group else deadline
+            while sent and rid not in self._replies:
+                left = patience - time.monotonic()
                 if left <= 0:
-                    raise self._unavailable(f"{msg_type.__name__.upper()} got no reply")
+                    if not self._group:
+                        raise self._unavailable(f"{msg_type.__name__.upper()} got no reply")
+                    break
                 self._pump(left)
-            reply = self._replies.pop(rid)
+            reply = self._replies.pop(rid, None)
+            if reply is None or (type(reply) is P.Error and reply.code == P.E_NOT_LEADER):
+                reply = self._failover(msg_type, fields, deadline, reply)
         if isinstance(reply, P.Error):
             raise errors.from_wire(reply.code, reply.message)
         assert isinstance(reply, P.Reply)
@@ -436,10 +459,6 @@ class TitanClient(SpecBuilder, ObjectCalls):
     def subscribe(self, *topics: str, hwm: int = 10_000) -> Subscription:
         """The broker's live feed, for topic prefixes such as ``stats``, ``event.`` or ``log.<job id>``."""
         return Subscription(self, topics, hwm)
-
-    def hello(self) -> dict[str, Any]:
-        """The broker's version and ports."""
-        return dict(self.request(P.Hello))
 
     def wait(self, ids: Iterable[str], timeout: float | None = None) -> dict[str, JobRecord]:
         """Block until every job in ``ids`` has ended; return their final records."""

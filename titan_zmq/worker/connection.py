@@ -5,10 +5,15 @@ back port by asking the front port (``HELLO``), announces itself (``READY``), ru
 is assigned, and keeps every result until the broker acknowledges it. When the broker
 goes silent it drops the connection, asks again with backoff, and re-announces the jobs
 it still runs and the results it still holds.
+
+Given the members of a broker group, it connects to the leader only (``worker/discovery.py``),
+and leaves it at once when it answers ``not_leader`` or its connection drops; an ``ASSIGN`` or
+``KILL`` from an older leader than one already seen is dropped (``Fence``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -16,18 +21,20 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
 
 from titan_zmq import protocol as P
-from titan_zmq.config import WorkerConfig, parse_address, tcp_endpoint
+from titan_zmq.config import WorkerConfig, tcp_endpoint
 from titan_zmq.errors import ProtocolError
 from titan_zmq.job import Outcome
+from titan_zmq.members import Members
 from titan_zmq.process import Waker
 from titan_zmq.security import Keys
 from titan_zmq.worker.cache import BlobCache
+from titan_zmq.worker.discovery import Fence, disconnected, discover, unwatch, watch_disconnects
 from titan_zmq.worker.executors import Executor
 from titan_zmq.worker.gpu import gpu_tags
 from titan_zmq.worker.objects import WorkerObjects
@@ -38,6 +45,7 @@ log = logging.getLogger(__name__)
 _RESULT_LINGER = 0.002  # seconds a finished result may wait for others to share its message
 _LOG_LINGER = 0.05  # seconds output lines may wait for more to share their message
 _LOAD_EVERY = 1.0  # seconds between load reports (cpu, memory) in heartbeats
+_Handlers = Mapping[zmq.Socket[bytes], Callable[[], None] | None]  # sockets polled, and what to do when readable
 
 
 def facing_ip(host: str, port: int) -> str:
@@ -85,7 +93,10 @@ class Worker:
     def __init__(self, config: WorkerConfig | None = None) -> None:
         self.config = cfg = config or WorkerConfig()
         cfg.validate()
-        self.host, self.front_port = parse_address(cfg.broker)
+        self.members = Members.parse(cfg.broker)  # a broker, or the members of a group
+        self.host, self.front_port = self.members.current()  # the one in use (the leader)
+        self.grouped = self.members.grouped  # also once a HELLO answer names a group
+        self.fence = Fence()
         tags = set(cfg.tags) | {"cpu"}
         if cfg.gpu_probe:
             tags |= set(gpu_tags())
@@ -93,6 +104,7 @@ class Worker:
         self.identity = f"{cfg.name}/{uuid.uuid4().hex[:8]}".encode()
         self.cache = BlobCache(cfg.cache_dir)
         env = dict(os.environ)
+        # Every member of a group: a job's client finds the leader among them.
         env.update({"TITAN_BROKER": cfg.broker, "TITAN_WORKER": cfg.name, "PYTHONUNBUFFERED": "1"})
         # CURVE: the worker's own key pair; its jobs' clients use the client pair, when this host has one.
         self.keys = Keys(cfg.keys) if cfg.keys else None
@@ -112,6 +124,10 @@ class Worker:
         self.draining = False  # takes no new jobs; leaves when those it holds are done
         self._drain_sent = False
         self.sock: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None  # in a group: says when the connection drops
+        self._lost = ""  # why the connection must be dropped now (not_leader, disconnected), or ""
+        self._relapses = 0  # connections lost right after they were made (backoff before the next)
+        self._connected_at = 0.0
         self.unacked: dict[str, dict[str, Any]] = {}
         self._stopping = threading.Event()
         self._last_heard = 0.0
@@ -124,6 +140,16 @@ class Worker:
         self.beat = cfg.heartbeat_interval  # heartbeat period; the broker's, once it said
         self.max_message = cfg.max_message_size  # the broker's limit, once it said
         self.silence = cfg.heartbeat_interval * cfg.heartbeat_liveness  # broker silence before reconnecting
+
+    @property
+    def term(self) -> int:
+        """The highest leader epoch seen (0: none; a broker on its own)."""
+        return self.fence.term
+
+    @property
+    def fenced(self) -> int:
+        """ASSIGN and KILL messages dropped because an older leader sent them."""
+        return self.fence.fenced
 
     # ---- life cycle -----------------------------------------------------------------
 
@@ -164,23 +190,26 @@ class Worker:
             if states:
                 self._send(P.SvcState(states=states))
             self._send(P.Bye(running=stopped_ids or stopped))
+            if self._monitor is not None:
+                unwatch(self.sock, self._monitor)
+                self._monitor = None
             self.sock.setsockopt(zmq.LINGER, 1000)
             self.sock.close()
             self.sock = None
         self.objects.close()
         self.ctx.term()
         self._waker.close()
-        log.info("worker %s stopped", self.config.name)
+        fenced = f"; {self.fenced} message(s) from old leaders dropped" if self.fenced else ""
+        log.info("worker %s stopped (%d job(s) done%s)", self.config.name, self.jobs_done, fenced)
 
     # ---- connecting -------------------------------------------------------------------
 
     def _turn(
-        self, poller: zmq.Poller, watched: set[int], sock: zmq.Socket[bytes] | None, wait: float,
-        on_sock: Callable[[], None] | None = None,
-    ) -> tuple[bool, list[dict[str, Any]]]:  # fmt: skip
-        """One poll over ``sock``, the waker and the job pipes (``watched`` kept in step with the
-        executor's); ``on_sock`` runs when ``sock`` is readable; then the executor runs and what
-        finished is kept in ``unacked``. Returns (``sock`` was readable, results finished)."""
+        self, poller: zmq.Poller, watched: set[int], socks: _Handlers, wait: float
+    ) -> tuple[bool, list[dict[str, Any]]]:
+        """One poll over ``socks``, the waker and the job pipes (``watched`` kept in step with the
+        executor's); a socket's callback runs when it is readable; then the executor runs and what
+        finished is kept in ``unacked``. Returns (one of ``socks`` was readable, results finished)."""
         ex = self.executor
         fds = set(ex.fds())
         for fd in watched - fds:
@@ -191,8 +220,9 @@ class Worker:
         watched.update(fds)
         ready = False
         for item, _ in poller.poll(max(0, int(wait * 1000)) + 1):
-            if sock is not None and item is sock:
+            if item in socks:
                 ready = True
+                on_sock = socks[item]
                 if on_sock is not None:
                     on_sock()
             elif item == self._waker.fd:
@@ -227,27 +257,27 @@ class Worker:
         if ready:
             ex.fill()
 
-    def _poller(self, sock: zmq.Socket[bytes] | None) -> zmq.Poller:
+    def _poller(self, socks: _Handlers) -> zmq.Poller:
         poller = zmq.Poller()
-        if sock is not None:
+        for sock in socks:
             poller.register(sock, zmq.POLLIN)
         poller.register(self._waker.fd, zmq.POLLIN)
         return poller
 
-    def _wait(self, sock: zmq.Socket[bytes] | None, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for ``sock`` to be readable (True), running jobs meanwhile.
+    def _wait(self, socks: _Handlers, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for one of ``socks`` to be readable (True), running jobs meanwhile.
 
         Used while the broker is away: timeouts are still enforced, output still read and
         results kept (they go out with the next READY).
         """
         ex = self.executor
         deadline = time.monotonic() + timeout
-        poller = self._poller(sock)
+        poller = self._poller(socks)
         watched: set[int] = set()
         while not self._stopping.is_set():
             left = deadline - time.monotonic()
             nxt = ex.next_wakeup()
-            ready, _ = self._turn(poller, watched, sock, left if nxt is None else min(left, nxt))
+            ready, _ = self._turn(poller, watched, socks, left if nxt is None else min(left, nxt))
             if ready:
                 return True
             if time.monotonic() >= deadline:
@@ -255,34 +285,36 @@ class Worker:
         return False
 
     def _discover(self, timeout: float) -> dict[str, Any] | None:
-        """Ask the front socket for the broker's ports and settings; None if it does not answer in time."""
-        s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        if self.keys is not None:
-            self.keys.connect(s, "worker")
-        try:
-            s.connect(tcp_endpoint(self.host, self.front_port))
-            P.send_frames(s, P.Hello(rid=1).encode())
-            deadline = time.monotonic() + timeout
-            while self._wait(s, deadline - time.monotonic()):
-                msg = P.decode(P.recv_frames(s))
-                if isinstance(msg, P.Reply) and isinstance(msg.data, dict):
-                    return msg.data
+        """Ask the members' front sockets for the leader's ports and settings (a lone broker's);
+        None if none answered so in time. The member that did is the one in use."""
+        setup = None if self.keys is None else functools.partial(self.keys.connect, role="worker")
+        found = discover(self.ctx, self.members, self._wait, timeout, term=self.fence.term, setup=setup,
+                         stopping=self._stopping.is_set)  # fmt: skip
+        if found is None:
             return None
-        except ProtocolError as exc:
-            log.error("broker at %s:%d answered with something unexpected: %s", self.host, self.front_port, exc)
-            return None
-        finally:
-            s.close()
+        member, info = found
+        self.members.prefer(member)
+        self.members.new_round()
+        self.host, self.front_port = member
+        group = info.get("group")
+        if isinstance(group, dict):
+            self.grouped = True
+            self.fence.see(int(group.get("epoch") or 0))
+        return info
 
     def _connect(self) -> bool:
         delay = 0.1
+        if self._relapses:  # the last connections were lost as soon as made: do not spin on them
+            self._wait({}, min(0.05 * 2**self._relapses, 2.0) * random.uniform(0.8, 1.2))
         while not self._stopping.is_set():
             info = self._discover(timeout=max(1.0, self.config.heartbeat_interval * 2))
             if info is not None:
                 break
-            log.warning("broker at %s:%d not answering; retrying in %.1fs", self.host, self.front_port, delay)
-            self._wait(None, delay)
+            if len(self.members) == 1:
+                log.warning("broker at %s:%d not answering; retrying in %.1fs", self.host, self.front_port, delay)
+            else:
+                log.warning("no leader among the brokers %s answered; retrying in %.1fs", self.members.spec(), delay)
+            self._wait({}, delay)
             delay = min(delay * 2, 2.0) * random.uniform(0.8, 1.2)  # a restarted broker waits for us (orphan_wait)
         else:
             return False
@@ -303,11 +335,33 @@ class Worker:
         s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size + (1 << 20))
         if self.keys is not None:
             self.keys.connect(s, "worker")
+        if self.grouped:  # a leader that dies is left at once, not after the silence window
+            self._monitor = watch_disconnects(s)
         s.connect(tcp_endpoint(self.host, int(info["back"])))
         self.sock = s
+        self._lost = ""
+        self._connected_at = time.monotonic()
         self._register()
-        log.info("connected to broker %s:%d (back port %s)", self.host, self.front_port, info["back"])
+        group = info.get("group")
+        lead = f"; leader at epoch {self.term}" if isinstance(group, dict) else ""
+        fenced = f"; {self.fenced} message(s) from old leaders dropped so far" if self.fenced else ""
+        log.info("connected to broker %s:%d (back port %s%s%s)", self.host, self.front_port, info["back"], lead, fenced)
         return True
+
+    def _drop(self, why: str) -> None:
+        """Leave the broker in use (the loop finds one again)."""
+        log.warning("%s; reconnecting", why)
+        assert self.sock is not None
+        if self._monitor is not None:
+            unwatch(self.sock, self._monitor)
+            self._monitor = None
+        self.sock.close()
+        self.sock = None
+        self._relapses = self._relapses + 1 if time.monotonic() - self._connected_at < 1.0 else 0
+
+    def _on_monitor(self) -> None:
+        if self._monitor is not None and disconnected(self._monitor):
+            self._lost = f"connection to broker {self.host}:{self.front_port} dropped (or refused)"
 
     def _register(self) -> None:
         """Announce ourselves, then resend every result not yet acknowledged."""
@@ -381,7 +435,9 @@ class Worker:
         """Run the loop on the current connection until it is lost or we stop."""
         sock = self.sock
         assert sock is not None
-        poller = self._poller(sock)
+        socks: _Handlers = {sock: self._drain} if self._monitor is None else {
+            sock: self._drain, self._monitor: self._on_monitor}  # fmt: skip
+        poller = self._poller(socks)
         watched: set[int] = set()
         ex = self.executor
         silence = self.silence
@@ -399,8 +455,12 @@ class Worker:
                 wait = min(wait, logs.since + _LOG_LINGER - now)
             if self.services.replicas:
                 wait = min(wait, 0.2)  # health probes and exits of services are polled
-            _, finished = self._turn(poller, watched, sock, wait, self._drain)
+            _, finished = self._turn(poller, watched, socks, wait)
             now = time.monotonic()
+            # Not the leader, gone, or silent: what finished is in unacked, and goes again with READY.
+            if self._lost or now - self._last_heard > silence:
+                self._drop(self._lost or f"broker silent for {now - self._last_heard:.1f}s")
+                return
             if finished:
                 if not self._outgoing:
                     self._outgoing_since = now
@@ -419,11 +479,6 @@ class Worker:
             ):
                 self._send_results(self._outgoing)
                 self._outgoing = []
-            if now - self._last_heard > silence:
-                log.warning("broker silent for %.1fs; reconnecting", now - self._last_heard)
-                sock.close()
-                self.sock = None
-                return
             if now - self._last_load >= _LOAD_EVERY:  # also under load, when heartbeats are not needed
                 self._last_load = now
                 self._send(P.Heartbeat(load=host_load(), dropped=self.objects.store.take_evictions()))
@@ -469,6 +524,9 @@ class Worker:
     def handle(self, msg: P.Message) -> None:  # noqa: C901 - one dispatch on message type; Assign (every job) inline
         """One message from the broker."""
         if isinstance(msg, P.Assign):
+            if msg.term != self.fence.term and msg.term and not self.fence.admit(msg.term, "ASSIGN",
+                                                                                f" of {len(msg.jobs)} job(s)"):
+                return
             self._cache_blobs(msg.blobs)
             leases = msg.ack_leases + [0] * (len(msg.acks) - len(msg.ack_leases))
             for jid, lease in zip(msg.acks, leases, strict=False):
@@ -493,6 +551,9 @@ class Worker:
             if msg.jobs:
                 self.executor.fill()  # the whole batch: one write per call executor
         elif isinstance(msg, P.Kill):
+            if msg.term != self.fence.term and msg.term and not self.fence.admit(msg.term, "KILL",
+                                                                                f" of {len(msg.ids)} job(s)"):
+                return
             # The kill reason maps 1:1 to the attempt's outcome: "cancelled" (Kill's default) ends it
             # cancelled; any other reason (the job was leased elsewhere) ends it interrupted.
             reason = Outcome.CANCELLED if msg.reason == Outcome.CANCELLED else Outcome.INTERRUPTED
@@ -520,4 +581,8 @@ class Worker:
             log.info("broker asked us to register again (it restarted)")
             self._register()
         elif isinstance(msg, P.Error):
+            if msg.code == P.E_NOT_LEADER:  # a follower (the leader changed): find the leader at once
+                self.members.redirect(msg.leader)
+                self._lost = f"broker {self.host}:{self.front_port} is not the leader ({msg.leader or 'none'} is)"
+                return
             log.error("broker refused a message: %s", msg.message)
