@@ -1,0 +1,232 @@
+"""Broker groups with real processes: replication, failover under SIGKILL, restarts, catch-up."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.ha_check import Load, verdict
+from titan_zmq.aof.journal import generations, journal_path
+from titan_zmq.client.client import TitanClient
+from titan_zmq.ha.local import LocalGroup as Group
+from titan_zmq.local import wait_for
+from titan_zmq.process import stop_processes
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _workers(peers: str, tmp: Path, n: int = 2) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for i in range(n):
+        log = open(tmp / f"worker{i}.log", "ab")  # noqa: SIM115 - closed with the process
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "titan_zmq", "--log-level", "INFO", "worker", "--broker", peers, "--slots", "2",
+             "--name", f"w{i}", "--cache-dir", str(tmp / f"cache{i}")],
+            stdout=log, stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+    return procs
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> Iterator[Group]:
+    with Group(tmp_path) as g:
+        yield g
+
+
+def _same_journals(g: Group, members: list[int]) -> bool:
+    """Whether these members hold byte for byte the same journal files."""
+    first = g.dirs[members[0]]
+    _, gens = generations(first)
+    for i in members[1:]:
+        if generations(g.dirs[i])[1] != gens:
+            return False
+        for gen in gens:
+            if journal_path(first, gen).read_bytes() != journal_path(g.dirs[i], gen).read_bytes():
+                return False
+    return True
+
+
+def test_one_leads_the_others_copy_its_journal(group: Group, tmp_path: Path) -> None:
+    g = group
+    leader = g.leader()
+    workers = _workers(g.peers, tmp_path, 1)
+    try:
+        with TitanClient(g.names[(leader + 1) % 3], timeout=15) as c:  # a follower's address: it points the way
+            hs = [c.submit("tests.jobs:add", args=(i, 1)) for i in range(20)]
+            assert [h.result(timeout=60) for h in hs] == [i + 1 for i in range(20)]
+            c.kv["greeting"] = "hello"
+            info = c.hello()["group"]
+        assert info["role"] == "leader" and info["name"] == g.names[leader]
+        assert sorted(info["members"]) == sorted(g.names)
+        wait_for(lambda: _same_journals(g, [0, 1, 2]), 20, "the followers' journals to equal the leader's")
+        for i in range(3):
+            gi = g.info(i)
+            assert gi is not None and gi["epoch"] == info["epoch"] and gi["leader"] == g.names[leader]
+        # titan cluster status: every member's role, epoch, position and lag
+        out = subprocess.run(
+            [sys.executable, "-m", "titan_zmq", "cluster", "status", "--broker", g.names[0], "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        rows = json.loads(out.stdout)["members"]
+        assert {r["name"]: r["role"] for r in rows} == {
+            n: ("leader" if i == leader else "follower") for i, n in enumerate(g.names)
+        }
+        assert all(r["lag"] == 0 for r in rows if r["role"] == "follower")
+        table = subprocess.run(
+            [sys.executable, "-m", "titan_zmq", "cluster", "status", "--broker", g.peers],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert table.returncode == 0 and "leader" in table.stdout and "follower" in table.stdout, table.stdout
+    finally:
+        stop_processes(workers)
+
+
+def test_leader_killed_ten_times_under_load_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL the leader ten times while a client submits jobs and writes KV keys; restart each killed
+    member. Every acknowledged job ends succeeded, every acknowledged KV write is there, no job runs
+    twice at once."""
+    runs = tmp_path / "runs.log"
+    with Group(tmp_path) as g:
+        workers = _workers(g.peers, tmp_path, 2)
+        load = Load(g.peers, runs).start()
+        failovers = []
+        try:
+            leader = g.leader()
+            for _ in range(10):
+                wait_for(load.grew(5), 60, "the load to go on")
+                others = [i for i in range(3) if i != leader]
+                t0 = time.monotonic()
+                g.kill(leader, signal.SIGKILL)
+                new = g.leader(60, among=others)
+                failovers.append(time.monotonic() - t0)
+                g.start(leader)
+                wait_for(functools.partial(g.follows, leader), 60, "the killed member to follow again")
+                leader = new
+            wait_for(load.grew(5), 60, "the load to go on after the last kill")
+        finally:
+            load.stop()
+        try:
+            result = verdict(g.peers, load)
+        finally:
+            stop_processes(workers)
+    print("failover seconds:", [round(f, 2) for f in failovers], "verdict:", result)
+    assert result["jobs_acknowledged"] >= 50 and result["kv_acknowledged"] >= 50
+    assert result["jobs_lost"] == 0, result
+    assert result["kv_lost"] == 0, result
+    assert result["ran_twice_at_once"] == 0, result
+
+
+def test_whole_group_restarts_at_once(tmp_path: Path) -> None:
+    with Group(tmp_path) as g:
+        g.leader()
+        with TitanClient(g.peers, timeout=15) as c:
+            ids = [h.id for h in (c.submit("tests.jobs:add", args=(i, i), delay=3600) for i in range(30))]
+            for i in range(30):
+                c.kv[f"k{i}"] = i
+        for i in range(3):
+            g.kill(i, signal.SIGKILL)
+        for i in range(3):
+            g.start(i)
+        g.leader(60)
+        with TitanClient(g.peers, timeout=15) as c:
+            assert all(c.status(j).state.value == "queued" or c.status(j).state.value == "pending" for j in ids) \
+                or all(c.status(j) for j in ids)
+            assert [c.kv[f"k{i}"] for i in range(30)] == list(range(30))
+            states = {c.status(j).state.value for j in ids}
+        assert states <= {"queued", "pending", "retrying"}, states
+
+
+def test_new_empty_member_catches_up_from_a_snapshot(tmp_path: Path) -> None:
+    """A member replaced by an empty one copies the leader's snapshot, then the stream; compaction
+    in a group writes the snapshot on the leader and ships it whole."""
+    with Group(tmp_path, args=("--config", str(_compact_often(tmp_path)))) as g:
+        leader = g.leader()
+        with TitanClient(g.peers, timeout=15) as c:
+            for i in range(400):
+                c.kv[f"k{i}"] = "x" * 2000
+        wait_for(lambda: any(generations(g.dirs[leader])[0]), 60, "a compaction on the leader")
+        victim = (leader + 1) % 3
+        g.kill(victim, signal.SIGKILL)
+        for p in list(g.dirs[victim].iterdir()):
+            p.unlink()
+        g.start(victim)
+        snaps = generations(g.dirs[leader])[0]
+        wait_for(lambda: generations(g.dirs[victim])[0][-1:] == snaps[-1:], 60, "the snapshot on the new member")
+        with TitanClient(g.peers, timeout=15) as c:
+            c.kv["after"] = 1
+        wait_for(lambda: _same_journals(g, [leader, victim]), 30, "the new member to follow the stream")
+        # and it can lead: kill the others' leader; the new member and the third one go on with everything
+        g.kill(leader, signal.SIGKILL)
+        g.leader(60, among=[i for i in range(3) if i != leader])
+        with TitanClient(g.peers, timeout=15) as c:
+            assert c.kv["after"] == 1 and c.kv["k399"] == "x" * 2000
+
+
+def _compact_often(tmp: Path) -> Path:
+    cfg = tmp / "broker.yaml"
+    cfg.write_text("compact_min_mb: 0.2\ncompact_ratio: 1.0\n")
+    return cfg
+
+
+def test_group_member_refuses_bad_settings(tmp_path: Path) -> None:
+    env = {**os.environ}
+    out = subprocess.run(
+        [sys.executable, "-m", "titan_zmq", "broker", "--peers", "127.0.0.1:5555,127.0.0.1:6555", "--front", "5555"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 2 and "odd number" in out.stderr, out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "titan_zmq", "broker", "--peers", "127.0.0.1:5555,127.0.0.1:6555,127.0.0.1:7555",
+         "--front", "5555"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 2 and "--data-dir" in out.stderr, out.stderr
+
+
+def _mount_tmpfs(path: Path, mb: int) -> None:
+    path.mkdir(parents=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(path)],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    if res.returncode != 0:
+        pytest.skip(f"a small disk for the follower needs `mount -t tmpfs` (root): {res.stderr.strip()}")
+
+
+def test_a_follower_whose_disk_fills_up_falls_behind_then_catches_up(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    _mount_tmpfs(small, 8)
+    try:
+        with Group(tmp_path, dirs=[tmp_path / "m0", tmp_path / "m1", small / "m2"]) as g:
+            leader = g.leader()
+            if leader == 2:  # the small disk must be a follower's
+                g.kill(2)
+                leader = g.leader(60, among=[0, 1])
+                g.start(2)
+            wait_for(lambda: (g.info(2) or {}).get("following"), 60, "member 2 to follow")
+            st = os.statvfs(small)
+            filler = small / "filler"
+            filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 256 * 1024))
+            with TitanClient(g.peers, timeout=15) as c:
+                for i in range(200):  # ~1 MB of journal: past what is left on member 2's disk
+                    c.kv[f"big{i}"] = "y" * 5000
+                wait_for(lambda: "No space left" in str((g.info(2) or {}).get("error")), 30,
+                         "member 2 to report its full disk")  # fmt: skip
+                c.kv["while-full"] = 1  # still acknowledged: the leader and the other follower are a majority
+                out = subprocess.run([sys.executable, "-m", "titan_zmq", "cluster", "status", "--broker", g.peers],
+                                     capture_output=True, text=True, timeout=60)  # fmt: skip
+                assert "No space left" in out.stdout, out.stdout
+                filler.unlink()
+                wait_for(lambda: _same_journals(g, [leader, 2]), 60, "member 2 to catch up once space is free")
+                assert not (g.info(2) or {}).get("error")
+                assert c.kv["while-full"] == 1 and c.kv["big199"] == "y" * 5000
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True, timeout=30)

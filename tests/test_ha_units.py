@@ -1,0 +1,156 @@
+"""The pieces of a broker group on their own: grants, where two journals agree, the mirror, the stream."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import zmq
+
+from titan_zmq.aof.journal import DataDir, generations, journal_path
+from titan_zmq.aof.records import KvSet, encode
+from titan_zmq.config import BrokerConfig
+from titan_zmq.errors import AOFCorrupt, ConfigError
+from titan_zmq.ha.follower import Follower
+from titan_zmq.ha.grants import START, Grants, agreed_end, last_epoch
+from titan_zmq.ha.mirror import Gone, Mirror, StreamGap
+from titan_zmq.ha.source import Source
+from titan_zmq.local import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_an_epoch_is_granted_once_and_the_promise_survives_a_restart(tmp_path: Path) -> None:
+    g = Grants(tmp_path)
+    assert g.grant(1) and not g.grant(1) and g.grant(3) and not g.grant(2)
+    g.begin(3, (1, 100))
+    again = Grants(tmp_path)  # read back from group.json
+    assert again.promised == 3 and again.history == [(3, (1, 100))]
+    assert not again.grant(3)
+
+
+def test_a_damaged_grants_file_stops_with_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "group.json").write_text("{not json")
+    with pytest.raises(AOFCorrupt, match="Remove the member's whole data directory"):
+        Grants(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("mine", "my_end", "theirs", "their_end", "agreed"),
+    [
+        # the same history: they agree up to the shorter
+        ([(1, (1, 0))], (1, 500), [(1, (1, 0))], (1, 300), (1, 300)),
+        # they wrote on in epoch 1 after this member's epoch 2 began at 400: cut at 400
+        ([(1, (1, 0)), (2, (1, 400))], (1, 900), [(1, (1, 0))], (1, 700), (1, 400)),
+        # their last epoch (3) is unknown here: back to where it began
+        ([(1, (1, 0)), (4, (1, 600))], (1, 900), [(1, (1, 0)), (3, (1, 500))], (1, 800), (1, 500)),
+        # nothing in common: only the empty journal
+        ([(2, (1, 0))], (1, 900), [(1, (1, 0))], (1, 800), START),
+        # a follower behind: nothing to cut
+        ([(1, (1, 0)), (2, (2, 10))], (2, 90), [(1, (1, 0))], (1, 50), (1, 50)),
+    ],
+)
+def test_where_two_journals_agree(mine, my_end, theirs, their_end, agreed) -> None:  # type: ignore[no-untyped-def]
+    assert agreed_end(mine, my_end, theirs, their_end) == agreed
+
+
+def test_last_epoch_of_a_journal() -> None:
+    h = [(1, (1, 0)), (3, (1, 400)), (5, (2, 0))]
+    assert [last_epoch(h, p) for p in ((1, 10), (1, 400), (1, 999), (2, 5))] == [1, 3, 3, 5]
+    assert last_epoch([], (1, 0)) == 0
+
+
+def _journal(root: Path, n: int) -> DataDir:
+    d = DataDir(root, "always")
+    d.load(lambda op: None)
+    for i in range(n):
+        d.append(encode(KvSet(f"k{i}", i, None)))
+        d.commit()
+    return d
+
+
+def test_the_mirror_reads_and_writes_the_same_bytes_by_position(tmp_path: Path) -> None:
+    src = _journal(tmp_path / "a", 20)
+    end = (src.gen, src.journal_bytes)
+    m = Mirror(tmp_path / "a")
+    assert m.end() == end and m.first() == START
+    copy = Mirror(tmp_path / "b", "always")
+    (tmp_path / "b").mkdir()
+    at = START
+    while (got := m.read(at, end, 100)) is not None:  # small pieces: records cut in the middle
+        pos, data = got
+        at = copy.append(pos, data)
+    copy.close()
+    assert journal_path(tmp_path / "b", 1).read_bytes() == journal_path(tmp_path / "a", 1).read_bytes()
+    with pytest.raises(StreamGap):
+        copy.append((1, 5), b"x")
+    # cut back and check that a torn batch left by a cut in the middle is found and dropped
+    copy.truncate((1, end[1] - 3))
+    assert copy.cut_torn() < (1, end[1] - 3)
+    src.close()
+
+
+def test_a_compacted_journal_is_gone_and_a_snapshot_replaces_it(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    b.mkdir()
+    src = _journal(a, 5)
+    src.compact([encode(KvSet("k", 1, None))], background=False)
+    m = Mirror(a)
+    assert m.base() == 2 and m.first() == (2, 0)
+    with pytest.raises(Gone):
+        m.read((1, 0), m.end(), 100)
+    copy = Mirror(b)
+    size = m.snapshot_size(2)
+    copy.snapshot_part(2, 0, m.read_snapshot(2, 0, 10), last=False)
+    copy.snapshot_part(2, 10, m.read_snapshot(2, 10, size), last=True)
+    assert generations(b)[0] == [2] and copy.end() == (2, 0)
+    src.close()
+
+
+def test_a_follower_copies_a_leaders_journal_and_refuses_an_older_epoch(tmp_path: Path) -> None:
+    """A Source that leads epoch 2 and a Follower in the same process, over real sockets."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    b.mkdir()
+    src = _journal(a, 50)
+    ga, gb = Grants(a), Grants(b)
+    ga.grant(2)
+    ga.begin(2, START)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    committed, deposed = threading.Event(), threading.Event()
+    source = Source(ctx, "tcp://127.0.0.1:*", a, ga, ["a", "b", "c"], "a", committed.set, lambda why: deposed.set())
+    endpoint = source.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    end = (src.gen, src.journal_bytes)
+    source.lead(2, end)
+    source.start()
+    mirror = Mirror(b, "no")
+    follower = Follower(ctx, "b", mirror, gb, True, lambda: endpoint)
+    follower.start()
+    try:
+        wait_for(lambda: source.committed >= end, 20, "a majority (the leader and b) to hold the journal")
+        assert committed.is_set() and gb.promised == 2 and gb.history == [(2, START)]
+        assert journal_path(b, 1).read_bytes() == journal_path(a, 1).read_bytes()
+        # b promises epoch 3 to another candidate: data of epoch 2 is no longer taken
+        assert gb.grant(3)
+        src.append(encode(KvSet("late", 1, None)))
+        src.commit()
+        source.advance((src.gen, src.journal_bytes))
+        wait_for(deposed.is_set, 20, "b to refuse the leader of epoch 2, which then knows it is deposed")
+        assert journal_path(b, 1).stat().st_size == end[1]  # nothing of epoch 2 after the promise
+    finally:
+        follower.stop()
+        source.stop()
+        mirror.close()
+        ctx.term()
+        src.close()
+
+
+def test_group_settings_are_checked() -> None:
+    peers = "127.0.0.1:5555,127.0.0.1:6555,127.0.0.1:7555"
+    with pytest.raises(ConfigError, match="odd number"):
+        BrokerConfig(peers="127.0.0.1:5555,127.0.0.1:6555", data_dir="/tmp/x").validate()
+    with pytest.raises(ConfigError, match="--data-dir"):
+        BrokerConfig(peers=peers).validate()
+    with pytest.raises(ConfigError, match="no member with this broker's front port"):
+        BrokerConfig(peers=peers, data_dir="/tmp/x", front=8555).validate()
+    BrokerConfig(peers=peers, data_dir="/tmp/x").validate()
