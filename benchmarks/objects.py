@@ -54,7 +54,7 @@ from typing import Any
 
 from benchmarks.objects_baselines import PEER_RUNNERS, raw_stream
 from benchmarks.objects_jobs import _TIMEOUT, WORKERS, GiB, MiB, combine, expected_sum, new_seed
-from benchmarks.report import Row, format_table, median
+from benchmarks.report import Row, median, print_report
 
 log = logging.getLogger(__name__)
 
@@ -409,12 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)  # fmt: skip
     fig = measure(QUICK if args.quick else FULL)
     rows, targets, notes = report(fig)
-    print(format_table(rows))
-    for name, value, limit, higher, shown in targets:
-        met = value >= limit if higher else value <= limit
-        print(f"  {'MET    ' if met else 'NOT MET'}  {name} {'>=' if higher else '<='} {shown}: {value:.3g}")
-    for note in notes:
-        print(note)
+    print_report(rows, targets, notes)
     if args.json:
         Path(args.json).write_text(json.dumps(fig, indent=2) + "\n")
     return 0

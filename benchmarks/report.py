@@ -22,6 +22,16 @@ def median(samples: Sequence[float]) -> float:
     return float(statistics.median(samples))
 
 
+def print_report(rows: list[Row], targets: list[tuple[str, float, float, bool, str]], notes: list[str]) -> None:
+    """A scenario's table, each target judged (MET / NOT MET), then its notes."""
+    print(format_table(rows))
+    for name, value, limit, higher, shown in targets:
+        met = value >= limit if higher else value <= limit
+        print(f"  {'MET    ' if met else 'NOT MET'}  {name} {'>=' if higher else '<='} {shown}: {value:.3g}")
+    for note in notes:
+        print(note)
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of the table. ``ratio`` is ``value / baseline`` when there is a baseline."""
