@@ -26,7 +26,13 @@ class Election:
 
     def __init__(self, me: str, others: list[str], timeout: float, on_change: Callable[[], None]) -> None:
         self.me = me
+        self.others = others
+        self.timeout = timeout
         self._on_change = on_change
+        self._raft = self._start()
+
+    def _start(self) -> SyncObj:
+        timeout = self.timeout
         conf = SyncObjConf(
             raftMinTimeout=timeout,
             raftMaxTimeout=2 * timeout,
@@ -39,7 +45,13 @@ class Election:
             dynamicMembershipChange=False,
             onStateChanged=self._changed,
         )
-        self._raft = SyncObj(me, others, conf)
+        return SyncObj(self.me, self.others, conf)
+
+    def restart(self) -> None:
+        """Leave the election and join it again: Raft forgets that this member leads (pysyncobj has no
+        call to step down), and a member whose Raft log is longer wins the next election."""
+        self.stop()
+        self._raft = self._start()
 
     def _changed(self, old: int, new: int) -> None:
         log.info("election state %s -> %s (term %s)", old, new, self.raft_term)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import threading
 import time
 from pathlib import Path
@@ -36,10 +37,27 @@ log = logging.getLogger(__name__)
 
 _GRANT_WAIT = 1.0  # s to wait for the members' answers to a grant request
 _CATCH_UP = 60.0  # s a new leader may take to copy what it lacks from the most complete member
+_MAX_FAILED = 3  # takeovers that fail in a row before this member leaves the election to the others
 
 
 def _name(host: str, port: int) -> str:
     return f"{host}:{port}"
+
+
+def _is_local(host: str) -> bool:
+    """Whether ``host`` names an address of this machine (a socket can be bound to it)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    for family, kind, _, _, addr in infos:
+        try:
+            with socket.socket(family, kind) as s:
+                s.bind((addr[0], 0))
+            return True
+        except OSError:
+            continue
+    return False
 
 
 class Member:
@@ -53,11 +71,11 @@ class Member:
         self.config = cfg = config
         members = cfg.members()
         mine = [m for m in members if m[1] == cfg.front]
-        if len(mine) > 1:
-            mine = [m for m in mine if m[0] == cfg.host]
+        if len(mine) > 1:  # the same port on several hosts: the one named by --host, else the one that is here
+            mine = [m for m in mine if m[0] == cfg.host] or [m for m in mine if _is_local(m[0])]
         if len(mine) != 1:
             raise ConfigError(f"cannot tell which of --peers {cfg.peers} is this broker (front port {cfg.front}, "
-                              f"host {cfg.host}); give each member its own front port or its own --host")
+                              f"host {cfg.host}); give each member its own front port, or --host its address")
         self.names = [_name(h, p) for h, p in members]
         self.name = _name(*mine[0])
         self.majority = len(members) // 2 + 1
@@ -74,6 +92,7 @@ class Member:
         self.started = time.time()
         self._stopping = threading.Event()
         self._retry_at = 0.0
+        self._failed = 0  # takeovers that failed in a row
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.source = Source(self.ctx, tcp_endpoint(cfg.host, cfg.repl_port), self.root, self.grants, self.names,
                              self.name, self._committed, self._deposed, self._watch)  # fmt: skip
@@ -165,9 +184,14 @@ class Member:
             while not self._stopping.is_set():
                 if self.election.leading and time.monotonic() >= self._retry_at:
                     epoch = self._acquire()
-                    if epoch:
-                        self._lead(epoch)
+                    if epoch and self._lead(epoch):
                         continue
+                    self._failed += 1
+                    if self._failed >= _MAX_FAILED:  # it cannot lead: let Raft choose another member
+                        log.warning("member %s could not take over %d times; it leaves the election for another "
+                                    "member to win", self.name, self._failed)  # fmt: skip
+                        self.election.restart()
+                        self._failed = 0
                     self._retry_at = time.monotonic() + random.uniform(0.2, 0.6)
                 self.redirector.serve(0.05)
         finally:
@@ -265,8 +289,9 @@ class Member:
         log.error("could not copy the journal from %s before leading; standing again later", best)
         return False
 
-    def _lead(self, epoch: int) -> None:
-        """Serve as the group's broker for ``epoch`` until deposed or stopped."""
+    def _lead(self, epoch: int) -> bool:
+        """Serve as the group's broker for ``epoch`` until deposed or stopped; False if it could not start
+        (or its journal could no longer be written)."""
         if self.redirector is not None:
             self.redirector.close()
             self.redirector = None
@@ -276,18 +301,20 @@ class Member:
         end = self.mirror.end()
         self.source.lead(epoch, end)
         self.data.unlock()  # the broker takes the directory (replay, then its journal)
+        ok = True
         try:
             self.broker = Broker(self.config, replica=self)
             self.broker.bind()
             if self.role == "leader":
+                self._failed = 0
                 self.broker.run()
             else:
                 self.broker.close()
-        except TitanError as exc:
+        except TitanError as exc:  # its journal cannot be replayed or written (a full disk): another must lead
             log.error("member %s cannot lead: %s", self.name, exc)
             if self.broker is not None:
                 self.broker.close()
-            self._retry_at = time.monotonic() + 5.0
+            ok = False
         finally:
             self.broker = None
             self.role = "follower"
@@ -298,6 +325,7 @@ class Member:
                 self.redirector = Redirector(self.config, self)
             self.follower.resume()
             log.info("member %s follows again", self.name)
+        return ok
 
     # ---- what the broker asks of its group ----------------------------------------------
 
