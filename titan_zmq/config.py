@@ -22,7 +22,23 @@ from titan_zmq.errors import ConfigError
 
 DEFAULT_FRONT = 5555
 DEFAULT_BROKER = f"localhost:{DEFAULT_FRONT}"
-SERVICE_PORTS = (20000, 29999)  # ports given to services that do not ask for one
+SERVICE_PORTS = (20000, 29999)  # ports given to services that do not ask for one ($TITAN_SERVICE_PORTS: LO-HI)
+
+
+def service_ports() -> tuple[int, int]:
+    """The range services are given ports from: ``TITAN_SERVICE_PORTS`` (``LO-HI``), else 20000-29999."""
+    raw = os.environ.get("TITAN_SERVICE_PORTS", "").strip()
+    if not raw:
+        return SERVICE_PORTS
+    lo_s, sep, hi_s = raw.partition("-")
+    try:
+        lo, hi = int(lo_s), int(hi_s)
+    except ValueError:
+        lo, hi = 0, -1
+    if not sep or not 1024 <= lo <= hi <= 65535:
+        raise ConfigError(f"TITAN_SERVICE_PORTS={raw!r}: give a range LO-HI of ports within 1024-65535, "
+                          "e.g. 20000-29999")
+    return lo, hi
 
 T = TypeVar("T")
 
@@ -268,6 +284,7 @@ class BrokerConfig:
         if self.relay_port and self.relay_port in ports:
             raise ConfigError(f"the objects port {self.relay_port} is taken by another of the broker's sockets; "
                               "choose another with --objects")  # fmt: skip
+        service_ports()  # a malformed TITAN_SERVICE_PORTS stops the start, with what to write
         if self.peers:
             self._check_group()
         if self.locality_wait < 0 or self.locality_min_mb < 0 or self.object_ttl < 0:

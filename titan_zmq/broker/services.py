@@ -2,7 +2,7 @@
 
 The broker owns every decision: where a replica runs (an eligible worker, spreading the
 replicas of one service over hosts), on which port (the one given, or a free one from
-``PORT_RANGE`` not used by another service on that host; the worker checks it is free),
+``service_ports()`` ($TITAN_SERVICE_PORTS) not used by another service on that host; the worker checks it is free),
 when a crashed replica starts again (exponential backoff), and when a service is in a
 crash loop (``max_crashes`` within ``crash_window`` seconds: ``failed``, with the reason).
 A replica is ``running`` only once its worker reports its health check passed.
@@ -25,13 +25,12 @@ from typing import Any
 
 from titan_zmq.aof.records import ReplicaFailed, ServiceDeployed, ServiceStopped, decode, encode
 from titan_zmq.broker.scheduler import Scheduler, WorkerInfo
-from titan_zmq.config import SERVICE_PORTS
+from titan_zmq.config import service_ports
 from titan_zmq.errors import Conflict, JobError, NotRunning, UnknownService
 from titan_zmq.job import check_tags
 
 log = logging.getLogger(__name__)
 
-PORT_RANGE = SERVICE_PORTS
 KINDS = ("shell", "script", "archive")
 STATES = ("pending", "starting", "running", "backoff", "failed", "stopping", "stopped")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -317,7 +316,7 @@ class ServiceManager:
         return out
 
     def _free_port(self, used: set[int]) -> int | None:
-        lo, hi = PORT_RANGE
+        lo, hi = service_ports()
         for port in range(lo, hi + 1):
             if port not in used:
                 return port

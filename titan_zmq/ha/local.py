@@ -19,11 +19,13 @@ from titan_zmq.client.cluster_commands import ask as hello
 from titan_zmq.local import wait_for
 from titan_zmq.process import stop_processes
 
+PORTS = (30000, 32767)  # below Linux's ephemeral ports and above the services' (20000-29999)
 
-def free_block(n: int = 6) -> int:
-    """A port p such that p .. p+n-1 are free on 127.0.0.1 now."""
+
+def free_block(n: int = 6, ports: tuple[int, int] = PORTS) -> int:
+    """A port p of ``ports`` such that p .. p+n-1 are free on 127.0.0.1 now."""
     for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
+        base = random.randrange(ports[0], ports[1] - n)
         socks = []
         try:
             for p in range(base, base + n):
@@ -43,12 +45,13 @@ class LocalGroup:
     """``n`` members; ``start(i)``, ``kill(i)``, ``leader()``; always ``close()`` (or use ``with``)."""
 
     def __init__(self, root: Path, n: int = 3, fsync: str = "always", args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, dirs: list[Path] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None, dirs: list[Path] | None = None,
+                 ports: tuple[int, int] = PORTS) -> None:  # fmt: skip
         self.root = root
         self.fsync = fsync
         self.args = args
         self.env = {**os.environ, **(env or {})}
-        self.bases = [free_block() for _ in range(n)]
+        self.bases = [free_block(6, ports) for _ in range(n)]
         self.names = [f"127.0.0.1:{b}" for b in self.bases]
         self.peers = ",".join(self.names)
         self.dirs = dirs or [root / f"member{i}" for i in range(n)]

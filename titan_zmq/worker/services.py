@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from titan_zmq.compat.paths import with_sdk_shim
-from titan_zmq.config import SERVICE_PORTS
+from titan_zmq.config import service_ports
 from titan_zmq.errors import ServiceFailed
 from titan_zmq.process import die_with_parent, kill_tree
 from titan_zmq.worker.cache import BlobCache
@@ -123,7 +123,7 @@ class ServiceRunner:
                 self._report(spec, "port_conflict", error=f"port {port} is in use on {socket.gethostname()}")
                 return
         elif not port_free(port):  # the broker's pick is busy here: take the next free one of the range
-            lo, hi = SERVICE_PORTS
+            lo, hi = service_ports()
             free = next((p for p in range(port + 1, hi + 1) if port_free(p)), None) or next(
                 (p for p in range(lo, port) if port_free(p)), None)
             if free is None:
