@@ -28,6 +28,23 @@ HEARTBEAT_WINDOW = HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS
 os.environ["TITAN_HEARTBEAT_INTERVAL"] = str(HEARTBEAT_INTERVAL)
 os.environ["TITAN_HEARTBEAT_LIVENESS"] = str(HEARTBEAT_LIVENESS)
 
+# The suite runs in two processes at once (pytest-xdist, `-n 2` in .ci/run). Each takes its own slice
+# of the ports services are given (so a service of one never answers another's health probe) and of
+# the ports broker groups bind (titan_zmq/ha/local.py). Network-namespace tests share one process
+# (xdist_group "netns"): each picks a free subnet of the root namespace.
+_WORKER = int((os.environ.get("PYTEST_XDIST_WORKER") or "gw0")[2:] or 0)
+_WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
+
+
+def _slice(lo: int, hi: int) -> tuple[int, int]:
+    size = (hi - lo + 1) // _WORKERS
+    start = lo + _WORKER * size
+    return start, start + size - 1
+
+
+os.environ["TITAN_SERVICE_PORTS"] = "{}-{}".format(*_slice(20000, 29999))
+GROUP_PORTS = _slice(30000, 32767)
+
 
 @pytest.fixture(scope="module")
 def shared_cluster() -> Iterator[LocalCluster]:
@@ -43,4 +60,4 @@ def cluster() -> Iterator[LocalCluster]:
         yield c
 
 
-__all__ = ["HEARTBEAT_INTERVAL", "HEARTBEAT_LIVENESS", "HEARTBEAT_WINDOW", "wait_for"]
+__all__ = ["GROUP_PORTS", "HEARTBEAT_INTERVAL", "HEARTBEAT_LIVENESS", "HEARTBEAT_WINDOW", "wait_for"]

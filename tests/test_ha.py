@@ -14,14 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import GROUP_PORTS
 from tests.ha_check import Load, verdict
 from titan_zmq.aof.journal import generations, journal_path
 from titan_zmq.client.client import TitanClient
-from titan_zmq.ha.local import LocalGroup as Group
+from titan_zmq.ha.local import LocalGroup
 from titan_zmq.local import wait_for
 from titan_zmq.process import stop_processes
 
 pytestmark = pytest.mark.timeout(240)
+
+Group = functools.partial(LocalGroup, ports=GROUP_PORTS)  # this test process's slice of the ports
 
 
 def _workers(peers: str, tmp: Path, n: int = 2) -> list[subprocess.Popen[bytes]]:
@@ -37,12 +40,12 @@ def _workers(peers: str, tmp: Path, n: int = 2) -> list[subprocess.Popen[bytes]]
 
 
 @pytest.fixture
-def group(tmp_path: Path) -> Iterator[Group]:
+def group(tmp_path: Path) -> Iterator[LocalGroup]:
     with Group(tmp_path) as g:
         yield g
 
 
-def _same_journals(g: Group, members: list[int]) -> bool:
+def _same_journals(g: LocalGroup, members: list[int]) -> bool:
     """Whether these members hold byte for byte the same journal files."""
     first = g.dirs[members[0]]
     _, gens = generations(first)
@@ -55,7 +58,7 @@ def _same_journals(g: Group, members: list[int]) -> bool:
     return True
 
 
-def test_one_leads_the_others_copy_its_journal(group: Group, tmp_path: Path) -> None:
+def test_one_leads_the_others_copy_its_journal(group: LocalGroup, tmp_path: Path) -> None:
     g = group
     leader = g.leader()
     workers = _workers(g.peers, tmp_path, 1)
@@ -228,5 +231,60 @@ def test_a_follower_whose_disk_fills_up_falls_behind_then_catches_up(tmp_path: P
                 wait_for(lambda: _same_journals(g, [leader, 2]), 60, "member 2 to catch up once space is free")
                 assert not (g.info(2) or {}).get("error")
                 assert c.kv["while-full"] == 1 and c.kv["big199"] == "y" * 5000
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True, timeout=30)
+
+
+def test_a_waiting_result_and_titan_run_go_on_across_a_failover(group: LocalGroup, tmp_path: Path) -> None:
+    """A client blocked in result() on a running job, and `titan run` following a pipeline, both given the
+    members' addresses, see the leader killed under them and finish as if nothing happened."""
+    g = group
+    leader = g.leader()
+    workers = _workers(g.peers, tmp_path, 2)
+    steps = "".join(f"  - id: step{i}\n    call: tests.jobs:sleep\n    args: [0.5]\n"
+                    + (f"    after: [step{i - 1}]\n" if i else "") for i in range(6))  # fmt: skip
+    pipeline = tmp_path / "steps.yaml"
+    pipeline.write_text(f"name: steps\njobs:\n{steps}")
+    try:
+        run = subprocess.Popen([sys.executable, "-m", "titan_zmq", "run", str(pipeline), "--broker", g.peers, "--json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        with TitanClient(g.peers, timeout=15) as c:
+            h = c.submit("tests.jobs:sleep", args=(2.5,))
+            wait_for(lambda: c.status(h.id).state.value == "running", 60, "the long job to run")
+            g.kill(leader, signal.SIGKILL)
+            assert h.result(timeout=120) == 2.5
+            assert c.status(h.id).attempts == 1  # it kept running on its worker: no second attempt
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err[-2000:]
+        report = json.loads(out)
+        assert report["ok"] and len(report["jobs"]) == 6, out[-2000:]
+    finally:
+        stop_processes(workers)
+
+
+def test_a_leader_whose_disk_fills_up_hands_over(tmp_path: Path) -> None:
+    """The leader cannot write its journal: its broker stops (nothing more is acknowledged), it cannot lead
+    again, so it leaves the election, and a member with a disk that works leads with everything."""
+    small = tmp_path / "small"
+    _mount_tmpfs(small, 8)
+    try:
+        with Group(tmp_path, dirs=[small / "m0", tmp_path / "m1", tmp_path / "m2"]) as g:
+            leader = g.leader()
+            while leader != 0:  # the small disk must be the leader's
+                g.kill(leader)
+                others = [i for i in range(3) if i != leader]
+                g.start(leader)
+                wait_for(functools.partial(g.follows, leader), 60, "the killed member to follow again")
+                leader = g.leader(60, among=others)
+            with TitanClient(g.peers, timeout=30) as c:
+                c.kv["before"] = 1
+                st = os.statvfs(small)
+                (small / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 64 * 1024))
+                for i in range(100):  # each acknowledged write is on a majority, whoever leads
+                    c.kv[f"k{i}"] = "z" * 2000
+                new = g.leader(60)
+                assert new != 0
+                assert c.kv["before"] == 1 and [c.kv[f"k{i}"] for i in range(100)] == ["z" * 2000] * 100
+            assert "cannot lead" in g.text(0) or "cannot write the journal" in g.text(0)
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True, timeout=30)

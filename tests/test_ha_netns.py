@@ -29,7 +29,7 @@ from titan_zmq.ha.local import hello
 from titan_zmq.local import wait_for
 from titan_zmq.process import die_with_parent
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("netns")]
 
 
 class Net:

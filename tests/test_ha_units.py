@@ -154,3 +154,17 @@ def test_group_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="no member with this broker's front port"):
         BrokerConfig(peers=peers, data_dir="/tmp/x", front=8555).validate()
     BrokerConfig(peers=peers, data_dir="/tmp/x").validate()
+
+
+def test_the_ha_benchmark_report_judges_its_targets() -> None:
+    from benchmarks import ha
+
+    side = {"median_jobs_per_s": 800.0, "p50_ms": 4.0}
+    fig = {"always": {"group": side, "single": {**side, "median_jobs_per_s": 1000.0, "p50_ms": 2.0}, "ratio": 0.8},
+           "failover_s": [1.5, 2.5, 2.0]}  # fmt: skip
+    rows, targets, notes = ha.report(fig)
+    by_name = {t[0]: t for t in targets}
+    assert by_name["group / single broker throughput, fsync always"][1] == 0.8
+    assert by_name["failover p50, SIGKILL to first dispatch (s)"][1] == 2.0
+    assert any(r.figure.startswith("max of 3") and r.value == 2500.0 for r in rows)
+    assert "1.50, 2.50, 2.00" in notes[0]

@@ -39,7 +39,8 @@ from titan_zmq.errors import TitanError
 from titan_zmq.local import wait_for
 from titan_zmq.process import die_with_parent
 
-pytestmark = pytest.mark.timeout(90)
+# One xdist worker runs every namespace test: each picks a free 10.231.N.0/24 of the root namespace.
+pytestmark = [pytest.mark.timeout(90), pytest.mark.xdist_group("netns")]
 
 PREFIX = "tznet"  # namespace names: tznet-<pytest pid>-<random>-<role>
 HOSTS = ("hostA", "hostB")
