@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from benchmarks import aof, ceiling, dag, objects, titan, workloads
+from benchmarks import aof, ceiling, dag, ha, objects, titan, workloads
 from benchmarks.cpu import CpuMeter, children
 from benchmarks.report import Row, format_table, median, percentile
 from titan_zmq.client import TitanClient
@@ -35,7 +35,7 @@ from titan_zmq.local import LocalCluster
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("noop", "scripts", "dag", "fanout", "journal", "memory", "scaling", "peers", "objects")
+SCENARIOS = ("noop", "scripts", "dag", "fanout", "journal", "memory", "scaling", "peers", "objects", "ha")
 POLICIES = ("off", "everysec", "always")  # the journal: none (in memory), then the two durable policies
 ORIGINAL_TITAN = {"jobs_per_s": 7.4, "p50_ms": 90.0}  # the Java original, 2 workers, measured on this machine
 
@@ -138,6 +138,7 @@ class Run:
         self.args = args
         self.size = QUICK if args.quick else FULL
         self.objects_size = objects.QUICK if args.quick else objects.FULL
+        self.ha_size = ha.QUICK if args.quick else ha.FULL
         self.tmp = tmp
         self.rows: list[Row] = []
         self.targets: list[Target] = []
@@ -335,6 +336,15 @@ class Run:
         self.notes += notes
         self.figures["objects"] = fig
 
+    def ha(self) -> None:
+        """Broker groups (benchmarks/ha.py): three members against one broker, and failover after SIGKILL."""
+        fig = ha.measure(self.ha_size)
+        rows, targets, notes = ha.report(fig)
+        self.rows += rows
+        self.targets += [Target(name, value, limit, higher, shown) for name, value, limit, higher, shown in targets]
+        self.notes += notes
+        self.figures["ha"] = fig
+
     def all(self) -> None:
         with ExitStack() as stack:
             needs_cluster = any(self.want(n) for n in ("noop", "scripts", "dag", "fanout"))
@@ -351,7 +361,7 @@ class Run:
                 for name in ("scripts", "dag", "fanout"):
                     if self.want(name):
                         self.step(name, lambda n=name: getattr(self, n)(client))  # type: ignore[misc]
-        for name in ("journal", "memory", "scaling", "peers", "objects"):
+        for name in ("journal", "memory", "scaling", "peers", "objects", "ha"):
             if self.want(name):
                 self.step(name, getattr(self, name))
 
