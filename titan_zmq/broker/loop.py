@@ -182,11 +182,11 @@ class Broker:
             return
         data.append_batch(ops)
         data.commit()
-        if data.needs_compaction():
-            data.compact(capture(self.sched, self.kv, self.services, self.schedules))
-        if self.replica is not None:
+        if self.replica is not None:  # where this turn's batch ends, before a compaction starts a generation
             self._end = (data.gen, data.journal_bytes)
             self.replica.advance(self._end)
+        if data.needs_compaction():
+            data.compact(capture(self.sched, self.kv, self.services, self.schedules))
 
     def _publish_changes(self, changed: list[Entry]) -> None:
         if not self._subs:
