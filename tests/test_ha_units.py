@@ -168,3 +168,53 @@ def test_the_ha_benchmark_report_judges_its_targets() -> None:
     assert by_name["failover p50, SIGKILL to first dispatch (s)"][1] == 2.0
     assert any(r.figure.startswith("max of 3") and r.value == 2500.0 for r in rows)
     assert "1.50, 2.50, 2.00" in notes[0]
+
+
+def test_a_new_member_grants_nothing_until_it_has_followed_a_leader(tmp_path: Path) -> None:
+    """An empty directory without group.json may be a member whose disk was replaced: it may have granted
+    epochs it no longer knows of. It grants none until a leader's epoch is its floor, except to bootstrap."""
+    g = Grants(tmp_path, empty=True)
+    assert g.fresh and not g.grant(1)
+    assert g.grant(1, bootstrap=True) and not g.fresh  # every member new and empty: a new group
+    other = tmp_path / "x"
+    other.mkdir()
+    h = Grants(other, empty=True)
+    assert h.fresh and not h.grant(5)
+    h.adopt(4)  # it followed the leader of epoch 4
+    assert not h.fresh and not h.grant(4) and h.grant(5)
+    assert not Grants(tmp_path / "x", empty=True).fresh  # group.json is there now: not new any more
+
+
+def test_a_leader_that_granted_a_higher_epoch_counts_and_sends_nothing_more(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    b.mkdir()
+    src = _journal(a, 10)
+    ga, gb = Grants(a), Grants(b)
+    ga.grant(2)
+    ga.begin(2, START)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    source = Source(ctx, "tcp://127.0.0.1:*", a, ga, ["a", "b", "c"], "a", lambda: None, lambda why: None)
+    endpoint = source.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    end = (src.gen, src.journal_bytes)
+    source.lead(2, end)
+    source.start()
+    mirror = Mirror(b, "no")
+    follower = Follower(ctx, "b", mirror, gb, False, lambda: endpoint)
+    follower.start()
+    try:
+        wait_for(lambda: source.committed >= end, 20, "the majority to hold the first batches")
+        assert ga.grant(3)  # another candidate asked this leader for epoch 3, and got it
+        src.append(encode(KvSet("after", 1, None)))
+        src.commit()
+        source.advance((src.gen, src.journal_bytes))
+        assert not source.leading
+        turns = source.turns
+        wait_for(lambda: source.turns >= turns + 3, 10, "the stream's thread to take turns after the write")
+        assert source.committed == end  # nothing after the grant counts...
+        assert journal_path(b, 1).stat().st_size == end[1]  # ...nor goes out
+    finally:
+        follower.stop()
+        source.stop()
+        mirror.close()
+        ctx.term()
+        src.close()

@@ -51,8 +51,11 @@ class Waker:
         os.set_blocking(self._w, False)
 
     def wake(self) -> None:
+        w = self._w
+        if w < 0:  # closed: its number may already belong to another file
+            return
         try:
-            os.write(self._w, b"x")
+            os.write(w, b"x")
         except OSError:  # full (a wake-up is pending anyway) or closed (we are stopping)
             pass
 
@@ -63,7 +66,11 @@ class Waker:
             pass
 
     def close(self) -> None:
-        for fd in (self.fd, self._w):
+        fds = (self.fd, self._w)
+        self.fd = self._w = -1  # a second close() must not close a number reused by another file
+        for fd in fds:
+            if fd < 0:
+                continue
             try:
                 os.close(fd)
             except OSError:

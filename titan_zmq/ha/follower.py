@@ -73,28 +73,37 @@ class Follower(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.is_set():
-            endpoint = None if self._paused.is_set() else self.target()
-            if endpoint is None:
-                self._nudge.wait(0.1)
+            try:
+                self._follow_once()
+            except Exception:  # a bug must not end this member's copy for good
+                log.exception("journal copy: internal error; it starts again")
+                self._nudge.wait(0.5)
                 self._nudge.clear()
-                continue
-            with self._busy:
-                if self._paused.is_set():
-                    continue
-                ok = self.session(endpoint, None, self._moved(endpoint))
-            if not ok:
-                self._nudge.wait(_DISK_RETRY if self.error else 0.1)
-                self._nudge.clear()
+
+    def _follow_once(self) -> None:
+        """One session with the leader there is now (or a short wait when there is none)."""
+        endpoint = None if self._paused.is_set() else self.target()
+        if endpoint is None:
+            self._nudge.wait(0.1)
+            self._nudge.clear()
+            return
+        with self._busy:
+            if self._paused.is_set():
+                return
+            ok = self.session(endpoint, None, self._moved(endpoint))
+        if not ok:
+            self._nudge.wait(_DISK_RETRY if self.error else 0.1)
+            self._nudge.clear()
 
     def _moved(self, endpoint: str) -> Callable[[], bool]:
         """Whether the session with ``endpoint`` should end: paused, or the leader is now another."""
         return lambda: self._paused.is_set() or self.target() != endpoint
 
-    def sync(self, endpoint: str, until: Pos, timeout: float) -> bool:
-        """Copy from ``endpoint`` until this member's journal reaches ``until`` (a takeover)."""
-        deadline = time.monotonic() + timeout
+    def sync(self, endpoint: str, until: Pos, give_up: Callable[[], bool]) -> bool:
+        """Copy from ``endpoint`` until this member's journal reaches ``until`` (a takeover), unless
+        ``give_up()`` first."""
         with self._busy:
-            return self.session(endpoint, until, lambda: time.monotonic() > deadline)
+            return self.session(endpoint, until, give_up)
 
     def session(self, endpoint: str, until: Pos | None, done: Callable[[], bool]) -> bool:
         """Follow ``endpoint`` until ``done()`` (or, with ``until``, until the copy reaches it).
@@ -121,7 +130,10 @@ class Follower(threading.Thread):
             self.source = None
             sock.close(0)
             if self.always:
-                self.mirror.sync()
+                try:
+                    self.mirror.sync()
+                except OSError as exc:
+                    self.error = f"cannot fsync {self.mirror.root}: {exc}"
 
     def _session(self, sock: zmq.Socket[bytes], until: Pos | None, done: Callable[[], bool]) -> bool:
         g = self.grants

@@ -38,13 +38,20 @@ def pos(value: Any) -> Pos:
 
 
 class Grants:
-    """``promised`` and ``history`` of one member, with the lock that orders grants and appends."""
+    """``promised`` and ``history`` of one member, with the lock that orders grants and appends.
 
-    def __init__(self, root: Path) -> None:
+    A member whose data directory is empty and has no ``group.json`` is **fresh**: a new member,
+    or one whose disk was replaced. It may have granted epochs before it lost them, so it grants
+    none until it has followed a leader (its epoch is then the floor), except to bootstrap a
+    group whose every member is fresh and empty: then nothing was ever acknowledged anywhere.
+    """
+
+    def __init__(self, root: Path, empty: bool = False) -> None:
         self.path = root / FILE
         self.lock = threading.RLock()  # held while granting, and while appending a leader's data
         self.promised = 0
         self.history: list[tuple[int, Pos]] = []
+        self.fresh = empty and not self.path.exists()
         if self.path.exists():
             try:
                 data = json.loads(self.path.read_text())
@@ -57,47 +64,48 @@ class Grants:
                     "journal from the leader"
                 ) from None
 
-    def save(self) -> None:
+    def _save(self, promised: int, history: list[tuple[int, Pos]]) -> None:
+        """Write both to disk (atomically, fsynced), then take them: a promise counts once it is on disk."""
         tmp = self.path.with_name(FILE + ".tmp")
-        body = json.dumps({"promised": self.promised, "history": [[e, list(p)] for e, p in self.history]})
+        body = json.dumps({"promised": promised, "history": [[e, list(p)] for e, p in history]})
         with open(tmp, "w") as fh:
             fh.write(body)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
+        self.promised, self.history = promised, list(history)
 
     # ---- epochs -------------------------------------------------------------------------
 
-    def grant(self, epoch: int) -> bool:
-        """Promise ``epoch`` (durably) if it is above every epoch promised so far."""
+    def grant(self, epoch: int, bootstrap: bool = False) -> bool:
+        """Promise ``epoch`` (durably) if it is above every epoch promised so far (and, fresh, only to
+        bootstrap a new group)."""
         with self.lock:
-            if epoch <= self.promised:
+            if epoch <= self.promised or (self.fresh and not bootstrap):
                 return False
-            self.promised = epoch
-            self.save()
+            self._save(epoch, self.history)
+            self.fresh = False
             return True
 
     def adopt(self, epoch: int) -> None:
         """Learn of a higher epoch from its leader (the same promise, made on its word)."""
         with self.lock:
             if epoch > self.promised:
-                self.promised = epoch
-                self.save()
+                self._save(epoch, self.history)
+            self.fresh = False
 
     def begin(self, epoch: int, at: Pos) -> None:
         """This member leads ``epoch`` from journal position ``at``."""
         with self.lock:
-            self.history = [h for h in self.history if h[1] <= at and h[0] < epoch] + [(epoch, at)]
-            self.promised = max(self.promised, epoch)
-            self.save()
+            kept = [h for h in self.history if h[1] <= at and h[0] < epoch]
+            self._save(max(self.promised, epoch), [*kept, (epoch, at)])
 
     def follow(self, history: list[tuple[int, Pos]]) -> None:
         """Take the leader's history (after cutting what differs from it)."""
         with self.lock:
             if history != self.history:
-                self.history = list(history)
-                self.save()
+                self._save(self.promised, history)
 
     def last_epoch(self, end: Pos) -> int:
         """The epoch of the last record before ``end`` (0: none)."""

@@ -11,6 +11,7 @@ a member grants a higher epoch, the broker stops and the member follows again.
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import socket
@@ -21,14 +22,14 @@ from typing import Any
 
 import zmq
 
-from titan_zmq.aof.journal import DataDir
+from titan_zmq.aof.journal import DataDir, generations, journal_path
 from titan_zmq.broker.loop import Broker
 from titan_zmq.config import BrokerConfig, tcp_endpoint
 from titan_zmq.errors import ConfigError, ProtocolError, TitanError
 from titan_zmq.ha import wire as W
 from titan_zmq.ha.election import Election
 from titan_zmq.ha.follower import Follower
-from titan_zmq.ha.grants import Grants, Pos, history_from, last_epoch, pos
+from titan_zmq.ha.grants import START, Grants, Pos, history_from, last_epoch, pos
 from titan_zmq.ha.mirror import Mirror
 from titan_zmq.ha.redirect import Redirector
 from titan_zmq.ha.source import Source
@@ -83,7 +84,12 @@ class Member:
         self.root = Path(cfg.data_dir)
         self.data = DataDir(self.root, cfg.fsync)
         self.data.lock()
-        self.grants = Grants(self.root)
+        snaps, journals = generations(self.root)
+        empty = not snaps and all(journal_path(self.root, g).stat().st_size == 0 for g in journals)
+        self.grants = Grants(self.root, empty=empty)
+        if self.grants.fresh:
+            log.info("member %s is new (an empty data directory): it grants no epoch until it has followed a "
+                     "leader, unless every member is new", _name(*mine[0]))  # fmt: skip
         always = cfg.fsync == "always"
         self.mirror = Mirror(self.root, "no" if always else cfg.fsync)
         self.role = "follower"
@@ -126,7 +132,7 @@ class Member:
         leading = self.role == "leader"
         try:
             end = self.source.until if leading else self.mirror.end()
-        except OSError:
+        except (OSError, AttributeError):  # the follower thread swapped its file meanwhile
             end = (0, 0)
         info: dict[str, Any] = {
             "name": self.name, "role": self.role, "epoch": self.epoch or self.grants.promised,
@@ -183,7 +189,12 @@ class Member:
         try:
             while not self._stopping.is_set():
                 if self.election.leading and time.monotonic() >= self._retry_at:
-                    epoch = self._acquire()
+                    try:
+                        epoch = self._acquire()
+                    except (TitanError, OSError) as exc:  # its copy is damaged, or its disk refuses: not this one
+                        log.error("member %s cannot take over: %s", self.name, exc)
+                        self.follower.resume()
+                        epoch = 0
                     if epoch and self._lead(epoch):
                         continue
                     self._failed += 1
@@ -214,13 +225,19 @@ class Member:
         """Collect a majority's grant of a new epoch and everything they hold; 0 if that failed."""
         self.follower.pause()
         epoch = self.grants.promised + 1
+        bootstrap = False
         for _ in range(3):
             if not self.election.leading or self._stopping.is_set():
                 break
-            answers = self._ask(epoch)
+            answers = self._ask(epoch, bootstrap)
             oks = {n: a for n, a in answers.items() if a.get("ok")}
+            if len(oks) < self.majority and len(answers) == len(self.names) and not bootstrap \
+                    and all(a.get("fresh") and a.get("empty") for a in answers.values()):
+                log.info("every member of the group is new and empty: bootstrapping it")
+                bootstrap = True
+                continue
             if len(oks) >= self.majority:
-                if self._catch_up(oks):
+                if self._catch_up(oks, epoch):
                     end = self.mirror.cut_torn()
                     self.grants.begin(epoch, end)
                     log.info("member %s leads epoch %d from journal position %s (grants: %s)",
@@ -231,14 +248,16 @@ class Member:
         self.follower.resume()
         return 0
 
-    def _ask(self, epoch: int) -> dict[str, dict[str, Any]]:
+    def _ask(self, epoch: int, bootstrap: bool = False) -> dict[str, dict[str, Any]]:
         """Ask every member (this one too) to grant ``epoch``; their answers, by member."""
         out: dict[str, dict[str, Any]] = {}
         with self.grants.lock:
-            ok = self.grants.grant(epoch)
+            fresh = self.grants.fresh
+            ok = self.grants.grant(epoch, bootstrap)
+            end = self.mirror.end()
             out[self.name] = {"ok": ok, "promised": self.grants.promised, "history": self.grants.wire(),
-                              "end": list(self.mirror.end())}  # fmt: skip
-        if not ok:
+                              "end": list(end), "fresh": fresh, "empty": end == START and not self.mirror.base()}
+        if not ok and not fresh:
             return out
         socks: dict[zmq.Socket[bytes], str] = {}
         poller = zmq.Poller()
@@ -248,7 +267,7 @@ class Member:
             s = self.ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.connect(self._endpoint(name))
-            s.send_multipart(W.frames(W.GRANT, {"epoch": epoch, "candidate": self.name}))
+            s.send_multipart(W.frames(W.GRANT, {"epoch": epoch, "candidate": self.name, "bootstrap": bootstrap}))
             socks[s] = name
             poller.register(s, zmq.POLLIN)
         deadline = time.monotonic() + _GRANT_WAIT
@@ -271,7 +290,7 @@ class Member:
                 s.close(0)
         return out
 
-    def _catch_up(self, oks: dict[str, dict[str, Any]]) -> bool:
+    def _catch_up(self, oks: dict[str, dict[str, Any]], epoch: int) -> bool:
         """Copy what the most complete granting member holds past this member's copy."""
 
         def rank(a: dict[str, Any]) -> tuple[int, Pos]:
@@ -284,7 +303,12 @@ class Member:
             return True
         until = pos(oks[best]["end"])
         log.info("catching up from %s: it holds the journal to %s, this member to %s", best, until, mine[1])
-        if self.follower.sync(self._endpoint(best), until, _CATCH_UP):
+        deadline = time.monotonic() + _CATCH_UP
+
+        def give_up() -> bool:  # Raft moved on, or another candidate got a higher epoch: this takeover is over
+            return time.monotonic() > deadline or not self.election.leading or self.grants.promised > epoch
+
+        if self.follower.sync(self._endpoint(best), until, give_up):
             return True
         log.error("could not copy the journal from %s before leading; standing again later", best)
         return False
@@ -317,6 +341,8 @@ class Member:
             ok = False
         finally:
             self.broker = None
+            gc.unfreeze()  # the broker froze its replayed state: let this leadership's go
+            gc.collect()
             self.role = "follower"
             self.epoch = 0
             self.source.follow()

@@ -42,6 +42,7 @@ class Mirror:
         self._writer: AppendLog | None = None
         self._writer_gen = 0
         self._snap_tmp: tuple[int, int] | None = None  # (generation, bytes written) of a snapshot arriving
+        self._fds: dict[int, int] = {}  # journal generation -> a descriptor open for reading
 
     # ---- what is here -------------------------------------------------------------------
 
@@ -75,23 +76,30 @@ class Mirror:
         Gone when those bytes were compacted into a snapshot."""
         g, off = at
         while at < until:
-            path = journal_path(self.root, g)
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                raise Gone(f"journal {g} is no longer here (compacted into snapshot {self.base()})") from None
-            stop = until[1] if g == until[0] else size
+            fd = self._reader(g)
+            stop = until[1] if g == until[0] else os.fstat(fd).st_size  # an older generation is complete
             if off >= stop:
                 if g >= until[0]:
                     return None
                 g, off = g + 1, 0
                 at = (g, off)
                 continue
-            n = min(limit, stop - off)
-            with open(path, "rb") as fh:
-                data = os.pread(fh.fileno(), n, off)
-            return (g, off), data
+            return (g, off), os.pread(fd, min(limit, stop - off), off)
         return None
+
+    def _reader(self, gen: int) -> int:
+        """A descriptor open on journal ``gen`` (kept; those of older generations are closed)."""
+        fd = self._fds.get(gen)
+        if fd is not None:
+            return fd
+        try:
+            fd = os.open(journal_path(self.root, gen), os.O_RDONLY)
+        except FileNotFoundError:
+            raise Gone(f"journal {gen} is no longer here (compacted into snapshot {self.base()})") from None
+        for old in [g for g in self._fds if g < gen - 1]:  # a deleted file's space comes back when closed
+            os.close(self._fds.pop(old))
+        self._fds[gen] = fd
+        return fd
 
     def snapshot_size(self, gen: int) -> int:
         return snapshot_path(self.root, gen).stat().st_size
@@ -189,6 +197,9 @@ class Mirror:
         return self.end()
 
     def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         if self._writer is not None:
             try:
                 self._writer.close()

@@ -43,6 +43,9 @@ class Redirector:
             s.bind(tcp_endpoint(host, port))
         except zmq.ZMQError as exc:
             s.close(0)
+            for other in (getattr(self, "front", None),):  # bound already: closed, or term() would wait on it
+                if other is not None:
+                    other.close(0)
             self.ctx.term()
             raise TitanError(f"cannot listen on {host}:{port} for the {name} socket ({exc}); "
                              f"is another broker running? choose another port with --{name}") from None  # fmt: skip

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _ALIVE_EVERY = 0.25  # s between ALIVE messages to a follower with nothing to receive
 _SESSION_SILENCE = 10.0  # s without a word from a follower before its session is dropped
+_BASE_EVERY = 0.5  # s between looks for a new snapshot (a compaction's) to ship
 
 
 @dataclass
@@ -44,12 +45,10 @@ class Session:
     base: int  # the follower's newest snapshot
     heard: float
     alive_at: float = 0.0
-    inflight: deque[tuple[Pos, int]] = field(default_factory=deque)
+    inflight: deque[tuple[Pos, int]] = field(default_factory=deque)  # (end, bytes) of each piece not acked
+    in_flight: int = 0  # their bytes
     snap: tuple[int, int] | None = None  # (generation, offset) of a snapshot being sent
     snap_acked: int = 0
-
-    def in_flight(self) -> int:
-        return sum(n for _, n in self.inflight)
 
 
 class Source(threading.Thread):
@@ -71,9 +70,12 @@ class Source(threading.Thread):
         self.until: Pos = START  # while leading: the end of what the broker wrote
         self.committed: Pos = START
         self.sessions: dict[str, Session] = {}
-        self._lead: tuple[int, Pos] | None = None  # a change of role, applied by the thread
-        self._role_changed = False
+        self.turns = 0  # turns of the thread so far
+        self._lock = threading.Lock()  # held by each turn of the thread, and by a change of role
         self._waker = Waker()
+        self._woken = False
+        self._base = 0  # the newest snapshot here, looked up at most every _BASE_EVERY seconds
+        self._base_at = 0.0
         self._halt = threading.Event()
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -85,20 +87,21 @@ class Source(threading.Thread):
     # ---- from other threads -------------------------------------------------------------
 
     def lead(self, epoch: int, end: Pos) -> None:
-        """This member leads ``epoch`` from ``end``: followers' sessions start again."""
-        self._lead = (epoch, end)
-        self._role_changed = True
-        self._waker.wake()
+        """This member leads ``epoch`` from ``end``: followers' sessions start again. Applied before it
+        returns (the broker, started next, must find ``until`` and ``committed`` set)."""
+        with self._lock:
+            self._apply_role((epoch, end))
 
     def follow(self) -> None:
-        self._lead = None
-        self._role_changed = True
-        self._waker.wake()
+        with self._lock:
+            self._apply_role(None)
 
     def advance(self, end: Pos) -> None:
         """The broker wrote its journal up to ``end`` (the broker's thread, once per committed turn)."""
         self.until = end
-        self._waker.wake()
+        if not self._woken:  # one wake-up until the thread has looked: no write per turn under load
+            self._woken = True
+            self._waker.wake()
 
     def stop(self) -> None:
         self._halt.set()
@@ -126,37 +129,54 @@ class Source(threading.Thread):
             try:
                 ready = dict(poller.poll(50))
                 if self._waker.fd in ready:
+                    self._woken = False
                     self._waker.drain()
-                if self._role_changed:
-                    self._apply_role()
-                if self.sock in ready:
-                    self._receive()
-                now = time.monotonic()
-                for s in list(self.sessions.values()):
-                    if now - s.heard > _SESSION_SILENCE:
-                        del self.sessions[s.member]
-                        continue
-                    self._pump(s, now)
-                self._count()
+                with self._lock:
+                    self._turn(ready)
                 self.on_tick()
             except Exception:  # a bug here must not end the stream for good
                 log.exception("journal stream: internal error; it carries on")
                 time.sleep(0.05)
 
-    def _apply_role(self) -> None:
-        self._role_changed = False
-        lead = self._lead
+    def _turn(self, ready: dict[object, int]) -> None:
+        self.turns += 1
+        if self.sock in ready:
+            self._receive()
+        now = time.monotonic()
+        if now - self._base_at >= _BASE_EVERY:
+            self._base, self._base_at = self.mirror.base(), now
+        for s in list(self.sessions.values()):
+            if now - s.heard > _SESSION_SILENCE:
+                del self.sessions[s.member]
+                continue
+            self._pump(s, now)
+        self._count()
+
+    @property
+    def leading(self) -> bool:
+        """Whether this member leads, and has promised no higher epoch to another since it began."""
+        return bool(self.epoch) and self.grants.promised <= self.epoch
+
+    def _apply_role(self, lead: tuple[int, Pos] | None) -> None:
         for s in self.sessions.values():  # each follower starts again, with the leader there is now
             self._send(s.ident, W.frames(W.REFUSE, {"reason": "role changed", "promised": self.grants.promised}))
         self.sessions.clear()
+        # The files may have been cut and written again while this member followed: read them afresh.
+        self.mirror.close()
+        self._base_at = 0.0
         if lead is None:
             self.epoch = 0
             return
-        self.epoch, self.until = lead
         self.committed = START
+        self.epoch, self.until = lead
 
     def _end(self) -> Pos:
         return self.until if self.epoch else self.mirror.end()
+
+    def _epoch(self) -> int:
+        """The epoch this member's stream speaks for: the one it leads, else (a follower, or a leader that
+        granted a higher one and serves catch-ups only) the one it promised."""
+        return self.epoch if self.leading else self.grants.promised
 
     def _send(self, ident: bytes, parts: list[bytes]) -> bool:
         try:
@@ -192,22 +212,25 @@ class Source(threading.Thread):
                                                   "promised": self.grants.promised}))  # fmt: skip
             return
         their_promised = int(h["promised"])  # type: ignore[call-overload]
-        if not self.epoch and not h.get("catch_up"):
+        if not self.leading and not h.get("catch_up"):
             # Only a leader is followed: its journal holds everything acknowledged, so what a follower
             # cuts to agree with it was never acknowledged. A member that does not lead serves only a
             # takeover's catch-up (the new leader copying from the member that holds the most).
             self._send(ident, W.frames(W.REFUSE, {"reason": "not leading", "promised": self.grants.promised}))
             return
-        my_epoch = self.epoch or self.grants.promised
+        my_epoch = self._epoch()
         if their_promised > my_epoch:
             self._send(ident, W.frames(W.REFUSE, {"reason": "stale", "promised": my_epoch}))
             if self.epoch:
                 self.on_deposed(f"{member} promised epoch {their_promised}, above this leader's {self.epoch}")
             return
+        if not self.leading:  # serving a catch-up: this member's follower may have cut and rewritten files
+            self.mirror.close()
         end = self._end()
         their_end = pos(h["end"])
         at = agreed_end(self.grants.history, end, history_from(h["history"]), their_end)
-        s = Session(ident, member, at, at, int(h.get("base", 0)), time.monotonic())  # type: ignore[call-overload]
+        # acked stays at START until the follower says what it holds after cutting to `at`
+        s = Session(ident, member, at, START, int(h.get("base", 0)), time.monotonic())  # type: ignore[call-overload]
         self.sessions[member] = s
         self._send(ident, W.frames(W.START, {"epoch": my_epoch, "history": self.grants.wire(), "at": list(at)}))
         if at < self.mirror.first() and at < end:
@@ -224,48 +247,52 @@ class Source(threading.Thread):
         if end > s.acked:
             s.acked = end
         while s.inflight and s.inflight[0][0] <= s.acked:
-            s.inflight.popleft()
+            s.in_flight -= s.inflight.popleft()[1]
         s.snap_acked = int(h.get("snap", 0))  # type: ignore[call-overload]
 
     def _grant(self, ident: bytes, h: dict[str, object]) -> None:
         epoch = int(h["epoch"])  # type: ignore[call-overload]
         with self.grants.lock:
-            ok = self.grants.grant(epoch)
+            ok = self.grants.grant(epoch, bootstrap=bool(h.get("bootstrap")))
             end = self._end()
-        self._send(ident, W.frames(W.GRANTED, {"ok": ok, "promised": self.grants.promised,
-                                               "history": self.grants.wire(), "end": list(end)}))  # fmt: skip
+            answer = {"ok": ok, "promised": self.grants.promised, "history": self.grants.wire(), "end": list(end),
+                      "fresh": self.grants.fresh, "empty": end == START and not self.mirror.base()}  # fmt: skip
+        self._send(ident, W.frames(W.GRANTED, answer))
         if ok and self.epoch:
             self.on_deposed(f"granted epoch {epoch} to {h.get('candidate')}")
 
     def _pump(self, s: Session, now: float) -> None:
+        if self.epoch and not self.leading:
+            return  # it promised a higher epoch: not one more byte of its own goes out as its leader's
         if s.snap is not None:
             self._pump_snapshot(s)
             return
-        base = self.mirror.base()
+        base = self._base
         if base > s.base and s.sent >= (base, 0):  # a compaction here: the follower gets its snapshot
             s.snap = (base, 0)
             self._pump_snapshot(s)
             return
         sent_any = False
         until = self._end()
-        while s.in_flight() < W.WINDOW:
+        while s.in_flight < W.WINDOW:
             try:
                 got = self.mirror.read(s.sent, until, W.CHUNK)
             except Gone:
-                s.snap = (self.mirror.base(), 0)
+                self._base = self.mirror.base()
+                s.snap = (self._base, 0)
                 return
             if got is None:
                 break
             at, data = got
-            if not self._send(s.ident, W.frames(W.DATA, {"epoch": self.epoch or self.grants.promised,
-                                                         "at": list(at)}, data)):  # fmt: skip
+            if not self._send(s.ident, W.frames(W.DATA, {"epoch": self._epoch(), "at": list(at)}, data)):
                 break
             s.sent = (at[0], at[1] + len(data))
             s.inflight.append((s.sent, len(data)))
+            s.in_flight += len(data)
             sent_any = True
         if not sent_any and now - s.alive_at >= _ALIVE_EVERY:
             s.alive_at = now
-            self._send(s.ident, W.frames(W.ALIVE, {"epoch": self.epoch or self.grants.promised, "end": list(until)}))
+            self._send(s.ident, W.frames(W.ALIVE, {"epoch": self._epoch(), "end": list(until)}))
 
     def _pump_snapshot(self, s: Session) -> None:
         assert s.snap is not None
@@ -275,7 +302,7 @@ class Source(threading.Thread):
             while off - s.snap_acked < W.WINDOW:
                 data = self.mirror.read_snapshot(gen, off, W.CHUNK)
                 last = off + len(data) >= size
-                head = {"epoch": self.epoch or self.grants.promised, "gen": gen, "offset": off, "last": last}
+                head = {"epoch": self._epoch(), "gen": gen, "offset": off, "last": last}
                 if not self._send(s.ident, W.frames(W.SNAP, head, data)):
                     break
                 off += len(data)
@@ -283,6 +310,7 @@ class Source(threading.Thread):
                     s.snap, s.base, s.snap_acked = None, gen, 0
                     s.sent = max(s.sent, (gen, 0))
                     s.inflight.clear()
+                    s.in_flight = 0
                     return
         except FileNotFoundError:  # replaced by a newer one meanwhile: start that one
             s.snap = (self.mirror.base(), 0)
@@ -290,8 +318,9 @@ class Source(threading.Thread):
         s.snap = (gen, off)
 
     def _count(self) -> None:
-        """While leading: the highest position a majority of the group holds."""
-        if not self.epoch:
+        """While leading: the highest position a majority of the group holds. Nothing more counts once this
+        member has promised a higher epoch to another: that candidate may lead without what follows."""
+        if not self.leading:
             return
         ends = sorted([self.until, *(s.acked for s in self.sessions.values())], reverse=True)
         if len(ends) < self.majority:
