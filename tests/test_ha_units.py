@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -108,8 +110,38 @@ def test_a_compacted_journal_is_gone_and_a_snapshot_replaces_it(tmp_path: Path) 
     src.close()
 
 
-def test_a_follower_copies_a_leaders_journal_and_refuses_an_older_epoch(tmp_path: Path) -> None:
-    """A Source that leads epoch 2 and a Follower in the same process, over real sockets."""
+@dataclass
+class Pair:
+    """A Source leading epoch 2 over a journal of ``src`` (directory a) and a Follower copying it to b,
+    in this process over real sockets; stopped by ``close()``."""
+
+    src: DataDir
+    leader: Grants
+    follower_grants: Grants
+    source: Source
+    follower: Follower
+    mirror: Mirror
+    ctx: zmq.Context[zmq.Socket[bytes]]
+    end: tuple[int, int]
+    committed: threading.Event
+    deposed: threading.Event
+
+    def write(self) -> None:
+        """One more batch on the leader, offered to the stream."""
+        self.src.append(encode(KvSet("late", 1, None)))
+        self.src.commit()
+        self.source.advance((self.src.gen, self.src.journal_bytes))
+
+    def close(self) -> None:
+        self.follower.stop()
+        self.source.stop()
+        self.mirror.close()
+        self.ctx.term()
+        self.src.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
     a, b = tmp_path / "a", tmp_path / "b"
     b.mkdir()
     src = _journal(a, 50)
@@ -126,23 +158,24 @@ def test_a_follower_copies_a_leaders_journal_and_refuses_an_older_epoch(tmp_path
     mirror = Mirror(b, "no")
     follower = Follower(ctx, "b", mirror, gb, True, lambda: endpoint)
     follower.start()
+    p = Pair(src, ga, gb, source, follower, mirror, ctx, end, committed, deposed)
     try:
         wait_for(lambda: source.committed >= end, 20, "a majority (the leader and b) to hold the journal")
-        assert committed.is_set() and gb.promised == 2 and gb.history == [(2, START)]
-        assert journal_path(b, 1).read_bytes() == journal_path(a, 1).read_bytes()
-        # b promises epoch 3 to another candidate: data of epoch 2 is no longer taken
-        assert gb.grant(3)
-        src.append(encode(KvSet("late", 1, None)))
-        src.commit()
-        source.advance((src.gen, src.journal_bytes))
-        wait_for(deposed.is_set, 20, "b to refuse the leader of epoch 2, which then knows it is deposed")
-        assert journal_path(b, 1).stat().st_size == end[1]  # nothing of epoch 2 after the promise
+        yield p
     finally:
-        follower.stop()
-        source.stop()
-        mirror.close()
-        ctx.term()
-        src.close()
+        p.close()
+
+
+def test_a_follower_copies_a_leaders_journal_and_refuses_an_older_epoch(pair: Pair, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert pair.committed.is_set() and pair.follower_grants.promised == 2
+    assert pair.follower_grants.history == [(2, START)]
+    assert journal_path(b, 1).read_bytes() == journal_path(a, 1).read_bytes()
+    # b promises epoch 3 to another candidate: data of epoch 2 is no longer taken
+    assert pair.follower_grants.grant(3)
+    pair.write()
+    wait_for(pair.deposed.is_set, 20, "b to refuse the leader of epoch 2, which then knows it is deposed")
+    assert journal_path(b, 1).stat().st_size == pair.end[1]  # nothing of epoch 2 after the promise
 
 
 def test_group_settings_are_checked() -> None:
@@ -185,36 +218,11 @@ def test_a_new_member_grants_nothing_until_it_has_followed_a_leader(tmp_path: Pa
     assert not Grants(tmp_path / "x", empty=True).fresh  # group.json is there now: not new any more
 
 
-def test_a_leader_that_granted_a_higher_epoch_counts_and_sends_nothing_more(tmp_path: Path) -> None:
-    a, b = tmp_path / "a", tmp_path / "b"
-    b.mkdir()
-    src = _journal(a, 10)
-    ga, gb = Grants(a), Grants(b)
-    ga.grant(2)
-    ga.begin(2, START)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    source = Source(ctx, "tcp://127.0.0.1:*", a, ga, ["a", "b", "c"], "a", lambda: None, lambda why: None)
-    endpoint = source.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
-    end = (src.gen, src.journal_bytes)
-    source.lead(2, end)
-    source.start()
-    mirror = Mirror(b, "no")
-    follower = Follower(ctx, "b", mirror, gb, False, lambda: endpoint)
-    follower.start()
-    try:
-        wait_for(lambda: source.committed >= end, 20, "the majority to hold the first batches")
-        assert ga.grant(3)  # another candidate asked this leader for epoch 3, and got it
-        src.append(encode(KvSet("after", 1, None)))
-        src.commit()
-        source.advance((src.gen, src.journal_bytes))
-        assert not source.leading
-        turns = source.turns
-        wait_for(lambda: source.turns >= turns + 3, 10, "the stream's thread to take turns after the write")
-        assert source.committed == end  # nothing after the grant counts...
-        assert journal_path(b, 1).stat().st_size == end[1]  # ...nor goes out
-    finally:
-        follower.stop()
-        source.stop()
-        mirror.close()
-        ctx.term()
-        src.close()
+def test_a_leader_that_granted_a_higher_epoch_counts_and_sends_nothing_more(pair: Pair, tmp_path: Path) -> None:
+    assert pair.leader.grant(3)  # another candidate asked this leader for epoch 3, and got it
+    pair.write()
+    assert not pair.source.leading
+    turns = pair.source.turns
+    wait_for(lambda: pair.source.turns >= turns + 3, 10, "the stream's thread to take turns after the write")
+    assert pair.source.committed == pair.end  # nothing after the grant counts...
+    assert journal_path(tmp_path / "b", 1).stat().st_size == pair.end[1]  # ...nor goes out
