@@ -29,7 +29,7 @@ from titan_zmq.ha.local import hello
 from titan_zmq.local import wait_for
 from titan_zmq.process import die_with_parent
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("netns")]
+pytestmark = pytest.mark.timeout(180)
 
 
 class Net:
@@ -41,7 +41,7 @@ class Net:
         self.ns = [f"{PREFIX}-{os.getpid()}-{tag}-m{i}" for i in range(3)]
         self.bridge = f"{PREFIX}-{os.getpid()}-{tag}-br"
         self.root_if = f"tzh{tag}"
-        self.net = f"10.231.{_free_subnet()}"
+        self.net = f"10.231.{_free_subnet(128, 254)}"
         self.ips = [f"{self.net}.{i + 1}" for i in range(3)]
         self.names = [f"{ip}:5555" for ip in self.ips]
         self.peers = ",".join(self.names)

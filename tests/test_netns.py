@@ -39,8 +39,7 @@ from titan_zmq.errors import TitanError
 from titan_zmq.local import wait_for
 from titan_zmq.process import die_with_parent
 
-# One xdist worker runs every namespace test: each picks a free 10.231.N.0/24 of the root namespace.
-pytestmark = [pytest.mark.timeout(90), pytest.mark.xdist_group("netns")]
+pytestmark = pytest.mark.timeout(90)
 
 PREFIX = "tznet"  # namespace names: tznet-<pytest pid>-<random>-<role>
 HOSTS = ("hostA", "hostB")
@@ -99,13 +98,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _free_subnet() -> int:
-    """A third octet N such that the root namespace has no address or route in 10.231.N.0/24."""
+def _free_subnet(first: int = 1, last: int = 127) -> int:
+    """A third octet N in first..last such that the root namespace has no address or route in 10.231.N.0/24.
+    Each test module has its own range (tests/test_ha_netns.py: 128-254): two modules may run at once."""
     used = _ip("-4", "-o", "addr", "show", check=False).stdout + _ip("-4", "route", "show", "table", "all",
                                                                         check=False).stdout  # fmt: skip
     taken = {int(tok.split(".")[2]) for tok in used.replace("/", " ").split() if tok.startswith("10.231.")
              and tok.count(".") == 3 and tok.split(".")[2].isdigit()}  # fmt: skip
-    free = [n for n in range(1, 255) if n not in taken]
+    free = [n for n in range(first, last + 1) if n not in taken]
     return random.choice(free)
 
 
