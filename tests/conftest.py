@@ -28,10 +28,10 @@ HEARTBEAT_WINDOW = HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS
 os.environ["TITAN_HEARTBEAT_INTERVAL"] = str(HEARTBEAT_INTERVAL)
 os.environ["TITAN_HEARTBEAT_LIVENESS"] = str(HEARTBEAT_LIVENESS)
 
-# The suite runs in two processes at once (pytest-xdist, `-n 2` in .ci/run). Each takes its own slice
-# of the ports services are given (so a service of one never answers another's health probe) and of
-# the ports broker groups bind (titan_zmq/ha/local.py). Network-namespace tests share one process
-# (xdist_group "netns"): each picks a free subnet of the root namespace.
+# The suite runs in two processes at once (pytest-xdist, `-n 2 --dist loadfile` in setup.cfg). Each
+# takes its own slice of the ports services are given (so a service of one never answers another's
+# health probe) and of the ports broker groups bind (titan_zmq/ha/local.py). Each file runs whole in
+# one process; the two network-namespace modules pick their subnets from separate ranges.
 _WORKER = int((os.environ.get("PYTEST_XDIST_WORKER") or "gw0")[2:] or 0)
 _WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
 
