@@ -160,8 +160,9 @@ class Follower(threading.Thread):
                 except zmq.Again:
                     break
                 kind, h, data = W.parse(parts)
-                if kind == W.REFUSE:
-                    log.info("journal stream refused: %s", h.get("reason"))
+                if kind == W.REFUSE:  # "not leading" is every follower's lot during an election
+                    log.log(logging.DEBUG if h.get("reason") == "not leading" else logging.INFO,
+                            "journal stream refused: %s", h.get("reason"))  # fmt: skip
                     return False
                 epoch = int(h["epoch"])
                 with g.lock:

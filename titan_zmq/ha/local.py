@@ -22,10 +22,14 @@ from titan_zmq.process import stop_processes
 PORTS = (30000, 32767)  # below Linux's ephemeral ports and above the services' (20000-29999)
 
 
-def free_block(n: int = 6, ports: tuple[int, int] = PORTS) -> int:
-    """A port p of ``ports`` such that p .. p+n-1 are free on 127.0.0.1 now."""
+def free_block(n: int = 6, ports: tuple[int, int] = PORTS, taken: tuple[int, ...] = ()) -> int:
+    """A port p of ``ports``, a multiple of 8 (so that blocks never overlap), not in ``taken``, such that
+    p .. p+n-1 are free on 127.0.0.1 now."""
+    first, last = -(-ports[0] // 8) * 8, ports[1] - n
     for _ in range(200):
-        base = random.randrange(ports[0], ports[1] - n)
+        base = random.randrange(first, last + 1, 8)
+        if base in taken:
+            continue
         socks = []
         try:
             for p in range(base, base + n):
@@ -51,7 +55,9 @@ class LocalGroup:
         self.fsync = fsync
         self.args = args
         self.env = {**os.environ, **(env or {})}
-        self.bases = [free_block(6, ports) for _ in range(n)]
+        self.bases: list[int] = []
+        for _ in range(n):
+            self.bases.append(free_block(6, ports, tuple(self.bases)))
         self.names = [f"127.0.0.1:{b}" for b in self.bases]
         self.peers = ",".join(self.names)
         self.dirs = dirs or [root / f"member{i}" for i in range(n)]
