@@ -210,9 +210,14 @@ class DataDir:
         assert self.writer is not None, "load() first"
         self.writer.add_batch(ops)
 
-    def commit(self) -> int:
+    def commit(self, sync: bool = True) -> int:
         assert self.writer is not None, "load() first"
-        return self.writer.commit()
+        return self.writer.commit(sync)
+
+    def sync(self) -> None:
+        """fsync the journal now (after ``commit(sync=False)`` under ``always``)."""
+        assert self.writer is not None, "load() first"
+        self.writer.sync()
 
     @property
     def journal_bytes(self) -> int:

@@ -226,20 +226,21 @@ class AppendLog:
     def pending(self) -> int:
         return len(self._pending)
 
-    def commit(self) -> int:
-        """Write the queued ops as one batch (and fsync under ``always``). Returns bytes written."""
+    def commit(self, sync: bool = True) -> int:
+        """Write the queued ops as one batch (and fsync under ``always``, unless ``sync`` is False: the
+        caller then calls ``sync()`` itself). Returns bytes written."""
         if not self._pending:
             return 0
         n = len(self._pending)
         self._pending.append(frame([COMMIT, n]))
         data = b"".join(self._pending)
         self._pending = []
-        self.write_raw(data)
+        self.write_raw(data, sync)
         self.stats["commits"] += 1
         self.stats["records"] += n
         return len(data)
 
-    def write_raw(self, data: bytes | memoryview) -> None:
+    def write_raw(self, data: bytes | memoryview, sync: bool = True) -> None:
         """Append bytes already framed (a follower's copy of its leader's stream) under the policy:
         fsynced before returning under ``always``. Raises JournalWriteError when the disk refuses."""
         try:
@@ -250,7 +251,7 @@ class AppendLog:
                     if written is None:  # pragma: no cover - only on non-blocking files
                         continue
                     view = view[written:]
-                if self.policy == "always":
+                if self.policy == "always" and sync:
                     os.fsync(self._fh.fileno())
                     self.stats["fsyncs"] += 1
                 else:

@@ -181,10 +181,18 @@ class Broker:
         if not ops:
             return
         data.append_batch(ops)
-        data.commit()
-        if self.replica is not None:  # where this turn's batch ends, before a compaction starts a generation
+        if self.replica is None:
+            data.commit()
+        else:
+            # A group: the followers may copy the batch while this member fsyncs it (under always), so that
+            # the two fsyncs overlap; this member counts toward the majority once its own is done. The
+            # position is taken before a compaction starts the next generation.
+            data.commit(sync=False)
             self._end = (data.gen, data.journal_bytes)
-            self.replica.advance(self._end)
+            self.replica.advance(self._end, durable=False)
+            if data.fsync == "always":
+                data.sync()
+            self.replica.advance(self._end, durable=True)
         if data.needs_compaction():
             data.compact(capture(self.sched, self.kv, self.services, self.schedules))
 

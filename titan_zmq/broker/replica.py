@@ -25,7 +25,7 @@ class Replica(Protocol):
     @property
     def committed(self) -> Pos: ...  # the journal position a majority holds
 
-    def advance(self, end: Pos) -> None: ...  # the journal now ends at ``end``: ship it
+    def advance(self, end: Pos, durable: bool) -> None: ...  # the journal ends at ``end`` (fsynced if durable)
 
     def group(self) -> dict[str, Any]: ...  # this member's place in the group (HELLO, stats)
 

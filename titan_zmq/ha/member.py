@@ -363,5 +363,5 @@ class Member:
     def committed(self) -> Pos:
         return self.source.committed
 
-    def advance(self, end: Pos) -> None:
-        self.source.advance(end)
+    def advance(self, end: Pos, durable: bool) -> None:
+        self.source.advance(end, durable)

@@ -68,6 +68,7 @@ class Source(threading.Thread):
         self.on_commit, self.on_deposed, self.on_tick = on_commit, on_deposed, on_tick
         self.epoch = 0  # the epoch this member leads (0: it does not)
         self.until: Pos = START  # while leading: the end of what the broker wrote
+        self.durable: Pos = START  # ...and of what this member holds as the policy asks (fsynced under always)
         self.committed: Pos = START
         self.sessions: dict[str, Session] = {}
         self.turns = 0  # turns of the thread so far
@@ -96,9 +97,12 @@ class Source(threading.Thread):
         with self._lock:
             self._apply_role(None)
 
-    def advance(self, end: Pos) -> None:
-        """The broker wrote its journal up to ``end`` (the broker's thread, once per committed turn)."""
+    def advance(self, end: Pos, durable: bool = True) -> None:
+        """The broker wrote its journal up to ``end`` (the broker's thread, once per committed turn): it may
+        be shipped; with ``durable`` it is also on this member's disk (fsynced under always), and counts."""
         self.until = end
+        if durable:
+            self.durable = end
         if not self._woken:  # one wake-up until the thread has looked: no write per turn under load
             self._woken = True
             self._waker.wake()
@@ -129,8 +133,10 @@ class Source(threading.Thread):
             try:
                 ready = dict(poller.poll(50))
                 if self._waker.fd in ready:
-                    self._woken = False
+                    # Drain, then clear: cleared first, a wake-up written in between would be drained
+                    # with the flag still set, and no later advance() would write one again.
                     self._waker.drain()
+                    self._woken = False
                 with self._lock:
                     self._turn(ready)
                 self.on_tick()
@@ -169,6 +175,7 @@ class Source(threading.Thread):
             return
         self.committed = START
         self.epoch, self.until = lead
+        self.durable = self.until
 
     def _end(self) -> Pos:
         return self.until if self.epoch else self.mirror.end()
@@ -322,7 +329,7 @@ class Source(threading.Thread):
         member has promised a higher epoch to another: that candidate may lead without what follows."""
         if not self.leading:
             return
-        ends = sorted([self.until, *(s.acked for s in self.sessions.values())], reverse=True)
+        ends = sorted([self.durable, *(s.acked for s in self.sessions.values())], reverse=True)
         if len(ends) < self.majority:
             return
         c = ends[self.majority - 1]
