@@ -4,7 +4,8 @@ Three figures, each against a baseline measured in the same run on the same mach
 
 - **throughput**: ``TitanClient.map`` of N no-op jobs through 2 workers x 2 slots, jobs/s, for a group
   of three members (``titan broker --peers``, every member on this machine) and for one broker, both with
-  the same fsync policy (``always``, then ``everysec``). Their runs alternate, one each, ``repeat`` times.
+  the same fsync policy (``always``, then ``everysec``). Their runs alternate, one each, ``repeat`` times;
+  the ratio is the median of each group run over the single broker's run just before it.
 - **latency**: one ``submit().result()`` at a time, p50, the same two setups.
 - **failover**: the group's leader is killed with SIGKILL ten times (``--quick``: five); after each kill a
   client given every member's address submits a job that records when it started, and the failover time
@@ -59,7 +60,7 @@ class Sizes:
     kills: int
 
 
-FULL = Sizes(jobs=5000, latency=200, repeat=3, kills=10)
+FULL = Sizes(jobs=5000, latency=200, repeat=5, kills=10)
 QUICK = Sizes(jobs=2000, latency=80, repeat=2, kills=5)
 
 
@@ -171,7 +172,11 @@ def measure(size: Sizes, policies: tuple[str, ...] = ("always", "everysec")) -> 
                     fig["failover_s"] = _failover(g, size.kills)
             for side in ("single", "group"):
                 res[side]["median_jobs_per_s"] = median(res[side]["jobs_per_s"])
-            res["ratio"] = res["group"]["median_jobs_per_s"] / res["single"]["median_jobs_per_s"]
+            # Each group run against the single broker's run just before it (a slow spell of a shared machine
+            # weighs on both), then the median of those ratios.
+            res["pair_ratios"] = [g / s for s, g in zip(res["single"]["jobs_per_s"], res["group"]["jobs_per_s"],
+                                                        strict=True)]  # fmt: skip
+            res["ratio"] = median(res["pair_ratios"])
             fig[policy] = res
             log.info("%s: %s", policy, res)
     return fig
@@ -191,8 +196,11 @@ def report(fig: dict[str, Any]) -> tuple[list[Row], list[tuple[str, float, float
                         g["median_jobs_per_s"], "jobs/s", s["median_jobs_per_s"]))  # fmt: skip
         rows.append(Row(f"group of 3, fsync {policy}", "one at a time p50 vs one broker", g["p50_ms"], "ms",
                         s["p50_ms"]))  # fmt: skip
+        notes.append(f"fsync {policy}: group / single throughput run by run: "
+                     + ", ".join(f"{r:.0%}" for r in res.get("pair_ratios", [])))  # fmt: skip
         if policy == "always":
-            targets.append(("group / single broker throughput, fsync always", res["ratio"], 0.70, True, "70%"))
+            targets.append(("group / single broker throughput, fsync always (median of pairs)", res["ratio"], 0.70,
+                            True, "70%"))  # fmt: skip
     fo = fig.get("failover_s")
     if fo:
         rows.append(Row("failover (SIGKILL to first dispatch)", f"p50 of {len(fo)} kills", median(fo) * 1e3, "ms"))

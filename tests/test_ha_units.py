@@ -193,14 +193,15 @@ def test_the_ha_benchmark_report_judges_its_targets() -> None:
     from benchmarks import ha
 
     side = {"median_jobs_per_s": 800.0, "p50_ms": 4.0}
-    fig = {"always": {"group": side, "single": {**side, "median_jobs_per_s": 1000.0, "p50_ms": 2.0}, "ratio": 0.8},
+    fig = {"always": {"group": side, "single": {**side, "median_jobs_per_s": 1000.0, "p50_ms": 2.0}, "ratio": 0.8,
+                      "pair_ratios": [0.7, 0.8, 0.9]},
            "failover_s": [1.5, 2.5, 2.0]}  # fmt: skip
     rows, targets, notes = ha.report(fig)
     by_name = {t[0]: t for t in targets}
-    assert by_name["group / single broker throughput, fsync always"][1] == 0.8
+    assert by_name["group / single broker throughput, fsync always (median of pairs)"][1] == 0.8
     assert by_name["failover p50, SIGKILL to first dispatch (s)"][1] == 2.0
     assert any(r.figure.startswith("max of 3") and r.value == 2500.0 for r in rows)
-    assert "1.50, 2.50, 2.00" in notes[0]
+    assert "70%, 80%, 90%" in notes[0] and "1.50, 2.50, 2.00" in notes[1]
 
 
 def test_a_new_member_grants_nothing_until_it_has_followed_a_leader(tmp_path: Path) -> None:
