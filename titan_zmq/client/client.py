@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from titan_zmq import errors
 from titan_zmq import protocol as P
@@ -93,6 +94,8 @@ class TitanClient(SpecBuilder, ObjectCalls, GroupCalls):
         self._done: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._watched: set[str] = set()  # submitted with watch on this socket, not ended yet
         self._sock: zmq.Socket[bytes] | None = None
+        self._mon: zmq.Socket[bytes] | None = None  # in a group: the socket's disconnections
+        self._lost = False  # in a group: the member in use dropped the connection (it died, or went away)
         self._closed = False
         self._blobs: dict[str, bytes] = {}
         self._epoch = ""  # the broker run that answered last
@@ -112,6 +115,10 @@ class TitanClient(SpecBuilder, ObjectCalls, GroupCalls):
         s.setsockopt(zmq.SNDTIMEO, int((min(self.timeout, MEMBER_WAIT) if self._group else self.timeout) * 1000))
         if self.keys is not None:
             self.keys.connect(s, "client")
+        # In a group, a member that dies drops its connections at once: the monitor says so, and the
+        # request moves on without waiting MEMBER_WAIT for an answer that cannot come.
+        self._mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED) if self._group else None
+        self._lost = False
         s.connect(tcp_endpoint(self.host, self.port))
         self._sock = s
         self._watched.clear()  # a new socket is a new identity: the broker's watches were for the old one
@@ -123,6 +130,11 @@ class TitanClient(SpecBuilder, ObjectCalls, GroupCalls):
             self._drop_socket()
 
     def _drop_socket(self) -> None:
+        if self._mon is not None:
+            if self._sock is not None:
+                self._sock.disable_monitor()
+            self._mon.close(0)
+            self._mon = None
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
@@ -164,7 +176,10 @@ class TitanClient(SpecBuilder, ObjectCalls, GroupCalls):
         """Receive what arrives within ``timeout`` seconds. Returns whether anything came."""
         if self._sock is None:
             raise TitanError("this TitanClient is closed; open a new one")
-        if not self._sock.poll(max(0, int(timeout * 1000))):
+        if self._mon is None:
+            if not self._sock.poll(max(0, int(timeout * 1000))):
+                return False
+        elif not self._poll_group(timeout):
             return False
         while True:
             try:
@@ -193,15 +208,41 @@ class TitanClient(SpecBuilder, ObjectCalls, GroupCalls):
                         self._restarts += 1
                     self._epoch = msg.epoch
 
+    def _poll_group(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the socket, or for the member in use to drop it (``_lost``)."""
+        assert self._sock is not None and self._mon is not None
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._mon, zmq.POLLIN)
+        ready = dict(poller.poll(max(0, int(timeout * 1000))))
+        if self._mon in ready:
+            self._read_monitor()
+        return self._sock in ready
+
+    def _read_monitor(self) -> None:
+        """Note a disconnection the monitor reported (``_lost``)."""
+        assert self._mon is not None
+        while True:
+            try:
+                event = recv_monitor_message(self._mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                log.info("broker group: %s dropped the connection", self.address)
+                self._lost = True
+
     def request(self, msg_type: type[P.Message], **fields: Any) -> Any:
         """Send a request and return the reply's data, or raise what the broker's error means."""
         with self._lock:
             rid = next(self._rids)
             deadline = time.monotonic() + self.timeout
-            sent = self._send(msg_type(rid=rid, **fields))  # type: ignore[call-arg]
+            # A member that dropped the connection is not asked again (a send would wait for it): the next one.
+            if self._mon is not None:
+                self._read_monitor()
+            sent = not self._lost and self._send(msg_type(rid=rid, **fields))  # type: ignore[call-arg]
             # One broker: wait for it until the deadline. A group: each member for MEMBER_WAIT at most.
             patience = min(deadline, time.monotonic() + MEMBER_WAIT) if self._group else deadline
-            while sent and rid not in self._replies:
+            while sent and rid not in self._replies and not self._lost:
                 left = patience - time.monotonic()
                 if left <= 0:
                     if not self._group:
@@ -470,7 +511,7 @@ class TitanClient(SpecBuilder, ObjectCalls, GroupCalls):
         restarts = self._restarts
         while True:
             with self._lock:
-                if restarts != self._restarts:
+                if restarts != self._restarts or self._lost:  # a new broker, or the member in use is gone
                     restarts, next_watch = self._restarts, 0.0
                 for jid in want:
                     rec = self._done.pop(jid, None)
@@ -523,7 +564,7 @@ class TitanClient(SpecBuilder, ObjectCalls, GroupCalls):
         next_watch = time.monotonic() + _REWATCH
         restarts = self._restarts
         while not exhausted or pending:
-            if restarts != self._restarts:
+            if restarts != self._restarts or self._lost:
                 restarts, next_watch = self._restarts, 0.0
             while not exhausted and len(pending) < window:
                 ids = self._submit_items(template, blobs, items, min(chunk, window - len(pending)))

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 MEMBER_WAIT = 2.0  # in a group: seconds without an answer before the next member is asked
 _PAUSE_MAX = 0.5  # seconds between rounds of a group none of whose members leads (an election)
+_CONNECT_FIRST = 0.25  # seconds a send to the next member may wait for its connection...
+_SHORT_ROUNDS = 6  # ...in the first rounds through the members; doubled each round after
 
 
 def leader_hint(reply: P.Message | None) -> str | None:
@@ -55,6 +57,7 @@ class GroupCalls:
     _replies: dict[int, P.Message]
     _lock: Any
     _sock: zmq.Socket[bytes] | None
+    _lost: bool
 
     def _send(self, msg: P.Message) -> bool:
         raise NotImplementedError
@@ -103,6 +106,9 @@ class GroupCalls:
         tried = [self.address]
         self.members.new_round()
         pause = 0.05
+        # How long a send may wait for a connection: short in the first rounds (a member that died is
+        # refused at once, and must not hold up a request through an election), then longer each round.
+        connect, rounds = _CONNECT_FIRST, 0
         last = ""  # what the last member said, for the error
         while True:
             hint = leader_hint(reply)
@@ -115,19 +121,22 @@ class GroupCalls:
             if self.members.exhausted():  # every member tried: the group may be electing a leader
                 time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
                 pause = min(pause * 2, _PAUSE_MAX)
+                rounds += 1
+                if rounds >= _SHORT_ROUNDS:
+                    connect = min(connect * 2, MEMBER_WAIT)
                 self.members.new_round()
             if time.monotonic() >= deadline:
                 break
             self._switch()
             if self._sock is not None:  # not past the deadline, should the member not be reachable
-                self._sock.setsockopt(zmq.SNDTIMEO, max(1, int(min(MEMBER_WAIT, deadline - time.monotonic()) * 1000)))
+                self._sock.setsockopt(zmq.SNDTIMEO, max(1, int(min(connect, deadline - time.monotonic()) * 1000)))
             if self.address not in tried:
                 tried.append(self.address)
             rid = next(self._rids)
             reply = None
             if self._send(msg_type(rid=rid, **fields)):  # type: ignore[call-arg]
                 patience = min(deadline, time.monotonic() + MEMBER_WAIT)
-                while rid not in self._replies and time.monotonic() < patience:
+                while rid not in self._replies and time.monotonic() < patience and not self._lost:
                     self._pump(patience - time.monotonic())
                 reply = self._replies.pop(rid, None)
             if reply is not None and leader_hint(reply) is None:

@@ -69,8 +69,11 @@ class LocalGroup:
             self.start(i)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, *exc: object) -> None:
         self.close()
+        if kind is not None:  # shown by pytest with the failure: what each member said last
+            for i in range(len(self.names)):
+                print(f"---- member {i} ({self.names[i]}) ----\n{self.text(i)[-4000:]}")
 
     def start(self, i: int) -> None:
         b = self.bases[i]
@@ -122,4 +125,4 @@ class LocalGroup:
         return found[0]
 
     def text(self, i: int) -> str:
-        return self.logs[i].read_text(errors="replace")
+        return self.logs[i].read_text(errors="replace") if self.logs[i].exists() else ""
