@@ -288,3 +288,18 @@ def test_a_leader_whose_disk_fills_up_hands_over(tmp_path: Path) -> None:
             assert "No space left" in g.text(0)  # it did hit the full disk (as leader, or as a follower by then)
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True, timeout=30)
+
+
+def test_a_kv_incr_resent_to_the_new_leader_is_not_applied_twice(group: LocalGroup) -> None:
+    """The reply to an incr can be lost with the leader that applied it; the client sends it again, with
+    the same token, to the next leader, which answers what the first one did."""
+    from titan_zmq import protocol as P
+
+    g = group
+    leader = g.leader()
+    with TitanClient(g.peers, timeout=15) as c:
+        assert c.request(P.Kv, op="incr", key="n", args=[3], token="resent-token") == 3
+        g.kill(leader)
+        assert c.request(P.Kv, op="incr", key="n", args=[3], token="resent-token") == 3
+        assert c.kv["n"] == 3
+        assert c.kv.incr("n") == 4  # a new call: a new token

@@ -227,3 +227,30 @@ def test_a_leader_that_granted_a_higher_epoch_counts_and_sends_nothing_more(pair
     wait_for(lambda: pair.source.turns >= turns + 3, 10, "the stream's thread to take turns after the write")
     assert pair.source.committed == pair.end  # nothing after the grant counts...
     assert journal_path(tmp_path / "b", 1).stat().st_size == pair.end[1]  # ...nor goes out
+
+
+def test_a_tokened_kv_write_sent_again_gets_its_first_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """incr, cas, sadd, srem and delete come with a token: the same token again (a resend after a lost
+    reply, or to a new leader) returns the first result and applies nothing, also after a replay."""
+    from titan_zmq.aof import kv as K
+
+    ops: list[list[object]] = []
+    store = K.KVStore(journal=ops.append)
+    assert store.request("incr", "n", [5], token="t1") == 5
+    assert store.request("incr", "n", [5], token="t1") == 5  # not 10
+    assert store.request("incr", "n", [5], token="t2") == 10
+    assert store.request("cas", "c", [None, "x"], token="t3") is True
+    assert store.request("cas", "c", [None, "x"], token="t3") is True  # its first answer, though "c" is set now
+    again = K.KVStore()
+    for op in ops:
+        again.apply(op)
+    assert again.request("incr", "n", [5], token="t2") == 10 and again.get("n") == 10
+    snap = K.KVStore()
+    for op in again.capture():  # the tokens survive a compaction too
+        snap.apply(op)
+    assert snap.request("cas", "c", [None, "y"], token="t3") is True and snap.get("c") == "x"
+    monkeypatch.setattr(K, "MAX_TOKENS", 2)
+    small = K.KVStore()
+    for i in range(3):
+        small.request("incr", "m", [1], token=f"u{i}")
+    assert list(small.done) == ["u1", "u2"]  # bounded: the oldest go first

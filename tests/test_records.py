@@ -23,6 +23,7 @@ SAMPLES: list[Any] = [
                None, "", "", {"p": 1}, 1, 2, {"ab" * 32: {"from": "w2", "route": "direct", "bytes": 9}}),
     R.Forgotten("j"), R.LastLease(9), R.EndOrder(["a", "b"]), R.Edge("p", "c"),
     R.KvSet("k", {"v": 1}, None), R.KvDel("k"), R.KvSadd("s", [1, 2]), R.KvSrem("s", [1]), R.KvExpire("k", 5.0),
+    R.KvDone("t0k3n", 7),
     R.ServiceDeployed({"name": "web"}, None), R.ServiceStopped("web"), R.ReplicaFailed("web", "web.0", "boom"),
     R.ScheduleAdded("n", "* * * * *", [], "skip", None), R.ScheduleRemoved("n"), R.ScheduleFired("n", 60.0),
     R.ObjectAdded("ab" * 32, 100, "value", None, "j", "dag:d", None, False), R.ObjectReleased("ab" * 32, "dag:d"),

@@ -246,6 +246,11 @@ class Kv(Message):
     op: str
     key: str = ""
     args: list[Any] = field(default_factory=list)
+    token: str = ""  # with an op of KV_TOKENED: the same token sent again gets the first answer back
+
+
+# KV writes whose answer (or effect) differs when applied twice: clients send each with a token of its own.
+KV_TOKENED = frozenset({"incr", "cas", "sadd", "srem", "delete"})
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,23 @@ import builtins
 import heapq
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
-from titan_zmq.aof.records import KvDel, KvExpire, KvSadd, KvSet, KvSrem, decode, encode
+from titan_zmq.aof.records import KvDel, KvDone, KvExpire, KvSadd, KvSet, KvSrem, decode, encode
 from titan_zmq.errors import AOFCorrupt, BadRequest, BrokerError, KVTypeError, LimitExceeded
 
 MAX_KEY = 1024  # bytes of a key, UTF-8
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what msgpack can carry
 _WRITES = frozenset({"set", "cas", "sadd"})  # operations that store client values
 OPS = ("get", "set", "delete", "incr", "cas", "sadd", "srem", "smembers", "keys", "expire", "ttl", "exists")
+# A write whose answer differs when applied twice comes with a token (protocol.KV_TOKENED says which);
+# the store keeps the results of the last MAX_TOKENS tokens, journaled (KvDone), so a request sent
+# again after a lost reply (or to a new leader of a broker group) gets its first answer back.
+MAX_TOKENS = 100_000
 
 Journal = Callable[[list[Any]], None]
 
@@ -70,6 +75,7 @@ class KVStore:
         self.journal = journal
         self.wall = wall
         self.max_value = 0  # bytes of one write's value(s), msgpack-encoded; 0: no limit (the broker sets it)
+        self.done: OrderedDict[str, Any] = OrderedDict()  # token -> result of a tokened write, newest last
 
     def _log(self, op: list[Any]) -> None:
         if self.journal is not None:
@@ -77,8 +83,24 @@ class KVStore:
 
     # ---- the request entry point ----------------------------------------------------
 
-    def request(self, op: str, key: str, args: list[Any]) -> Any:
-        """Run one client operation; raises BrokerError with a clear message on bad input."""
+    def request(self, op: str, key: str, args: list[Any], token: str = "") -> Any:
+        """Run one client operation; raises BrokerError with a clear message on bad input. A ``token``
+        seen before returns that operation's result again, and applies nothing."""
+        if token and token in self.done:
+            self.done.move_to_end(token)
+            return self.done[token]
+        result = self._request(op, key, args)
+        if token:
+            self._remember(token, result)
+            self._log(encode(KvDone(token, result)))
+        return result
+
+    def _remember(self, token: str, result: Any) -> None:
+        self.done[token] = result
+        if len(self.done) > MAX_TOKENS:
+            self.done.popitem(last=False)
+
+    def _request(self, op: str, key: str, args: list[Any]) -> Any:
         if op not in OPS:
             raise _bad(f"unknown KV operation {op!r}; one of {', '.join(OPS)}")
         if op in _WRITES and self.max_value:
@@ -272,6 +294,9 @@ class KVStore:
         without journaling it again."""
         if isinstance(rec, list):
             rec = decode(rec)
+        if type(rec) is KvDone:
+            self._remember(rec.token, rec.result)
+            return
         key = rec.key
         if type(rec) is KvSet:
             self.data[key] = rec.value
@@ -311,6 +336,7 @@ class KVStore:
                     ops.append(encode(KvExpire(key, deadline)))
             else:
                 ops.append(encode(KvSet(key, value, deadline)))
+        ops += [encode(KvDone(token, result)) for token, result in self.done.items()]
         return ops
 
     def __len__(self) -> int:

@@ -157,6 +157,14 @@ class KvExpire(NamedTuple):
     deadline: float | None
 
 
+class KvDone(NamedTuple):
+    """A tokened KV operation was applied, with this result: the same token sent again (a client
+    resending after a lost reply, or after a failover) gets the result, not a second application."""
+
+    token: str
+    result: Any
+
+
 # ---- services and schedules (``broker.services``, ``broker.schedules``) ---------------------------
 
 
@@ -196,7 +204,7 @@ class ScheduleFired(NamedTuple):
 
 Record = (
     Commit | Header | SnapshotEnd | Accepted | Blob | Progress | Forgotten | LastLease | EndOrder | Edge
-    | KvSet | KvDel | KvSadd | KvSrem | KvExpire | ServiceDeployed | ServiceStopped | ReplicaFailed
+    | KvSet | KvDel | KvSadd | KvSrem | KvExpire | KvDone | ServiceDeployed | ServiceStopped | ReplicaFailed
     | ScheduleAdded | ScheduleRemoved | ScheduleFired | ObjectAdded | ObjectReleased
 )  # fmt: skip
 
@@ -209,7 +217,8 @@ KINDS: dict[str, type] = {
     "G": ObjectAdded, "g": ObjectReleased,
 }  # fmt: skip
 KV = "K"
-KV_VERBS: dict[str, type] = {"set": KvSet, "del": KvDel, "sadd": KvSadd, "srem": KvSrem, "exp": KvExpire}
+KV_VERBS: dict[str, type] = {"set": KvSet, "del": KvDel, "sadd": KvSadd, "srem": KvSrem, "exp": KvExpire,
+                             "done": KvDone}  # fmt: skip
 LEGACY_SNAPSHOT_END = "E"  # in a snapshot file only: what SnapshotEnd was written as before "N"
 
 _PREFIX: dict[type, tuple[str, ...]] = {cls: (letter,) for letter, cls in KINDS.items()}

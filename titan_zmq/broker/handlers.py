@@ -117,7 +117,7 @@ class ClientRequests:
         return self.b.sched.pressure(msg.tags)
 
     def kv(self, ident: bytes, msg: P.Kv) -> Any:
-        return self.b.kv.request(msg.op, msg.key, msg.args)
+        return self.b.kv.request(msg.op, msg.key, msg.args, msg.token if msg.op in P.KV_TOKENED else "")
 
     def deploy(self, ident: bytes, msg: P.Deploy) -> Any:
         return self.b.services.deploy(msg.spec, msg.blobs)

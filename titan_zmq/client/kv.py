@@ -14,6 +14,7 @@ journaled by a broker started with ``--data-dir``, so they survive its restart.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from titan_zmq import protocol as P
@@ -28,6 +29,8 @@ class KV:
         self._client = client
 
     def _do(self, op: str, key: str = "", *args: Any) -> Any:
+        if op in P.KV_TOKENED:  # sent again after a lost reply (a failover), it must not apply twice
+            return self._client.request(P.Kv, op=op, key=key, args=list(args), token=os.urandom(12).hex())
         return self._client.request(P.Kv, op=op, key=key, args=list(args))
 
     def get(self, key: str, default: Any = None) -> Any:
