@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,3 +305,36 @@ def test_a_kv_incr_resent_to_the_new_leader_is_not_applied_twice(group: LocalGro
         assert c.request(P.Kv, op="incr", key="n", args=[3], token="resent-token") == 3
         assert c.kv["n"] == 3
         assert c.kv.incr("n") == 4  # a new call: a new token
+
+
+def test_logs_follow_moves_to_the_new_leader(group: LocalGroup, tmp_path: Path) -> None:
+    """`titan logs -f` across a failover: it follows the new leader's feed from its first line (job logs are
+    not replicated, and the new leader numbers the lines it receives from 1) and exits 0 when the job ends."""
+    g = group
+    leader = g.leader()
+    workers = _workers(g.peers, tmp_path, 1)
+    try:
+        with TitanClient(g.peers, timeout=15) as c:
+            h = c.submit(shell="for i in $(seq 1 40); do echo line $i; sleep 0.2; done")
+            follow = subprocess.Popen([sys.executable, "-m", "titan_zmq", "logs", h.id, "-f", "--broker", g.peers],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            assert follow.stdout is not None
+            lines: list[str] = []
+            reader = threading.Thread(target=lambda: lines.extend(follow.stdout or []), daemon=True)
+            reader.start()
+            wait_for(lambda: len(lines) >= 3, 60, "the follower to print the first lines")
+            g.kill(leader)
+            assert h.wait(timeout=120).state.value == "succeeded"
+            follow.wait(120)
+            reader.join(30)
+            kept = [line.text for line in c.logs(h.id)]  # what the new leader received
+        assert follow.returncode == 0, (follow.stderr.read() if follow.stderr else "")[-2000:]
+        out = [x.rstrip("\n") for x in lines]
+        nums = [int(w.split()[-1]) for w in out if w.split()[-2:-1] == ["line"]]
+        gaps = [(a, b) for a, b in itertools.pairwise(nums) if b != a + 1]
+        # Lines the worker sent while no leader was there are gone with the old one: one gap at most,
+        # then every line the new leader received, to the last, none twice.
+        assert nums and nums[-1] == 40 and len(gaps) <= 1 and len(set(nums)) == len(nums), out[-40:]
+        assert kept and all(text in out for text in kept), (kept, out[-40:])
+    finally:
+        stop_processes(workers)

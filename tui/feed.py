@@ -88,6 +88,7 @@ class Feed:
     def _session(self) -> None:
         client = self.client
         sub = client.subscribe("stats", "event.")  # and log.<id> of the selected job only
+        where = (client.host, client.port)  # the broker whose events port it is (a group's leader moves)
         following: str | None = None
         next_list = 0.0
         try:
@@ -106,6 +107,8 @@ class Feed:
                 if now >= next_list:
                     next_list = now + LIST_EVERY
                     self._list(client)
+                    if (client.host, client.port) != where:  # the request went to a new leader: follow its feed
+                        return
                 msg = sub.next(0.1)
                 if msg is None:
                     continue

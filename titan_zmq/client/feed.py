@@ -94,9 +94,20 @@ def read_logs(
 ) -> Iterator[LogLine]:
     """Yield the job's output lines after line ``after``; with ``follow``, until the job ends."""
     sub = Subscription(client, (f"log.{job_id}",)) if follow else None
+    broker: tuple[str, int] | None = None  # the member that answered (in a group, the leader moves)
     try:
         while True:
             data = client.request(P.Logs, id=job_id, after=after, limit=5000)
+            if broker is None:
+                broker = (client.host, client.port)
+            elif (client.host, client.port) != broker:
+                # Job logs are not replicated in a group: the new leader numbers the lines it receives from 1,
+                # and its feed is on its own events port.
+                broker, after = (client.host, client.port), 0
+                if sub is not None:
+                    sub.close()
+                    sub = Subscription(client, (f"log.{job_id}",))
+                continue
             for row in data["lines"]:
                 line = LogLine(*row)
                 after = line.seq
