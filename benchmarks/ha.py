@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import os
 import signal
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import Row, median, percentile, print_report
+from benchmarks.report import Row, cli_logging, finish, median, percentile
 from titan_zmq.client import TitanClient
 from titan_zmq.ha.local import LocalGroup, free_block
 from titan_zmq.local import wait_for
@@ -218,14 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="write every figure as JSON to OUT")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)  # fmt: skip
+    cli_logging(args.verbose)
     fig = measure(QUICK if args.quick else FULL, tuple(args.policy or ("always", "everysec")))
-    rows, targets, notes = report(fig)
-    print_report(rows, targets, notes)
-    if args.json:
-        Path(args.json).write_text(json.dumps(fig, indent=2) + "\n")
-    return 0
+    return finish(fig, report, args.json)
 
 
 if __name__ == "__main__":

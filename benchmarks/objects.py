@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import logging
 import os
 import sys
@@ -54,7 +53,7 @@ from typing import Any
 
 from benchmarks.objects_baselines import PEER_RUNNERS, raw_stream
 from benchmarks.objects_jobs import _TIMEOUT, WORKERS, GiB, MiB, combine, expected_sum, new_seed
-from benchmarks.report import Row, median, print_report
+from benchmarks.report import Row, cli_logging, finish, median
 
 log = logging.getLogger(__name__)
 
@@ -405,14 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="write every figure as JSON to OUT")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)  # fmt: skip
-    fig = measure(QUICK if args.quick else FULL)
-    rows, targets, notes = report(fig)
-    print_report(rows, targets, notes)
-    if args.json:
-        Path(args.json).write_text(json.dumps(fig, indent=2) + "\n")
-    return 0
+    cli_logging(args.verbose)
+    return finish(measure(QUICK if args.quick else FULL), report, args.json)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import statistics
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -20,6 +24,20 @@ def percentile(samples: Sequence[float], p: float) -> float:
 
 def median(samples: Sequence[float]) -> float:
     return float(statistics.median(samples))
+
+
+def cli_logging(verbose: bool) -> None:
+    """A scenario module run on its own (``python -m benchmarks.X``): progress on stderr with ``-v``."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)  # fmt: skip
+
+
+def finish(fig: dict[str, Any], report: Callable[[dict[str, Any]], Any], json_out: str | None) -> int:
+    """Print a scenario module's report of ``fig`` and write ``fig`` as JSON to ``json_out``; exit status 0."""
+    print_report(*report(fig))
+    if json_out:
+        Path(json_out).write_text(json.dumps(fig, indent=2) + "\n")
+    return 0
 
 
 def print_report(rows: list[Row], targets: list[tuple[str, float, float, bool, str]], notes: list[str]) -> None:

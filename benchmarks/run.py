@@ -329,21 +329,19 @@ class Run:
 
     def objects(self) -> None:
         """The data plane (benchmarks/objects.py): its own clusters, the raw stream, Dask and Ray."""
-        fig = objects.measure(self.objects_size)
-        rows, targets, notes = objects.report(fig)
-        self.rows += rows
-        self.targets += [Target(name, value, limit, higher, shown) for name, value, limit, higher, shown in targets]
-        self.notes += notes
-        self.figures["objects"] = fig
+        self._take("objects", objects.measure(self.objects_size), objects.report)
 
     def ha(self) -> None:
         """Broker groups (benchmarks/ha.py): three members against one broker, and failover after SIGKILL."""
-        fig = ha.measure(self.ha_size)
-        rows, targets, notes = ha.report(fig)
+        self._take("ha", ha.measure(self.ha_size), ha.report)
+
+    def _take(self, name: str, fig: dict[str, Any], report: Callable[[dict[str, Any]], Any]) -> None:
+        """A scenario module's figures: its rows, targets and notes join this run's."""
+        rows, targets, notes = report(fig)
         self.rows += rows
         self.targets += [Target(name, value, limit, higher, shown) for name, value, limit, higher, shown in targets]
         self.notes += notes
-        self.figures["ha"] = fig
+        self.figures[name] = fig
 
     def all(self) -> None:
         with ExitStack() as stack:

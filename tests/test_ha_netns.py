@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.ha_check import Load, verdict
-from tests.test_netns import PREFIX, _free_subnet, _ip, netns_ok  # noqa: F401 - netns_ok is a fixture
+from tests.test_netns import PREFIX, _free_subnet, _ip, netns_ok, teardown  # noqa: F401 - netns_ok is a fixture
 from titan_zmq.client.client import TitanClient
 from titan_zmq.ha.local import hello
 from titan_zmq.local import wait_for
@@ -107,15 +107,7 @@ class Net:
         return found[0]
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        for ns in reversed(self.made):
-            _ip("netns", "del", ns, check=False)
+        teardown(self.made, self.procs)
 
 
 @pytest.fixture

@@ -233,27 +233,32 @@ class Grid:
     def close(self) -> None:
         for c in self.clients:
             c.close()
-        # Every process in our namespaces is ours: workers, their executors and jobs, the broker.
-        for ns in self.made:
-            for _ in range(5):
-                pids = [int(p) for p in _ip("netns", "pids", ns, check=False).stdout.split() if p.isdigit()]
-                if not pids:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.05)
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        for ns in reversed(self.made):
-            _ip("netns", "del", ns, check=False)
+        teardown(self.made, self.procs)
+
+
+def teardown(namespaces: list[str], procs: list[subprocess.Popen[bytes]]) -> None:
+    """Kill every process in ``namespaces`` (all ours: titan's processes, their executors and jobs) and
+    the ones started here, then delete the namespaces."""
+    for ns in namespaces:
+        for _ in range(5):
+            pids = [int(p) for p in _ip("netns", "pids", ns, check=False).stdout.split() if p.isdigit()]
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+    for ns in reversed(namespaces):
+        _ip("netns", "del", ns, check=False)
 
 
 @pytest.fixture
