@@ -107,12 +107,6 @@ class Grants:
             if history != self.history:
                 self._save(self.promised, history)
 
-    def last_epoch(self, end: Pos) -> int:
-        """The epoch of the last record before ``end`` (0: none)."""
-        return last_epoch(self.history, end)
-
-    # ---- comparing journals -------------------------------------------------------------
-
     def wire(self) -> list[list[Any]]:
         return [[e, list(p)] for e, p in self.history]
 
