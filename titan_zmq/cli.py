@@ -23,6 +23,7 @@ from titan_zmq.client import job_commands as job_cli
 from titan_zmq.client import object_commands as object_cli
 from titan_zmq.client import retry_commands as retry_cli
 from titan_zmq.errors import ConfigError, JobFailed, TitanError
+from titan_zmq.mcp import cli as mcp_cli
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     retry_cli.add_parsers(sub, common, _add_broker_addr)
     object_cli.add_parsers(sub, common, _add_broker_addr)
     cluster_cli.add_parsers(sub, common, _add_broker_addr)
+    mcp_cli.add_parsers(sub, common, _add_broker_addr)
     return parser
 
 
@@ -134,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "approve": client_cli.cmd_decide, "reject": client_cli.cmd_decide, "keys": cmd_keys,
             "dead": retry_cli.cmd_dead, "retry": retry_cli.cmd_retry, "gates": client_cli.cmd_gates,
             "objects": object_cli.cmd_objects, "put": object_cli.cmd_put, "get": object_cli.cmd_get,
-            "release": object_cli.cmd_release, "cluster": cluster_cli.cmd_cluster,
+            "release": object_cli.cmd_release, "cluster": cluster_cli.cmd_cluster, "mcp": mcp_cli.cmd_mcp,
         }[args.command]  # fmt: skip
         return handler(args)
     except ConfigError as exc:

@@ -210,6 +210,13 @@ class ServiceFailed(TitanError):
     code = "service_failed"
 
 
+class Refused(TitanError):
+    """A call that the caller's policy does not allow (``titan mcp --read-only``, an allow-list of
+    job kinds or targets): nothing was sent to the broker."""
+
+    code = "refused"
+
+
 class ForkServerError(TitanError):
     """The fork server could not start a job; the caller spawns it fresh instead."""
 

@@ -301,9 +301,12 @@ class Pressure(Message):
     tags: list[str] = field(default_factory=list)
 
 
+CLIENT_EVENTS = ("autoscale", "mcp")  # the event.<kind> a client may ask to publish
+
+
 @dataclass(frozen=True)
 class Notify(Message):
-    """Ask the broker to publish ``event.<kind>`` (a node agent's scaling decisions)."""
+    """Ask the broker to publish ``event.<kind>``: a node agent's scaling decisions, the MCP server's audit."""
 
     CODE = NOTIFY
     rid: int

@@ -139,8 +139,9 @@ class ClientRequests:
         raise BadRequest(f"unknown schedule operation {msg.op!r}; one of add, rm, ls")
 
     def notify(self, ident: bytes, msg: P.Notify) -> Any:
-        if msg.kind not in ("autoscale",):
-            raise BadRequest(f"cannot publish event.{msg.kind}: only event.autoscale comes from clients")
+        if msg.kind not in P.CLIENT_EVENTS:
+            raise BadRequest(f"cannot publish event.{msg.kind}: clients publish only "
+                             + ", ".join(f"event.{k}" for k in P.CLIENT_EVENTS))  # fmt: skip
         self.b.publish(b"event." + msg.kind.encode(), msg.body)
         return None
 

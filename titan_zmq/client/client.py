@@ -370,16 +370,10 @@ class TitanClient(SpecBuilder, ObjectCalls, GroupCalls):
     # ---- services -------------------------------------------------------------------------
 
     def deploy(
-        self,
-        name: str,
-        *,
-        shell: str | None = None,
-        script: str | Path | None = None,
-        project: str | Path | None = None,
-        args: Iterable[Any] | None = None,
-        wait: float | None = 30.0,
+        self, name: str, *, shell: str | None = None, script: str | Path | None = None,
+        project: str | Path | None = None, args: Iterable[Any] | None = None, wait: float | None = 30.0,
         **options: Any,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any]:  # fmt: skip
         """Deploy a long-running service: a command (``shell``), a Python file (``script``), or a
         ``project`` folder's ``script``. Options: ``replicas``, ``port`` (else the broker picks a free
         one; the process gets it as ``$PORT``), ``health`` ("tcp" or "http:/path"), ``requires``,
@@ -387,7 +381,11 @@ class TitanClient(SpecBuilder, ObjectCalls, GroupCalls):
         With ``wait``, blocks until every replica passed its health check (ServiceFailed if one
         failed, WaitTimeout after ``wait`` seconds). Returns the service's record."""
         spec, blobs = self.service_spec(name, shell=shell, script=script, project=project, args=args, **options)
-        rec: dict[str, Any] = self.request(P.Deploy, spec=spec, blobs=blobs)
+        return self.deploy_spec(spec, blobs, wait)
+
+    def deploy_spec(self, spec: dict[str, Any], blobs: dict[str, bytes], wait: float | None = 30.0) -> dict[str, Any]:
+        """Deploy a service from its wire spec (``service_spec``'s), waiting as :meth:`deploy` does."""
+        name, rec = spec["name"], dict(self.request(P.Deploy, spec=spec, blobs=blobs))
         if wait is None:
             return rec
         deadline = time.monotonic() + wait

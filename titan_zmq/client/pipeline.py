@@ -100,16 +100,19 @@ _TITAN_JOB_MARKERS = ("file", "requirement")  # "type" is in both formats
 _TITAN_TOP_MARKERS = ("version", "project")
 
 
-def load_pipeline(path: str | Path, *, strict: bool = False, quiet: bool = False) -> Pipeline:
+def load_pipeline(
+    path: str | Path, *, strict: bool = False, quiet: bool = False, text: str | None = None, where: str | None = None,
+) -> Pipeline:  # fmt: skip
     """Load a YAML pipeline (our format or the Titan format) into a checked ``Dag``.
 
     Raises ``PipelineError`` naming the file, the line and the key for anything wrong: unknown keys
     (our format), wrong types, duplicate ids, unknown parents, cycles, missing scripts. What the
     Titan format ignores is a warning: logged (unless ``quiet``) and kept in ``Pipeline.warnings``;
-    with ``strict``, a ``PipelineError`` that lists them.
+    with ``strict``, a ``PipelineError`` that lists them. With ``text``, that is the pipeline (JSON is
+    YAML too), and ``path`` anchors its relative paths; ``where`` names it in messages (else ``path``).
     """
     path = Path(path)
-    doc = YamlDoc(path, _read(path))
+    doc = YamlDoc(path, _read(path) if text is None else text, where)
     if doc.root is None:
         raise PipelineError(f"{doc.where}:1: the pipeline is empty; give 'name' and 'jobs'")
     top = doc.mapping(doc.root, "the pipeline")

@@ -20,9 +20,9 @@ TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=+-]{0,63}$")
 class YamlDoc:
     """The composed YAML document: nodes (with lines) and their values (built by yaml's SafeLoader)."""
 
-    def __init__(self, path: Path, text: str) -> None:
+    def __init__(self, path: Path, text: str, where: str | None = None) -> None:
         self.path = path
-        self.where = os.fspath(path)
+        self.where = where or os.fspath(path)  # how messages name it: the file, or what the text came from
         self.warnings: list[str] = []  # "file:line: message", for what is read but ignored (Titan format)
         self._loader = yaml.SafeLoader(text)
         try:
