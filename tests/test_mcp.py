@@ -99,6 +99,8 @@ def test_every_tool_over_stdio(grid: LocalCluster) -> None:
             for arg, schema in (t.input_schema.get("properties") or {}).items():
                 assert schema.get("description"), f"{t.name}.{arg} has no description"
         assert (await call(c, "ping"))["workers"] == 1
+        templates = {t.uri_template for t in (await c.list_resource_templates()).resource_templates}
+        assert templates == {"titan://jobs/{job_id}/log", "titan://jobs/{job_id}", "titan://dags/{dag_id}"}
 
         job = await call(c, "submit_job", function="tests.jobs:add", args=[20, 22])
         done = await call(c, "wait_result", job_id=job["id"], timeout=60)
@@ -339,3 +341,34 @@ def test_streamable_http(grid: LocalCluster, http_server: str, tmp_path: Path) -
                          lambda r: "mcp-web" not in {x["name"] for x in r["services"]})  # fmt: skip
 
     drive(http_server, over_http)
+
+
+def test_keys_reach_a_curve_broker(tmp_path: Path) -> None:
+    """``--keys`` as every command takes it: the server's requests are encrypted and authenticated."""
+    from titan_zmq.security import generate
+
+    keys = tmp_path / "keys"
+    generate(keys)
+    with LocalCluster(workers=1, env={"TITAN_KEYS": str(keys)}) as cluster:
+        plain_env = {k: v for k, v in _env().items() if k != "TITAN_KEYS"}
+
+        def server(*flags: str) -> StdioServerParameters:
+            args = ["-m", "titan_zmq", "mcp", "--broker", cluster.address, "--request-timeout", "3", *flags]
+            return StdioServerParameters(command=sys.executable, args=args, env=plain_env, cwd=str(ROOT))
+
+        async def with_keys(c: Client) -> None:
+            job = await call(c, "submit_job", function="tests.jobs:add", args=[2, 2])
+            assert (await call(c, "wait_result", job_id=job["id"], timeout=60))["result"] == 4
+
+        async def without(c: Client) -> None:
+            assert "broker" in (await refused(c, "ping")).lower()
+
+        drive(server("--keys", str(keys)), with_keys)
+        drive(server(), without)
+
+
+def test_without_the_sdk_the_command_says_what_to_install() -> None:
+    code = "import sys; sys.modules['mcp'] = None; from titan_zmq.cli import main; sys.exit(main(['mcp']))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "titan mcp needs the MCP SDK: pip install 'titan_zmq[mcp]'" in out.stderr
