@@ -73,7 +73,14 @@ class CallJobs(Attempts):
                 return
             msg["blob"] = job["blob"]
             msg["module_path"] = str(self.cache.path(job["blob"]))
-        child = pipelined or self._idle_child()
+        child = pipelined
+        if child is None:
+            child = self._idle_child()
+            # Starting a new call executor can take a while on a busy host: the job's clock (its
+            # timeout, and how long it has run when others would queue behind it) starts now.
+            task.started = time.monotonic()
+            timeout = job.get("timeout")
+            task.deadline = task.started + timeout if timeout else None
         child.send(msg, task)
         self._unflushed.add(child)
         child.queue.append(task)
