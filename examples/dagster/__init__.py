@@ -1,0 +1,1 @@
+"""A Dagster pipeline whose ops run as titan jobs (see README.md here)."""
