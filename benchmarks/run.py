@@ -249,11 +249,14 @@ class Run:
             Row(name, "scheduling overhead per node", res["overhead_ms_per_node"], "ms", res["flat_ms_per_job"]),
             Row(f"DAG chain {s.chain:,} links", "dependency release p50", res["release_p50_ms"], "ms"),
             Row(f"DAG chain {s.chain:,} links", "dependency release p99", res["release_p99_ms"], "ms"),
+            Row(f"DAG {res['rank_nodes']:,} nodes", "critical-path ranks per node", res["rank_ms_per_node"], "ms",
+                res["check_ms_per_node"]),
         ]
         self.figures["dag"] = res
         self.targets += [
             Target("DAG overhead per node ms", res["overhead_ms_per_node"], 0.3, False),
             Target("DAG release p50 ms", res["release_p50_ms"], 1.0, False),
+            Target("DAG ranks ms per node", res["rank_ms_per_node"], 0.05, False),
         ]
 
     def fanout(self, client: TitanClient) -> None:

@@ -153,11 +153,12 @@ class Job:
     # published as artifacts when it succeeds; ``files`` are {name: [parent id, output path]}, put there first.
     outputs: tuple[str, ...] = ()
     files: dict[str, list[str]] = field(default_factory=dict)
+    estimate: float | None = None  # its expected runtime in seconds, a hint for critical-path dispatch
 
     WIRE_FIELDS = (
         "id", "kind", "target", "args", "kwargs", "env", "requires", "priority", "delay",
         "timeout", "retries", "backoff", "idempotency_key", "labels", "blob", "depends_on", "dag", "on_failure",
-        "node", "affinity", "affinity_wait", "fallback", "wait", "when", "outputs", "files",
+        "node", "affinity", "affinity_wait", "fallback", "wait", "when", "outputs", "files", "estimate",
     )  # fmt: skip
 
     def to_wire(self) -> dict[str, Any]:  # noqa: C901 - one flat pass per job on the hot path; helpers cost a call per field
@@ -209,6 +210,8 @@ class Job:
             d["outputs"] = list(self.outputs)
         if self.files:
             d["files"] = self.files
+        if self.estimate is not None:
+            d["estimate"] = self.estimate
         return d
 
     def level(self, n: int) -> tuple[frozenset[str], float | None, float | None]:
@@ -346,6 +349,7 @@ class Job:
             when=_when(jid, d.get("when"), parents),
             outputs=_outputs(jid, kind, d.get("outputs")),
             files=_files(jid, kind, d.get("files"), parents),
+            estimate=None if d.get("estimate") is None else float(_num(d, "estimate", None, 0.0, 365 * 86400.0)),
         )
 
     @classmethod

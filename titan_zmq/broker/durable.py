@@ -82,6 +82,7 @@ class Restorer:
             sched.idempotency[job.idempotency_key] = job.id
         if job.dag is not None:
             sched.dags.setdefault(job.dag, {})[job.id] = None
+            entry.order = sched.dag_order.setdefault(job.dag, entry.seq)
         sched.counters["submitted"] += 1
 
     def _blob(self, rec: R.Blob) -> None:
@@ -155,6 +156,7 @@ class Restorer:
         now, wall = sched.clock(), sched.wall()
         counts = {"queued": 0, "held": 0, "pending": 0, "orphaned": 0}
         self._count_blobs()
+        sched.ranks.rebuild(sched.jobs.values())  # ranks are not journaled: computed afresh
         for e in list(sched.jobs.values()):
             if e.state in FINAL_STATES:
                 e.not_before = 0.0

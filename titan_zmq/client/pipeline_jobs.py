@@ -30,6 +30,7 @@ OWN_JOB = (
     "id", "call", "shell", "script", "args", "kwargs", "env", "requires", "priority", "delay", "timeout",
     "retries", "backoff", "after", "depends_on", "on_failure", "labels", "node", "affinity", "affinity_wait",
     "type", "port", "health", "replicas", "message", "fallback", "wait", "when", "approval", "outputs", "inputs",
+    "estimate",
 )  # fmt: skip
 TITAN_JOB = (  # the keys the original reads; any other is a warning
     "id", "type", "file", "args", "depends_on", "priority", "delay", "affinity", "requirement", "port",
@@ -103,6 +104,7 @@ def own_job(job: YamlJob) -> dict[str, Any]:
         options["fallback"] = fallback
     for key, value in (
         ("wait", job.number("wait", 0.01, 86400.0)),
+        ("estimate", job.number("estimate", 0.0, 365 * 86400.0)),
         ("timeout", job.number("timeout", 0.001, 365 * 86400.0)),
         ("retries", job.integer("retries", 0, 1000)),
         ("backoff", job.number("backoff", 0.0, 3600.0)),

@@ -28,6 +28,8 @@ from titan_zmq.broker.scheduler.graph import Graph
 from titan_zmq.broker.scheduler.membership import Membership
 from titan_zmq.broker.scheduler.objects import Objects
 from titan_zmq.broker.scheduler.outcomes import Outcomes
+from titan_zmq.broker.scheduler.pool import Pool
+from titan_zmq.broker.scheduler.ranks import Ranks
 from titan_zmq.broker.scheduler.records import Records
 from titan_zmq.broker.scheduler.rerun import Rerun
 from titan_zmq.broker.scheduler.state import Effects, Entry, State, WorkerInfo, state_op
@@ -50,6 +52,8 @@ class Scheduler(State):
         self.records = Records(self)
         self.rerun = Rerun(self)
         self.directory = Objects(self)
+        self.ranks = Ranks(self)
+        self.pool = Pool(self)
         # admission
         self.submit = self.admission.submit
         self.submit_items = self.admission.submit_items

@@ -78,6 +78,10 @@ class Admission(Part):
             return [job.id for job in jobs]
         st = self.st
         ids = []
+        ranked = any(job.depends_on or job.dag is not None for job in jobs)  # a graph: critical path first
+        ranks = st.ranks.of_batch(jobs) if ranked else None
+        first: int | None = None  # the batch's arrival, for the order of its jobs outside any DAG
+        grown: list[Entry] = []  # new jobs under parents admitted before: their ancestors' ranks rise
         for job in jobs:
             known = st.jobs.get(job.id)
             if known is None and job.idempotency_key is not None:
@@ -89,10 +93,16 @@ class Admission(Part):
                     for rec in st.records.watch(watcher, [known.job.id]):  # already ended: say so now
                         st.fx.done.setdefault(watcher, []).append(rec)
                 continue
-            entry = self.accept(job, blobs, watcher, lean)
+            entry = self.accept(job, blobs, watcher, lean, ranks, first)
+            if ranks is not None:
+                first = entry.order if first is None else first
+                if any(p not in ranks for p in job.depends_on):
+                    grown.append(entry)
             if owner is not None and not entry.state.final:
                 st.own(entry, owner)
             ids.append(job.id)
+        for entry in grown:
+            st.ranks.raise_parents(entry)
         return ids
 
     def _check_batch(self, jobs: list[Job], blobs: dict[str, bytes]) -> tuple[bool, bool]:
@@ -193,10 +203,18 @@ class Admission(Part):
             push(entry, (job.requires, None))
         st.counters["submitted"] += len(jobs)
 
-    def accept(self, job: Job, blobs: dict[str, bytes], watcher: bytes | None, lean: bool = False) -> Entry:
-        """Take in one new job of any kind: note it, then wire it to its parents or start it waiting."""
+    def accept(
+        self, job: Job, blobs: dict[str, bytes], watcher: bytes | None, lean: bool = False,
+        ranks: dict[str, float] | None = None, first: int | None = None,
+    ) -> Entry:  # fmt: skip
+        """Take in one new job of any kind: note it, then wire it to its parents or start it waiting.
+        ``ranks``: its batch's critical-path ranks (``ranks.py``), when it is part of a graph or a DAG;
+        ``first``: the order of the batch's first job (the arrival of a graph outside any DAG)."""
         st = self.st
         entry = Entry(job, next(st.seq), st.wall())
+        if ranks is not None:
+            entry.rank = ranks[job.id]
+            entry.order = st.dag_order.setdefault(job.dag, entry.seq) if job.dag is not None else first or entry.seq
         st.jobs[job.id] = entry
         if st.ops is not None:
             if job.blob is not None and job.blob not in st.blobs:

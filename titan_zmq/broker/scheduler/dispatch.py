@@ -1,8 +1,10 @@
 """Dispatch: ready queues by placement, leases, and the choice of worker.
 
 A ready queue holds the jobs that need the same tags (and pin); within it, higher priority
-first, then FIFO. Each turn leases the best head among the queues that have a free eligible
-worker to the least loaded of those workers. Queue items go stale (a job cancelled, held or
+first, then arrival (a DAG's jobs arrive with their DAG), then the critical path (``ranks.py``),
+then FIFO. Each turn leases the best head among the queues that have a free eligible worker to
+the least loaded of those workers. A job expected to run long never waits in a worker's prefetch
+window: it goes to a free slot, or waits for one. Queue items go stale (a job cancelled, held or
 queued again); :meth:`Dispatch.live` is the one test of whether an item still stands.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 
+from titan_zmq.broker.scheduler.pool import load_key
 from titan_zmq.broker.scheduler.state import Entry, Part, QueueItem, QueueKey, WorkerInfo
 from titan_zmq.job import RUN_NOWHERE, JobState
 from titan_zmq.objects.codec import REF_KEY
@@ -27,10 +30,11 @@ def least_loaded(ws: list[WorkerInfo], blob: str | None) -> WorkerInfo:
 
 
 def load(w: WorkerInfo, blob: str | None) -> tuple[float, bool, int, int]:
-    """How busy ``w`` is, for placing a job whose content is ``blob``: least loaded first; among
-    equals, one that already holds the content, then one with fewer jobs held and done."""
-    held = len(w.running)
-    return held / w.slots, blob is not None and blob not in w.cached, held, w.done
+    """How busy ``w`` is, for placing a job whose content is ``blob``: least loaded first (the pool's
+    order, :func:`~titan_zmq.broker.scheduler.pool.load_key`); among equals, one that already holds
+    the content, then one with fewer jobs held and done."""
+    share, held, done = load_key(w)
+    return share, blob is not None and blob not in w.cached, held, done
 
 
 class Dispatch(Part):
@@ -116,13 +120,21 @@ class Dispatch(Part):
         if q is None:
             q = queues[key] = []
         entry.queue = q
-        heapq.heappush(q, (-entry.job.priority, entry.seq, entry.job.id))
+        heapq.heappush(q, (-entry.job.priority, entry.order, -entry.rank, entry.seq, entry.job.id))
+
+    def requeue(self, entry: Entry) -> None:
+        """Queue a queued job again on its queue, under its new rank (its old item goes stale)."""
+        q = entry.queue
+        assert q is not None
+        heapq.heappush(q, (-entry.job.priority, entry.order, -entry.rank, entry.seq, entry.job.id))
 
     def live(self, item: QueueItem, q: list[QueueItem]) -> Entry | None:
         """The job of an item of queue ``q``, or None if the item is stale: the job was cancelled, held,
-        or queued again since, maybe on another queue (a fallback's tags, a pin that ran out)."""
-        e = self.st.jobs.get(item[2])
-        if e is None or e.state is not JobState.QUEUED or e.not_before or e.seq != item[1] or e.queue is not q:
+        or queued again since, maybe on another queue (a fallback's tags, a pin that ran out) or under
+        another rank (its DAG grew)."""
+        e = self.st.jobs.get(item[4])
+        if (e is None or e.state is not JobState.QUEUED or e.not_before or e.seq != item[3] or e.queue is not q
+                or e.rank != -item[2]):  # fmt: skip
             return None
         return e
 
@@ -141,67 +153,75 @@ class Dispatch(Part):
     # ---- dispatch -----------------------------------------------------------------------------
 
     def dispatch(self) -> int:
-        """Lease queued jobs to free workers: priority first, FIFO within it, least loaded worker."""
+        """Lease queued jobs to free workers: the best head among the queues that have a free eligible
+        worker, to the least loaded such worker (found in the pool: no scan of every worker)."""
         st = self.st
         queues = st.queues_by_key
-        free = [w for w in st.workers.values() if w.free > 0]
-        if not free or not queues:
+        if not queues:
             return 0
-        eligible: dict[QueueKey, list[WorkerInfo]] = {}
+        pool = st.pool
+        keys = []
         for key in list(queues):
             if self._head(queues[key]) is None:
                 del queues[key]
-                continue
-            tags, pin = key
-            eligible[key] = [w for w in free if tags <= w.tags and (pin is None or w.name == pin)]
+            elif pool.best(*key) is not None:
+                keys.append(key)
         n = 0
         now_wall = st.wall()
-        live = [key for key, ws in eligible.items() if ws]
-        if len(live) == 1 and self.fast_paths:  # one queue has workers to go to: no heads to compare
-            n = self._drain_queue(queues[live[0]], eligible[live[0]], now_wall)
-            eligible.clear()
-        while eligible:
+        if len(keys) == 1 and self.fast_paths:  # one queue has workers to go to: no heads to compare
+            n = self._drain_queue(keys[0], now_wall)
+            keys.clear()
+        while keys:
             best_key = None
             best_item: QueueItem | None = None
-            for key, ws in eligible.items():
-                if not ws:
-                    continue
+            for key in list(keys):
                 item = self._head(queues[key])
-                if item is None:
-                    ws.clear()
-                    continue
-                if best_item is None or item < best_item:
+                if item is None or pool.best(*key) is None:
+                    keys.remove(key)
+                elif best_item is None or item < best_item:
                     best_key, best_item = key, item
             if best_key is None or best_item is None:
                 break
-            heapq.heappop(queues[best_key])
-            e, ws = st.jobs[best_item[2]], eligible[best_key]
-            w = ws[0] if len(ws) == 1 else least_loaded(ws, e.job.blob)
+            q = queues[best_key]
+            heapq.heappop(q)
+            e = st.jobs[best_item[4]]
+            w = pool.best(best_key[0], best_key[1], e.job.blob)
+            assert w is not None
+            if len(w.running) >= w.slots and not self.may_wait(e, w):  # only its prefetch window is free
+                heapq.heappush(q, best_item)  # it waits for a slot elsewhere instead
+                keys.remove(best_key)
+                continue
             self.lease(e, w, now_wall)
             n += 1
-            if w.free <= 0:
-                for lst in eligible.values():
-                    if w in lst:
-                        lst.remove(w)
         st.counters["dispatched"] += n
         return n
 
-    def _drain_queue(self, q: list[QueueItem], ws: list[WorkerInfo], now_wall: float) -> int:
-        """What :meth:`dispatch` does when only queue ``q`` has free workers (``ws``) to go to: lease
-        its jobs in order, each to the least loaded of them, until they are full or it is empty."""
+    def _drain_queue(self, key: QueueKey, now_wall: float) -> int:
+        """What :meth:`dispatch` does when only the queue of ``key`` has free workers to go to:
+        lease its jobs in order, each to the least loaded of them, until none is free or it is empty."""
+        q = self.st.queues_by_key[key]
+        tags, pin = key
         pop = heapq.heappop
-        live, lease = self.live, self.lease
+        live, lease, best, may_wait = self.live, self.lease, self.st.pool.best, self.may_wait
         n = 0
-        while ws and q:
-            e = live(pop(q), q)
+        while q:
+            item = pop(q)
+            e = live(item, q)
             if e is None:
                 continue
-            w = ws[0] if len(ws) == 1 else least_loaded(ws, e.job.blob)
+            w = best(tags, pin, e.job.blob)
+            if w is None or (len(w.running) >= w.slots and not may_wait(e, w)):  # no credit; or a window it may not use
+                heapq.heappush(q, item)
+                break
             lease(e, w, now_wall)
             n += 1
-            if w.free <= 0:
-                ws.remove(w)
         return n
+
+    def may_wait(self, entry: Entry, w: WorkerInfo) -> bool:
+        """Whether ``entry`` may wait in ``w``'s prefetch window (every slot of ``w`` is taken): only a
+        job expected to be short, and only behind short jobs. A long job goes to a free slot, and
+        short ones do not queue behind a long one while a slot elsewhere may free first."""
+        return not self.st.ranks.long(entry.job) and not w.behind_long()
 
     def lease(self, entry: Entry, w: WorkerInfo, now_wall: float) -> None:
         """Give ``entry`` to worker ``w``: a new lease, its wire spec in this turn's ASSIGN to it."""
@@ -214,6 +234,11 @@ class Dispatch(Part):
         entry.started_at = now_wall
         job = entry.job
         w.running.add(job.id)
+        if st.ranks.long(job):
+            w.long_jobs.add(job.id)
+            if len(w.long_jobs) > 2 * (w.slots + w.window):  # ended ones linger until looked at: bound them
+                w.long_jobs.intersection_update(w.running)
+        st.pool.update(w)
         entry.lease = st.last_lease = next(st.leases)
         if entry.wire is not None:  # a template's job: its shared fields, then its own
             wire = entry.wire.copy()

@@ -161,6 +161,7 @@ class Graph(Part):
         if c.state is JobState.QUEUED:  # its queue item goes stale: it waits on this parent now
             c.not_before = 0.0
             self.wire_parents(c, dict(c.inputs or {}) or None)
+            self.st.ranks.raise_parents(c)
             return
         if c.inputs is None:
             c.inputs = {}
@@ -172,6 +173,7 @@ class Graph(Part):
         else:
             c.waiting_on += 1
             self._wait_for(p, c)
+            self.st.ranks.raise_parents(c)  # the parent's path to the end now runs through the child
 
     def cancel_dag(self, dag_id: str) -> dict[str, Any]:
         """Cancel every job of a DAG that has not ended. Returns the DAG's records."""

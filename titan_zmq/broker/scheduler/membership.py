@@ -42,6 +42,7 @@ class Membership(Part):
             self._orphans_of(w, held, seen)
         for jid in held:
             self._reconcile(w, jid, held_lease[jid])
+        st.pool.joined(w)
         return w
 
     def _register(self, ident: bytes, info: dict[str, Any]) -> WorkerInfo:

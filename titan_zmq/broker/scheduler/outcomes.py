@@ -46,6 +46,7 @@ class Outcomes(Part):
         if entry is None or entry.worker != w.ident or entry.state is not JobState.RUNNING or lease == entry.lease:
             w.running.discard(jid)  # (an old lease's reply must not free the slot its new lease holds)
         self._observe(w, outcome, get("runtime"))
+        st.pool.update(w)
         if entry is None:
             log.warning("worker %s reported job %s, which the broker does not know; acknowledged", w.name, jid)
             return jid
@@ -89,6 +90,8 @@ class Outcomes(Part):
         w.running.discard(entry.job.id)
         if isinstance(runtime, (int, float)):
             w.observe(runtime, self.st.prefetch_below)
+            self.st.ranks.learn(entry.job.target, runtime)
+        self.st.pool.update(w)
         self.set_output(entry, res)
         entry.worker_name = w.name
         _started(entry, runtime, self.st.wall)
@@ -123,6 +126,7 @@ class Outcomes(Part):
         if entry.state is JobState.RUNNING and entry.worker is not None and entry.worker in st.workers:
             other = st.workers[entry.worker]
             other.running.discard(entry.job.id)
+            st.pool.update(other)
             st.fx.add_kill(other.ident, entry.job.id, entry.lease)
 
     def _apply(self, w: WorkerInfo, entry: Entry, outcome: Outcome, res: dict[str, Any]) -> None:
@@ -318,6 +322,7 @@ class Outcomes(Part):
                 members.pop(jid, None)
                 if not members:
                     del st.dags[old.job.dag]
+                    st.dag_order.pop(old.job.dag, None)
 
 
 def _current(w: WorkerInfo, entry: Entry, lease: Any) -> bool:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from titan_zmq.broker.scheduler.membership import Membership
     from titan_zmq.broker.scheduler.objects import ObjectInfo, Objects
     from titan_zmq.broker.scheduler.outcomes import Outcomes
+    from titan_zmq.broker.scheduler.pool import Pool
+    from titan_zmq.broker.scheduler.ranks import Ranks
     from titan_zmq.broker.scheduler.records import Records
     from titan_zmq.broker.scheduler.rerun import Rerun
     from titan_zmq.broker.scheduler.timers import Timers
@@ -34,9 +36,10 @@ if TYPE_CHECKING:
 EWMA = 0.2  # weight of the newest runtime in a worker's average
 
 # A ready queue's key: (required tags, the worker name it is pinned to, or None); its items
-# are (-priority, seq, job id) heap entries.
+# are (-priority, order, -rank, seq, job id) heap entries: priority first, then arrival (a DAG's
+# jobs share their DAG's), then the critical path (``ranks.py``), then FIFO.
 QueueKey = tuple[frozenset[str], "str | None"]
-QueueItem = tuple[int, int, str]
+QueueItem = tuple[int, int, float, int, str]
 
 
 class Entry:
@@ -59,12 +62,14 @@ class Entry:
         "lost",
         "misses",
         "not_before",
+        "order",
         "owner",
         "pin",
         "pin_soft",
         "placed",
         "queue",
         "queued_at",
+        "rank",
         "refs",
         "result",
         "seq",
@@ -119,6 +124,8 @@ class Entry:
         self.refs = False  # its arguments hold object references (it receives their values)
         self.placed = False  # placement by locality was considered for this attempt
         self.fetched: dict[str, Any] | None = None  # where each input object came from, for its last attempt
+        self.order = seq  # its place among arrivals: its DAG's first sequence number, or its own
+        self.rank = 0.0  # the longest expected path from it to its DAG's end (ranks.py); 0: a plain job
 
 
 def state_op(e: Entry, now: float, wall: float) -> list[Any]:
@@ -157,6 +164,14 @@ class WorkerInfo:
     load: dict[str, Any] = field(default_factory=dict)  # its machine's cpu/mem, from heartbeats
     draining: bool = False  # takes no new jobs (a node agent is scaling it down)
     address: str = ""  # where its services are reached (its IP facing the broker)
+    filed: int = 0  # the number of its latest filing in the pool of free workers (pool.py)
+    long_jobs: set[str] = field(default_factory=set)  # jobs leased to it expected to run long (may be stale)
+
+    def behind_long(self) -> bool:
+        """Whether a job it holds now is expected to run long: then nothing waits in its window."""
+        if self.long_jobs:
+            self.long_jobs.intersection_update(self.running)
+        return bool(self.long_jobs)
 
     @property
     def free(self) -> int:
@@ -265,6 +280,8 @@ class State:
     records: Records
     rerun: Rerun
     directory: Objects
+    ranks: Ranks
+    pool: Pool
 
     def __init__(
         self,
@@ -309,6 +326,7 @@ class State:
         self.blobs: dict[str, list[Any]] = {}  # sha -> [content, refcount]
         self.idempotency: dict[str, str] = {}
         self.dags: dict[str, dict[str, None]] = {}  # DAG id -> its job ids, in submission order
+        self.dag_order: dict[str, int] = {}  # DAG id -> the sequence number of its first job (its arrival)
         self.queues_by_key: dict[QueueKey, list[QueueItem]] = {}  # ready queues by placement
         self.finished: deque[str] = deque()  # ended jobs, oldest first: who is forgotten next
         # Timers, heaps of (when, seq, id, ...) on the monotonic clock (see ``timers``).
