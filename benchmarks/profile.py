@@ -24,8 +24,8 @@ from benchmarks.noop import TARGET
 from benchmarks.titan import cluster, warm_up
 
 
-def summarise(path: Path, top: int) -> str:
-    """The ``top`` functions of one collapsed-stack file by self and inclusive share."""
+def count_stacks(path: Path) -> tuple[int, collections.Counter[str], collections.Counter[str]]:
+    """From a file of py-spy's collapsed stacks: the samples, and each function's own and inclusive count."""
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     total = 0
@@ -39,6 +39,12 @@ def summarise(path: Path, top: int) -> str:
         own[frames[-1]] += n
         for f in set(frames):
             incl[f] += n
+    return total, own, incl
+
+
+def summarise(path: Path, top: int) -> str:
+    """The ``top`` functions of one collapsed-stack file by self and inclusive share."""
+    total, own, incl = count_stacks(path)
     if not total:
         return f"== {path.stem}: no samples"
     out = [f"== {path.stem}: {total} samples", "  self:"]

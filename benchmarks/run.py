@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from benchmarks import aof, ceiling, dag, ha, objects, titan, workloads
+from benchmarks import aof, ceiling, dag, ha, objects, scale, titan, workflows, workloads
 from benchmarks.cpu import CpuMeter, children
 from benchmarks.report import Row, format_table, median, percentile
 from titan_zmq.client import TitanClient
@@ -35,7 +35,9 @@ from titan_zmq.local import LocalCluster
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("noop", "scripts", "dag", "fanout", "journal", "memory", "scaling", "peers", "objects", "ha")
+SCENARIOS = (
+    "noop", "scripts", "dag", "fanout", "journal", "memory", "scaling", "peers", "objects", "ha", "workflows", "scale",
+)  # fmt: skip
 POLICIES = ("off", "everysec", "always")  # the journal: none (in memory), then the two durable policies
 ORIGINAL_TITAN = {"jobs_per_s": 7.4, "p50_ms": 90.0}  # the Java original, 2 workers, measured on this machine
 
@@ -139,6 +141,8 @@ class Run:
         self.size = QUICK if args.quick else FULL
         self.objects_size = objects.QUICK if args.quick else objects.FULL
         self.ha_size = ha.QUICK if args.quick else ha.FULL
+        self.workflows_size = workflows.QUICK if args.quick else workflows.FULL
+        self.scale_size = scale.QUICK if args.quick else scale.FULL
         self.tmp = tmp
         self.rows: list[Row] = []
         self.targets: list[Target] = []
@@ -338,6 +342,14 @@ class Run:
         """Broker groups (benchmarks/ha.py): three members against one broker, and failover after SIGKILL."""
         self._take("ha", ha.measure(self.ha_size), ha.report)
 
+    def workflows(self) -> None:
+        """Workflow shapes (benchmarks/workflows.py): makespan against a zero-overhead list schedule, Dask, Ray."""
+        self._take("workflows", workflows.measure(self.workflows_size), workflows.report)
+
+    def scale(self) -> None:
+        """Many workers (benchmarks/scale.py): 4 to 1,000 simulated workers on one broker."""
+        self._take("scale", scale.measure(self.scale_size), scale.report)
+
     def _take(self, name: str, fig: dict[str, Any], report: Callable[[dict[str, Any]], Any]) -> None:
         """A scenario module's figures: its rows, targets and notes join this run's."""
         rows, targets, notes = report(fig)
@@ -362,7 +374,7 @@ class Run:
                 for name in ("scripts", "dag", "fanout"):
                     if self.want(name):
                         self.step(name, lambda n=name: getattr(self, n)(client))  # type: ignore[misc]
-        for name in ("journal", "memory", "scaling", "peers", "objects", "ha"):
+        for name in ("journal", "memory", "scaling", "peers", "objects", "ha", "workflows", "scale"):
             if self.want(name):
                 self.step(name, getattr(self, name))
 

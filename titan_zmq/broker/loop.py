@@ -287,7 +287,9 @@ class Broker:
                         self._drain(self.front, self.handle_client)
                     else:
                         self._drain(self.front, self._handle_client_secure, recv=P.recv_frames_user)
-                self._tick_flush()
+                    self._tick_flush()
+                elif self.back not in ready:  # a timer, the waker or a subscription: a turn of its own
+                    self._tick_flush()
         finally:
             self.close()
 
