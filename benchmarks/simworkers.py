@@ -8,8 +8,8 @@ in one process, one poll loop over their sockets. Each is what the broker sees o
   worker finds it: a ``HELLO`` on the front port, which also gives the broker's heartbeat interval;
 - a ``READY`` with the fields the real one sends (name, host, tags, slots, pid, prefetch window of 64
   jobs per slot, address, an object store holding nothing), sent again on ``REREGISTER``;
-- heartbeats at the real one's pace: one carrying the host's load every second, and an empty one
-  whenever nothing was sent for the broker's interval; the broker's own heartbeats are read and dropped;
+- heartbeats at the real one's pace: one carrying the host's load every second (or every two intervals),
+  and an empty one whenever nothing was sent for an interval; the broker's heartbeats set the interval;
 - every job of an ``ASSIGN`` answered at once by one ``RESULT`` of bare successes
   (``[id, lease, runtime, None]``), each result kept until an ``ASSIGN`` acknowledges it.
 
@@ -78,7 +78,7 @@ def hello(ctx: zmq.Context[zmq.Socket[bytes]], host: str, front: int, timeout: f
 class SimWorker:
     """One simulated worker: its socket, what it last sent, and the results not yet acknowledged."""
 
-    __slots__ = ("ident", "last_load", "last_sent", "name", "seen_lease", "sock", "unacked")
+    __slots__ = ("beat", "ident", "last_load", "last_sent", "name", "seen_lease", "sock", "unacked")
 
     def __init__(self, name: str, sock: zmq.Socket[bytes]) -> None:
         self.name = name
@@ -87,6 +87,7 @@ class SimWorker:
         self.last_sent = 0.0
         self.last_load = 0.0
         self.seen_lease = 0
+        self.beat = 0.5  # its heartbeat interval: the broker's (HELLO, then each of its heartbeats)
         self.unacked: dict[str, int] = {}  # job id -> lease of a result the broker has not acknowledged
 
 
@@ -118,6 +119,7 @@ class Swarm:
         for i in range(self.count):
             s = self.ctx.socket(zmq.DEALER)
             w = SimWorker(f"{self.prefix}-{i}", s)
+            w.beat = self.beat
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.ROUTING_ID, w.ident)
             s.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -172,7 +174,7 @@ class Swarm:
 
     def _due(self, w: SimWorker) -> float:
         """When ``w``'s next heartbeat is due (sooner if it sent nothing for an interval)."""
-        return min(w.last_load + LOAD_EVERY, w.last_sent + self.beat)
+        return min(w.last_load + max(LOAD_EVERY, 2 * w.beat), w.last_sent + w.beat)
 
     def _beats(self, due: list[tuple[float, int]], now: float) -> None:
         """The heartbeats due by ``now``: the load one each second, else an empty one after a silent
@@ -181,14 +183,14 @@ class Swarm:
             self._with_load = P.Heartbeat(load=_load(), dropped=[]).encode()
             self._load_at = now
         soon = now + _SLACK
-        workers, beat = self.workers, self.beat - _SLACK
+        workers = self.workers
         while due and due[0][0] <= soon:
             i = due[0][1]
             w = workers[i]
-            if now - w.last_load >= LOAD_EVERY - _SLACK:
+            if now - w.last_load >= max(LOAD_EVERY, 2 * w.beat) - _SLACK:
                 w.last_load = now
                 self._send(w, self._with_load)
-            elif now - w.last_sent >= beat:
+            elif now - w.last_sent >= w.beat - _SLACK:
                 self._send(w, self._plain)
             heapq.heapreplace(due, (self._due(w), i))
 
@@ -200,14 +202,15 @@ class Swarm:
                 frames = P.recv_frames(sock)
             except zmq.Again:
                 return
-            if len(frames) == 3 and frames[1] == P.HEARTBEAT:
-                continue  # the broker's heartbeat: nothing to do but having heard it
             try:
                 msg = P.decode(frames)
             except ProtocolError as exc:
                 log.error("%s: malformed message from the broker dropped: %s", w.name, exc)
                 continue
-            if isinstance(msg, P.Assign):
+            if isinstance(msg, P.Heartbeat):  # the broker's: its pace, as the real worker takes it
+                if msg.interval > 0:
+                    w.beat = msg.interval
+            elif isinstance(msg, P.Assign):
                 self._assign(w, msg)
             elif isinstance(msg, P.Reregister):
                 self.ready(w)

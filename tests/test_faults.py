@@ -48,7 +48,7 @@ def test_sigkill_worker_mid_job_reruns_elsewhere(cluster: LocalCluster, tmp_path
     # A killed worker says nothing: the broker expires it after a heartbeat window of silence.
     wait_for(gone, HEARTBEAT_WINDOW + 15, "the broker to expire the killed worker")
     # The job's process died with its worker: nothing is left running it.
-    wait_for(lambda: not psutil.pid_exists(job_pid) or psutil.Process(job_pid).status() == "zombie", 5, "orphan")
+    wait_for(lambda: _gone(job_pid), 5, "orphan")
     rec = h.wait(30)
     assert rec.state is JobState.SUCCEEDED
     assert rec.worker == "survivor"
@@ -135,10 +135,18 @@ def test_timeout_kills_the_whole_process_tree(shared_cluster: LocalCluster, tmp_
     assert rec.state is JobState.FAILED
     assert rec.error_type == "Timeout"
     pid = int(pidfile.read_text())
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 5, "grandchild killed")
+    wait_for(lambda: _gone(pid), 5, "grandchild killed")
     call = client.submit("tests.jobs:sleep", args=[60], timeout=0.5).wait(30)
     assert call.state is JobState.FAILED and call.error_type == "Timeout"
     assert client.submit("tests.jobs:add", args=[1, 1]).result(20) == 2
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie counts: its parent has not reaped it yet)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # also when it ends between two questions
+        return True
 
 
 def test_cancel_running_and_queued(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -153,7 +161,7 @@ def test_cancel_running_and_queued(cluster: LocalCluster, tmp_path: Path) -> Non
     assert client.cancel(queued.id).state is JobState.CANCELLED
     assert client.cancel(running.id).state is JobState.CANCELLED
     pid = int(marker.read_text())
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 10, "job killed")
+    wait_for(lambda: _gone(pid), 10, "job killed")
     # The slot is free again: the next job runs.
     assert client.submit("tests.jobs:add", args=[2, 2]).result(20) == 4
     assert client.status(queued.id).state is JobState.CANCELLED

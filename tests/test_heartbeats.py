@@ -16,7 +16,7 @@ import zmq
 
 from titan_zmq import protocol as P
 from titan_zmq.client import JobState
-from titan_zmq.local import LocalCluster
+from titan_zmq.local import LocalCluster, wait_for
 from titan_zmq.process import die_with_parent
 
 pytestmark = pytest.mark.timeout(90)
@@ -91,3 +91,42 @@ def test_a_worker_allows_the_window_of_a_slower_broker() -> None:
         assert rec.state is JobState.SUCCEEDED and rec.result == 3.0 and rec.attempts == 1
         log = (cluster.log_dir / "worker-patient.log").read_text()
         assert "reconnecting" not in log
+
+
+def test_the_interval_grows_with_the_workers_and_each_takes_the_new_pace(tmp_path: Path) -> None:
+    """--heartbeat-rate 2: past one worker per half second the interval grows (3 workers: 1.5 s); the
+    broker tells each worker in its heartbeats, each keeps the new pace, and none is dropped."""
+    with LocalCluster(workers=0, broker_args=["--heartbeat-rate", "2"], log_dir=str(tmp_path)) as c:
+        for i in range(3):
+            c.add_worker(name=f"hb{i}", slots=1)
+        c.wait_workers(3)
+        client = c.client()
+        wait_for(lambda: client.hello()["heartbeat_interval"] == 1.5, 30, "the broker's interval for 3 workers")
+        logs = [tmp_path / f"worker-hb{i}.log" for i in range(3)]
+        wait_for(lambda: all("heartbeat interval now 1.50s" in p.read_text() for p in logs), 60,
+                 "every worker at the new pace")  # fmt: skip
+        assert client.map("tests.jobs:square", range(20), timeout=60) == [i * i for i in range(20)]
+        assert {w["name"] for w in client.workers()} == {"hb0", "hb1", "hb2"}
+        broker_log = (tmp_path / "broker.log").read_text()
+        assert "no heartbeat for" not in broker_log, broker_log[-2000:]
+
+
+def test_a_workers_window_follows_the_interval_it_was_asked_for() -> None:
+    from tests.test_scheduler import FakeClock, add_worker, make_sched
+
+    clock = FakeClock()
+    s = make_sched(clock, heartbeat_rate=2.0)  # 0.5 s and liveness 5 up to 1 worker; then n / 2 s
+    ws = [add_worker(s, f"w{i}") for i in range(4)]
+    assert s.beat() == 2.0
+    w = ws[0]
+    s.seen(w)
+    assert w.deadline == clock.now + 2.0 * 5
+    w.told = 2.0  # it was asked for 2 s; then three workers leave and the interval shrinks...
+    for x in ws[1:]:
+        s.worker_gone(x.ident, "left")
+    assert s.beat() == 0.5
+    s.seen(w)
+    assert w.deadline == clock.now + 2.0 * 5  # ...but it keeps its window until it is told the new one
+    w.told = 0.5
+    s.seen(w)
+    assert w.deadline == clock.now + 0.5 * 5

@@ -218,6 +218,11 @@ class BrokerConfig:
     objects: int = -1  # the object relay's port; -1: front + 3 (5558), or a free one when front is 0
     heartbeat_interval: float = 0.5
     heartbeat_liveness: int = 4
+    # Heartbeats a second the broker takes from all its workers at most: past heartbeat_rate x
+    # heartbeat_interval workers, the interval grows with their number (told to each worker), so
+    # heartbeats cost the same with 1,000 workers as with 200; a lost worker is then found later
+    # (interval x liveness). 0: the interval never grows.
+    heartbeat_rate: float = 400.0
     max_message_size: int = 64 * 1024 * 1024
     max_finished_jobs: int = 100_000
     max_lost: int = 3
@@ -290,6 +295,8 @@ class BrokerConfig:
         if self.locality_wait < 0 or self.locality_min_mb < 0 or self.object_ttl < 0:
             raise ConfigError("locality_wait, locality_min_mb and object_ttl must be 0 or more")
         _check_heartbeat(self.heartbeat_interval, self.heartbeat_liveness)
+        if self.heartbeat_rate < 0:
+            raise ConfigError(f"heartbeat_rate must be 0 (the interval never grows) or more, got {self.heartbeat_rate}")
         if self.max_message_size < 1024:
             raise ConfigError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
         for name in ("max_dag_jobs", "max_pending_per_client", "max_kv_value", "max_log_line"):

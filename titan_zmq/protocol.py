@@ -457,6 +457,7 @@ class Heartbeat(Message):
     CODE = HEARTBEAT
     load: dict[str, Any] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    interval: float = 0.0  # the broker's: the heartbeat interval it asks of the worker now (0: as before)
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ class ClientRequests:
             "version": P.VERSION.decode(),
             "pid": os.getpid(),
             "max_message_size": cfg.max_message_size,
-            "heartbeat_interval": cfg.heartbeat_interval,
+            "heartbeat_interval": b.sched.beat(),
             "heartbeat_liveness": cfg.heartbeat_liveness,
             "durable": b.data is not None,
             "fsync": cfg.fsync if b.data is not None else None,
@@ -175,9 +175,10 @@ class WorkerMessages:
         """A worker (re-)registers: reconcile what it runs, its services, and answer with a heartbeat."""
         b = self.b
         joined = b.sched.worker_ready(ident, msg.__dict__)
+        joined.told = beat = b.sched.beat()
         b.sched.seen(joined)
         b.services.worker_ready(joined, msg.services)
-        b.to_worker(ident, P.Heartbeat().encode())
+        b.to_worker(ident, P.Heartbeat(interval=beat).encode())
 
     def result(self, w: WorkerInfo, msg: P.Result) -> None:
         """Attempts' outcomes: each applied, then acknowledged (the worker keeps a result until then)."""

@@ -72,6 +72,7 @@ class Broker:
             clock,
             heartbeat_interval=cfg.heartbeat_interval,
             heartbeat_liveness=cfg.heartbeat_liveness,
+            heartbeat_rate=cfg.heartbeat_rate,
             max_finished=cfg.max_finished_jobs,
             max_lost=cfg.max_lost,
             prefetch_below=cfg.prefetch_below,
@@ -411,11 +412,15 @@ class Broker:
             self._next_stats = now + self.config.stats_interval
 
     def _heartbeat(self, now: float) -> None:
-        frames = P.Heartbeat().encode()
-        due = now - self.config.heartbeat_interval * 0.9
+        """A heartbeat to each worker the broker has sent nothing for an interval, with the interval
+        asked of it now (it grows with the number of workers: ``heartbeat_rate``)."""
+        beat = self.sched.beat()
+        frames = P.Heartbeat(interval=beat).encode()
+        due = now - beat * 0.9
         for w in list(self.sched.workers.values()):
             if w.last_sent <= due:
                 self.to_worker(w.ident, frames)
+                w.told = beat
 
     def stats(self) -> dict[str, Any]:
         cfg = self.config

@@ -140,6 +140,7 @@ class Worker:
         self.beat = cfg.heartbeat_interval  # heartbeat period; the broker's, once it said
         self.max_message = cfg.max_message_size  # the broker's limit, once it said
         self.silence = cfg.heartbeat_interval * cfg.heartbeat_liveness  # broker silence before reconnecting
+        self._broker_liveness = cfg.heartbeat_liveness  # the broker's, once it said
 
     @property
     def term(self) -> int:
@@ -322,9 +323,8 @@ class Worker:
         cfg = self.config
         self.objects.serve(self.host, int(info.get("objects") or 0))
         self.max_message = min(int(info.get("max_message_size") or cfg.max_message_size), cfg.max_message_size)
-        self.beat = float(info.get("heartbeat_interval") or cfg.heartbeat_interval)
-        theirs = self.beat * int(info.get("heartbeat_liveness") or cfg.heartbeat_liveness)
-        self.silence = max(theirs, cfg.heartbeat_interval * cfg.heartbeat_liveness)
+        self._broker_liveness = int(info.get("heartbeat_liveness") or cfg.heartbeat_liveness)
+        self._pace(float(info.get("heartbeat_interval") or cfg.heartbeat_interval))
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.ROUTING_ID, self.identity)
@@ -440,9 +440,8 @@ class Worker:
         poller = self._poller(socks)
         watched: set[int] = set()
         ex = self.executor
-        silence = self.silence
-        beat = self.beat
         while not self._stopping.is_set():
+            beat, silence = self.beat, self.silence  # the broker may ask for another pace at any heartbeat
             now = time.monotonic()
             wait = beat - (now - self._last_sent)
             nxt = ex.next_wakeup()
@@ -479,11 +478,19 @@ class Worker:
             ):
                 self._send_results(self._outgoing)
                 self._outgoing = []
-            if now - self._last_load >= _LOAD_EVERY:  # also under load, when heartbeats are not needed
+            if now - self._last_load >= max(_LOAD_EVERY, 2 * beat):  # also under load, when heartbeats are not needed
                 self._last_load = now
                 self._send(P.Heartbeat(load=host_load(), dropped=self.objects.store.take_evictions()))
             elif now - self._last_sent >= beat:
                 self._send(P.Heartbeat())
+
+    def _pace(self, beat: float) -> None:
+        """Heartbeat every ``beat`` seconds, as the broker asks; allow it the larger of its window and ours."""
+        cfg = self.config
+        if beat != self.beat:
+            log.info("heartbeat interval now %.2fs (the broker asks it)", beat)
+        self.beat = beat
+        self.silence = max(beat * self._broker_liveness, cfg.heartbeat_interval * cfg.heartbeat_liveness)
 
     def _draining(self) -> None:
         """While draining: tell the broker once and hand back the jobs not started; leave once none is held."""
@@ -580,6 +587,9 @@ class Worker:
         elif isinstance(msg, P.Reregister):
             log.info("broker asked us to register again (it restarted)")
             self._register()
+        elif isinstance(msg, P.Heartbeat):
+            if msg.interval > 0 and msg.interval != self.beat:
+                self._pace(msg.interval)
         elif isinstance(msg, P.Error):
             if msg.code == P.E_NOT_LEADER:  # a follower (the leader changed): find the leader at once
                 self.members.redirect(msg.leader)

@@ -77,6 +77,7 @@ class Scheduler(State):
         self.worker_ready = self.membership.worker_ready
         self.worker_gone = self.membership.worker_gone
         self.seen = self.membership.seen
+        self.beat = self.membership.beat
         self.expire_workers = self.membership.expire_workers
         self.expire_orphans = self.membership.expire_orphans
         # running ended jobs again

@@ -127,9 +127,21 @@ class Membership(Part):
             if e is not None and e.state is JobState.RUNNING and e.worker is None:
                 st.outcomes.lost(e, e.worker_name or "?", "and did not come back after the broker restarted")
 
+    def beat(self) -> float:
+        """The heartbeat interval asked of workers now: the configured one, longer with more workers
+        than ``heartbeat_rate`` allows at it (Nomad scales its heartbeat TTLs the same way)."""
+        st = self.st
+        if st.beat_rate <= 0:
+            return st.interval
+        return max(st.interval, len(st.workers) / st.beat_rate)
+
     def seen(self, w: WorkerInfo) -> None:
-        """A message from ``w``: it is alive for another heartbeat window."""
-        w.deadline = self.st.clock() + self.st.interval * self.st.liveness
+        """A message from ``w``: it is alive for another heartbeat window (of the longer of the interval
+        asked now and the one it was last told: it may not have heard of a shorter one yet)."""
+        st = self.st
+        w.seen_at = now = st.clock()
+        beat = st.interval if st.beat_rate <= 0 else max(st.interval, len(st.workers) / st.beat_rate)
+        w.deadline = now + max(beat, w.told) * st.liveness
 
     def worker_gone(self, ident: bytes, reason: str, stopped: Iterable[str] = ()) -> None:
         """Forget a worker; re-queue the jobs it held. ``stopped`` ones were stopped cleanly."""
@@ -157,11 +169,11 @@ class Membership(Part):
         """Remove workers silent past their deadline. Returns the earliest remaining deadline."""
         st = self.st
         now = st.clock()
-        window = st.interval * st.liveness
-        nxt = now + window
+        nxt = now + st.interval * st.liveness
         for ident, w in list(st.workers.items()):
             if now >= w.deadline:
-                self.worker_gone(ident, f"no heartbeat for {window:.1f}s")
+                self.worker_gone(ident, f"no heartbeat for {now - w.seen_at:.1f}s "
+                                        f"(its window: {w.deadline - w.seen_at:.1f}s)")  # fmt: skip
             else:
                 nxt = min(nxt, w.deadline)
         return nxt

@@ -165,6 +165,8 @@ class WorkerInfo:
     draining: bool = False  # takes no new jobs (a node agent is scaling it down)
     address: str = ""  # where its services are reached (its IP facing the broker)
     filed: int = 0  # the number of its latest filing in the pool of free workers (pool.py)
+    told: float = 0.0  # the heartbeat interval the broker last asked of it
+    seen_at: float = 0.0  # when the broker last heard from it (monotonic)
     long_jobs: set[str] = field(default_factory=set)  # jobs leased to it expected to run long (may be stale)
 
     def behind_long(self) -> bool:
@@ -206,7 +208,7 @@ class WorkerInfo:
             "pid": self.pid,
             "done": self.done,
             "failed": self.failed,
-            "last_heartbeat_age": max(0.0, interval * liveness - (self.deadline - now)),
+            "last_heartbeat_age": max(0.0, now - self.seen_at),
             "uptime": max(0.0, now - self.joined_at),
             "cpu": self.load.get("cpu"),
             "mem": self.load.get("mem"),
@@ -290,6 +292,7 @@ class State:
         *,
         heartbeat_interval: float = 0.5,
         heartbeat_liveness: int = 5,
+        heartbeat_rate: float = 0.0,
         max_finished: int = 100_000,
         max_lost: int = 3,
         prefetch_below: float = 0.05,
@@ -304,6 +307,7 @@ class State:
         self.wall = wall
         self.interval = heartbeat_interval
         self.liveness = heartbeat_liveness
+        self.beat_rate = heartbeat_rate  # at most this many heartbeats a second from all workers (0: no bound)
         self.max_finished = max_finished
         self.max_lost = max_lost
         self.prefetch_below = prefetch_below
