@@ -69,19 +69,12 @@ class Broker:
         self._end = (0, 0)  # the journal's end after the last turn that wrote to it
         cfg = self.config
         self.sched = Scheduler(
-            clock,
-            heartbeat_interval=cfg.heartbeat_interval,
-            heartbeat_liveness=cfg.heartbeat_liveness,
-            heartbeat_rate=cfg.heartbeat_rate,
-            max_finished=cfg.max_finished_jobs,
-            max_lost=cfg.max_lost,
-            prefetch_below=cfg.prefetch_below,
-            max_dag_jobs=cfg.max_dag_jobs,
-            max_pending_per_client=cfg.max_pending_per_client,
-            locality_wait=cfg.locality_wait,
-            locality_min=int(cfg.locality_min_mb * (1 << 20)),
-            object_ttl=cfg.object_ttl,
-        )
+            clock, heartbeat_interval=cfg.heartbeat_interval, heartbeat_liveness=cfg.heartbeat_liveness,
+            heartbeat_rate=cfg.heartbeat_rate, max_finished=cfg.max_finished_jobs, max_lost=cfg.max_lost,
+            prefetch_below=cfg.prefetch_below, max_dag_jobs=cfg.max_dag_jobs,
+            max_pending_per_client=cfg.max_pending_per_client, locality_wait=cfg.locality_wait,
+            locality_min=int(cfg.locality_min_mb * (1 << 20)), object_ttl=cfg.object_ttl,
+        )  # fmt: skip
         self.kv = KVStore()
         self.kv.max_value = cfg.max_kv_value
         self.services = ServiceManager(self.sched)
@@ -412,8 +405,7 @@ class Broker:
             self._next_stats = now + self.config.stats_interval
 
     def _heartbeat(self, now: float) -> None:
-        """A heartbeat to each worker the broker has sent nothing for an interval, with the interval
-        asked of it now (it grows with the number of workers: ``heartbeat_rate``)."""
+        """To each worker sent nothing for an interval: a heartbeat with the interval asked now (``beat``)."""
         beat = self.sched.beat()
         frames = P.Heartbeat(interval=beat).encode()
         due = now - beat * 0.9
