@@ -130,3 +130,15 @@ def test_a_workers_window_follows_the_interval_it_was_asked_for() -> None:
     w.told = 0.5
     s.seen(w)
     assert w.deadline == clock.now + 0.5 * 5
+
+
+def test_results_of_long_jobs_go_at_once_short_ones_wait_for_company() -> None:
+    from titan_zmq.worker.connection import send_now
+
+    short = [{"id": "a", "runtime": 0.001}]
+    assert not send_now(short, short, busy=True, waited=0.0)  # others run: it may share their message
+    assert send_now(short, short, busy=True, waited=0.01)  # it waited long enough
+    assert send_now(short, short, busy=False, waited=0.0)  # nothing else runs: no reason to wait
+    long = [{"id": "b", "runtime": 1.2}]
+    assert send_now(short + long, long, busy=True, waited=0.0)  # its slot is wanted at once
+    assert send_now([{"id": str(i), "runtime": 0.001} for i in range(256)], [], busy=True, waited=0.0)

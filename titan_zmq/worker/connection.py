@@ -43,6 +43,7 @@ from titan_zmq.worker.services import ServiceRunner
 log = logging.getLogger(__name__)
 
 _RESULT_LINGER = 0.002  # seconds a finished result may wait for others to share its message
+_LINGER_BELOW = 0.05  # s: only results of jobs shorter than this wait (a long job's slot is wanted at once)
 _LOG_LINGER = 0.05  # seconds output lines may wait for more to share their message
 _LOAD_EVERY = 1.0  # seconds between load reports (cpu, memory) in heartbeats
 _Handlers = Mapping[zmq.Socket[bytes], Callable[[], None] | None]  # sockets polled, and what to do when readable
@@ -85,6 +86,14 @@ def result_message(results: list[dict[str, Any]]) -> P.Result:
         else:
             full.append(r)
     return P.Result(results=full, ok=ok)
+
+
+def send_now(outgoing: list[dict[str, Any]], finished: list[dict[str, Any]], busy: bool, waited: float) -> bool:
+    """Whether the results waiting in ``outgoing`` go now (``finished``: those of this turn): with
+    nothing else running (``busy`` False), for a job that ran long, when many wait, or once they
+    waited ``_RESULT_LINGER``; else they wait for others to share their message."""
+    return (not busy or len(outgoing) >= 256 or waited >= _RESULT_LINGER
+            or any((r.get("runtime") or 0.0) >= _LINGER_BELOW for r in finished))  # fmt: skip
 
 
 class Worker:
@@ -472,10 +481,9 @@ class Worker:
             if self.draining:
                 self._draining()
             # Group results: while other jobs still run, wait up to _RESULT_LINGER for their results
-            # to share one message; with nothing else running, send at once (no added latency).
-            if self._outgoing and (
-                not ex.tasks or len(self._outgoing) >= 256 or now - self._outgoing_since >= _RESULT_LINGER
-            ):
+            # to share one message; with nothing else running, or for a job that ran long (its slot
+            # is worth more than a shared message), send at once.
+            if self._outgoing and send_now(self._outgoing, finished, bool(ex.tasks), now - self._outgoing_since):
                 self._send_results(self._outgoing)
                 self._outgoing = []
             if now - self._last_load >= max(_LOAD_EVERY, 2 * beat):  # also under load, when heartbeats are not needed
