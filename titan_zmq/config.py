@@ -223,6 +223,7 @@ class BrokerConfig:
     # heartbeats cost the same with 1,000 workers as with 200; a lost worker is then found later
     # (interval x liveness). 0: the interval never grows.
     heartbeat_rate: float = 400.0
+    metrics_port: int = -1  # Prometheus metrics over HTTP on this port (0: a free one; -1: none)
     max_message_size: int = 64 * 1024 * 1024
     max_finished_jobs: int = 100_000
     max_lost: int = 3

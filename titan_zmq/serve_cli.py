@@ -59,6 +59,8 @@ def _add_listen(p: argparse.ArgumentParser) -> None:
                    help="how long a job waits for the worker holding its inputs (1.0; 0: no locality)")  # fmt: skip
     p.add_argument("--config", default=None, help="YAML file of broker settings")
     p.add_argument("--heartbeat-interval", type=float, default=None, help="seconds between heartbeats (0.5)")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port; default: none)")
     p.add_argument("--heartbeat-rate", type=float, default=None, metavar="N",
                    help="heartbeats a second from all workers at most: with more workers the interval "
                         "grows (400; 0: never)")  # fmt: skip
@@ -103,7 +105,7 @@ def _broker_config(args: argparse.Namespace) -> Any:
     return load(
         BrokerConfig, args.config, host=args.host, front=args.front, back=args.back, events=args.events,
         objects=args.objects, locality_wait=args.locality_wait, heartbeat_interval=args.heartbeat_interval,
-        heartbeat_rate=getattr(args, "heartbeat_rate", None),
+        heartbeat_rate=getattr(args, "heartbeat_rate", None), metrics_port=getattr(args, "metrics_port", None),
         max_message_size=args.max_message_size,
         data_dir=args.data_dir, fsync=args.fsync, peers=getattr(args, "peers", None),
         election_timeout=getattr(args, "election_timeout", None),

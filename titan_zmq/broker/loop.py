@@ -33,13 +33,14 @@ from titan_zmq.aof.kv import KVStore
 from titan_zmq.broker.durable import Restorer, capture
 from titan_zmq.broker.handlers import ClientRequests, WorkerMessages
 from titan_zmq.broker.logs import LogStore
+from titan_zmq.broker.metrics import Metrics
 from titan_zmq.broker.object_plane import ObjectPlane
 from titan_zmq.broker.replica import HeldTurns, Replica
 from titan_zmq.broker.scheduler import Entry, Scheduler
 from titan_zmq.broker.schedules import ScheduleManager
 from titan_zmq.broker.service_nodes import ServiceNodes
 from titan_zmq.broker.services import ServiceManager
-from titan_zmq.broker.stats import StatsFeed
+from titan_zmq.broker.stats import StatsFeed, broker_stats
 from titan_zmq.config import BrokerConfig, tcp_endpoint
 from titan_zmq.errors import BrokerError, JobError, PayloadTooLarge, ProtocolError, TitanError
 from titan_zmq.job import FINAL_STATES
@@ -75,6 +76,7 @@ class Broker:
             max_pending_per_client=cfg.max_pending_per_client, locality_wait=cfg.locality_wait,
             locality_min=int(cfg.locality_min_mb * (1 << 20)), object_ttl=cfg.object_ttl,
         )  # fmt: skip
+        self.metrics = Metrics.for_broker(self.sched) if cfg.metrics_port >= 0 else None
         self.kv = KVStore()
         self.kv.max_value = cfg.max_kv_value
         self.services = ServiceManager(self.sched)
@@ -175,8 +177,11 @@ class Broker:
         if not ops:
             return
         data.append_batch(ops)
+        t0 = time.perf_counter()
         if self.replica is None:
             data.commit()
+            if self.metrics is not None:
+                self.metrics.commit.observe(time.perf_counter() - t0)
         else:
             # A group: the followers may copy the batch while this member fsyncs it (under always), so that
             # the two fsyncs overlap; this member counts toward the majority once its own is done. The
@@ -233,6 +238,8 @@ class Broker:
                     ) from None
             self.ports[name] = port
         self.ports["objects"] = self.objects.bind(host, self.config.relay_port)
+        if self.metrics is not None:
+            self.ports["metrics"] = self.metrics.serve(host, self.config.metrics_port)
         log.info(
             "broker listening on %s front=%d back=%d events=%d",
             host, self.ports["front"], self.ports["back"], self.ports["events"],
@@ -301,6 +308,8 @@ class Broker:
         finally:
             self._closed = True
             self.objects.close()
+            if self.metrics is not None:
+                self.metrics.close()
             for mon in self._monitors:
                 mon.close(0)
             for s in (self.front, self.back, self.events):
@@ -400,8 +409,11 @@ class Broker:
             self._heartbeat(now)
             self._next_beat = now + self.config.heartbeat_interval
         if now >= self._next_stats:
-            if self.wants(b"stats"):
-                self.publish(b"stats", self.stats())
+            if self.wants(b"stats") or self.metrics is not None:
+                s = self.stats()
+                self.publish(b"stats", s)  # (sent only if someone subscribes)
+                if self.metrics is not None:
+                    self.metrics.publish(s)
             self._next_stats = now + self.config.stats_interval
 
     def _heartbeat(self, now: float) -> None:
@@ -415,26 +427,8 @@ class Broker:
                 w.told = beat
 
     def stats(self) -> dict[str, Any]:
-        cfg = self.config
-        s = self.feed.build(self.clock(), cfg.heartbeat_interval, cfg.heartbeat_liveness)
-        s["uptime"] = time.time() - self.started
-        s["log_lines"] = self.logs.lines_in
-        s["services"] = [
-            {"name": r["name"], "state": r["state"], "restarts": r["restarts"],
-             "port": ",".join(str(x["port"]) for x in r["replicas"] if x["port"]) or None,
-             "addresses": [x["address"] for x in r["replicas"] if x["state"] == "running"]}
-            for r in self.services.records()
-        ]  # fmt: skip
-        s["kv_keys"] = len(self.kv)
-        if self.replica is not None:
-            s["group"] = self.replica.group()
-        if self.data is not None and self.data.writer is not None:
-            s["journal"] = {
-                "dir": str(self.data.root), "fsync": self.data.fsync, "generation": self.data.gen,
-                "bytes": self.data.journal_bytes, "snapshot_bytes": self.data.snapshot_bytes,
-                "compactions": self.data.compactions, **self.data.writer.stats,
-            }  # fmt: skip
-        return s
+        """The ``stats`` feed's picture of now (``stats.broker_stats``)."""
+        return broker_stats(self)
 
     # ---- sending -----------------------------------------------------------------------
 

@@ -67,3 +67,28 @@ class StatsFeed:
             "services": [],  # filled by the broker (services live beside the scheduler)
             **c,
         }
+
+
+def broker_stats(b: Any) -> dict[str, Any]:
+    """Broker ``b``'s stats message: the scheduler's picture (:class:`StatsFeed`), with its uptime,
+    services, KV keys, group and journal (the ``stats`` feed, the metrics exporter)."""
+    cfg = b.config
+    s = b.feed.build(b.clock(), cfg.heartbeat_interval, cfg.heartbeat_liveness)
+    s["uptime"] = time.time() - b.started
+    s["log_lines"] = b.logs.lines_in
+    s["services"] = [
+        {"name": r["name"], "state": r["state"], "restarts": r["restarts"],
+         "port": ",".join(str(x["port"]) for x in r["replicas"] if x["port"]) or None,
+         "addresses": [x["address"] for x in r["replicas"] if x["state"] == "running"]}
+        for r in b.services.records()
+    ]  # fmt: skip
+    s["kv_keys"] = len(b.kv)
+    if b.replica is not None:
+        s["group"] = b.replica.group()
+    data = b.data
+    if data is not None and data.writer is not None:
+        s["journal"] = {
+            "dir": str(data.root), "fsync": data.fsync, "generation": data.gen, "bytes": data.journal_bytes,
+            "snapshot_bytes": data.snapshot_bytes, "compactions": data.compactions, **data.writer.stats,
+        }  # fmt: skip
+    return s

@@ -234,6 +234,8 @@ class Dispatch(Part):
         entry.started_at = now_wall
         job = entry.job
         w.running.add(job.id)
+        if st.dispatch_hist is not None and entry.queued_at:
+            st.dispatch_hist.observe(max(0.0, now_wall - entry.queued_at))
         if st.ranks.long(job):
             w.long_jobs.add(job.id)
             if len(w.long_jobs) > 2 * (w.slots + w.window):  # ended ones linger until looked at: bound them

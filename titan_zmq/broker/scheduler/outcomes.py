@@ -91,6 +91,8 @@ class Outcomes(Part):
         if isinstance(runtime, (int, float)):
             w.observe(runtime, self.st.prefetch_below)
             self.st.ranks.learn(entry.job.target, runtime)
+            if self.st.runtime_hist is not None:
+                self.st.runtime_hist.observe(runtime)
         self.st.pool.update(w)
         self.set_output(entry, res)
         entry.worker_name = w.name
@@ -196,6 +198,7 @@ class Outcomes(Part):
         st = self.st
         tries = entry.attempts - entry.fb_base
         if tries <= entry.job.retries:
+            st.counters["retried"] += 1
             entry.state = JobState.RETRYING
             entry.worker = None
             st.timers.hold(entry, st.clock() + backoff_delay(entry.job.backoff, tries, st.rng))

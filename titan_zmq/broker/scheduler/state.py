@@ -342,7 +342,10 @@ class State:
         self.leases: Iterator[int] = itertools.count(1)
         self.last_lease = 0
         self.fx = Effects()
-        self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "dispatched": 0}
+        self.counters = {"submitted": 0, "succeeded": 0, "failed": 0, "dispatched": 0, "retried": 0}
+        # Latencies for the metrics exporter (broker/metrics.py Buckets), when one runs.
+        self.dispatch_hist: Any = None
+        self.runtime_hist: Any = None
         # After a restart: jobs that were running, by when their worker must have come back.
         self.orphans: dict[str, float] = {}
         self.gone_hooks: list[Callable[[bytes], None]] = []  # told when a worker is removed
