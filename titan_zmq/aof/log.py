@@ -271,16 +271,24 @@ class AppendLog:
         self.size += len(data)
 
     def sync(self) -> None:
-        """fsync now (whatever the policy)."""
+        """fsync now (whatever the policy): everything written before the call is on disk when it returns.
+        Writes are not held up meanwhile: the fsync goes through a duplicate of the file's descriptor,
+        outside the lock (it covers the file, whichever descriptor wrote), so a group commit's thread
+        flushes one turn while the loop writes the next."""
         with self._lock:
             if self._fh.closed:
                 return
-            os.fsync(self._fh.fileno())
+            fd = os.dup(self._fh.fileno())  # valid even if the file is closed meanwhile (a compaction)
+            unsynced, since = self._unsynced, self._unsynced_since
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with self._lock:
             self.stats["fsyncs"] += 1
-            if self._unsynced:
-                age = time.monotonic() - self._unsynced_since
-                self.stats["max_unsynced_age"] = max(self.stats["max_unsynced_age"], age)
-            self._unsynced = 0
+            if unsynced:
+                self.stats["max_unsynced_age"] = max(self.stats["max_unsynced_age"], time.monotonic() - since)
+            self._unsynced = max(0, self._unsynced - unsynced)  # what was written while it ran is left
 
     def _sync_loop(self) -> None:
         while not self._stop.wait(1.0):
