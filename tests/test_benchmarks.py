@@ -73,3 +73,15 @@ def test_a_tiny_run_of_the_titan_scenarios(tmp_path: Path) -> None:
     out = tmp_path / "plot.png"
     plot.draw(res, str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(120)
+def test_the_latency_legs_of_one_job_add_up() -> None:
+    from benchmarks import hops
+
+    fig = hops.measure(jobs=20)
+    legs = [fig[k]["p50"] for k in ("submit", "worker", "return")]
+    assert all(v >= 0 for v in legs) and fig["total"]["p50"] > 0
+    assert max(legs) <= fig["total"]["p90"]  # each leg is a part of the whole
+    assert fig["runtime"]["p50"] <= fig["worker"]["p90"]  # the job's own span is inside the worker leg
+    assert "worker leg" in hops.report(fig)
