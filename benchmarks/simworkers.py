@@ -34,13 +34,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import psutil
 import zmq
 
 from titan_zmq import protocol as P
+from titan_zmq.client.cluster_commands import ask
 from titan_zmq.config import tcp_endpoint
 from titan_zmq.errors import ProtocolError
 from titan_zmq.process import die_with_parent, stop_processes
+from titan_zmq.worker.connection import host_load
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +53,12 @@ LOAD_EVERY = 1.0  # seconds between heartbeats that carry the host's load (the r
 _SLACK = 0.0005  # seconds early a heartbeat may go (the poll waits whole milliseconds)
 
 
-def _load() -> dict[str, Any]:
-    """The host's load as a real worker reports it (cpu, memory, load average, cores)."""
-    return {"cpu": psutil.cpu_percent(interval=None), "mem": psutil.virtual_memory().percent,
-            "load1": os.getloadavg()[0], "ncpu": os.cpu_count() or 1}  # fmt: skip
-
-
-def hello(ctx: zmq.Context[zmq.Socket[bytes]], host: str, front: int, timeout: float = 30.0) -> dict[str, Any]:
+def hello(host: str, front: int, timeout: float = 30.0) -> dict[str, Any]:
     """Ask the broker's front port for its ports and settings, as a worker does before connecting."""
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    try:
-        s.connect(tcp_endpoint(host, front))
-        P.send_frames(s, P.Hello(rid=1).encode())
-        if not s.poll(int(timeout * 1000)):
-            raise TimeoutError(f"broker {host}:{front} did not answer HELLO in {timeout:g}s")
-        msg = P.decode(s.recv_multipart())
-        if not isinstance(msg, P.Reply) or not isinstance(msg.data, dict):
-            raise ProtocolError(f"unexpected answer to HELLO: {msg!r}")
-        return msg.data
-    finally:
-        s.close()
+    info = ask(f"{host}:{front}", timeout)
+    if info is None:
+        raise TimeoutError(f"broker {host}:{front} did not answer HELLO in {timeout:g}s")
+    return info
 
 
 class SimWorker:
@@ -112,7 +98,7 @@ class Swarm:
 
     def attach(self) -> None:
         """Find the back port (HELLO), connect every worker and send each one's READY."""
-        info = hello(self.ctx, self.host, self.front)
+        info = hello(self.host, self.front)
         self.beat = float(info.get("heartbeat_interval") or 0.5)
         back = tcp_endpoint(self.host, int(info["back"]))
         now = time.monotonic()
@@ -180,7 +166,7 @@ class Swarm:
         """The heartbeats due by ``now``: the load one each second, else an empty one after a silent
         interval (as the real worker's loop decides); a worker that sent something since is due later."""
         if now - self._load_at >= LOAD_EVERY:  # one reading of the host a second, shared by the workers
-            self._with_load = P.Heartbeat(load=_load(), dropped=[]).encode()
+            self._with_load = P.Heartbeat(load=host_load(), dropped=[]).encode()
             self._load_at = now
         soon = now + _SLACK
         workers = self.workers
