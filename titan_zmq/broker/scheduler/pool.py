@@ -64,17 +64,6 @@ class Pool(Part):
         heapq.heapify(live)
         h[:] = live
 
-    def _top(self, h: list[Filing]) -> WorkerInfo | None:
-        """The least loaded worker of a heap that still has credit (stale filings dropped)."""
-        workers = self.st.workers
-        while h:
-            f = h[0]
-            w = workers.get(f[4])
-            if w is not None and w.filed == f[3] and w.free > 0:
-                return w
-            heapq.heappop(h)
-        return None
-
     def covering(self, tags: frozenset[str]) -> list[list[Filing]]:
         """The heaps of the worker tag sets that include ``tags``."""
         got = self._cover.get(tags)
@@ -91,8 +80,8 @@ class Pool(Part):
         best: WorkerInfo | None = None
         best_f: Filing | None = None
         workers = self.st.workers
-        for h in self._cover.get(tags) or self.covering(tags):
-            while h:  # the heap's top, stale filings dropped (``_top``, spelled out: once per lease)
+        for h in self.covering(tags):
+            while h:  # the heap's top that still has credit (WorkerInfo.free spelled out: once per lease)
                 f = h[0]
                 w = workers.get(f[4])
                 if w is not None and w.filed == f[3] and not w.draining and w.slots + w.window > len(w.running):
@@ -123,7 +112,3 @@ class Pool(Part):
                     return w
                 todo += [c for c in (2 * i + 1, 2 * i + 2) if c < len(h)]
         return best
-
-    def any_free(self) -> bool:
-        """Whether any worker has credit."""
-        return any(self._top(h) is not None for h in self.heaps.values())
