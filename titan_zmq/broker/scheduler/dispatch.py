@@ -37,6 +37,11 @@ def load(w: WorkerInfo, blob: str | None) -> tuple[float, bool, int, int]:
     return share, blob is not None and blob not in w.cached, held, done
 
 
+def _item(entry: Entry) -> QueueItem:
+    """``entry``'s item on its ready queue (see QueueItem)."""
+    return -entry.job.priority, entry.order, -entry.rank, entry.seq, entry.job.id
+
+
 class Dispatch(Part):
     """Ready queues and leases."""
 
@@ -120,13 +125,12 @@ class Dispatch(Part):
         if q is None:
             q = queues[key] = []
         entry.queue = q
-        heapq.heappush(q, (-entry.job.priority, entry.order, -entry.rank, entry.seq, entry.job.id))
+        heapq.heappush(q, _item(entry))
 
     def requeue(self, entry: Entry) -> None:
         """Queue a queued job again on its queue, under its new rank (its old item goes stale)."""
-        q = entry.queue
-        assert q is not None
-        heapq.heappush(q, (-entry.job.priority, entry.order, -entry.rank, entry.seq, entry.job.id))
+        assert entry.queue is not None
+        heapq.heappush(entry.queue, _item(entry))
 
     def live(self, item: QueueItem, q: list[QueueItem]) -> Entry | None:
         """The job of an item of queue ``q``, or None if the item is stale: the job was cancelled, held,
@@ -187,7 +191,7 @@ class Dispatch(Part):
             e = st.jobs[best_item[4]]
             w = pool.best(best_key[0], best_key[1], e.job.blob)
             assert w is not None
-            if len(w.running) >= w.slots and not self.may_wait(e, w):  # only its prefetch window is free
+            if not self.takes(w, e):  # only a window it may not use is free
                 heapq.heappush(q, best_item)  # it waits for a slot elsewhere instead
                 keys.remove(best_key)
                 continue
@@ -202,7 +206,7 @@ class Dispatch(Part):
         q = self.st.queues_by_key[key]
         tags, pin = key
         pop = heapq.heappop
-        live, lease, best, may_wait = self.live, self.lease, self.st.pool.best, self.may_wait
+        live, lease, best, takes = self.live, self.lease, self.st.pool.best, self.takes
         n = 0
         while q:
             item = pop(q)
@@ -210,18 +214,19 @@ class Dispatch(Part):
             if e is None:
                 continue
             w = best(tags, pin, e.job.blob)
-            if w is None or (len(w.running) >= w.slots and not may_wait(e, w)):  # no credit; or a window it may not use
+            if w is None or not takes(w, e):  # no credit; or only a window it may not use
                 heapq.heappush(q, item)
                 break
             lease(e, w, now_wall)
             n += 1
         return n
 
-    def may_wait(self, entry: Entry, w: WorkerInfo) -> bool:
-        """Whether ``entry`` may wait in ``w``'s prefetch window (every slot of ``w`` is taken): only a
-        job expected to be short, and only behind short jobs. A long job goes to a free slot, and
-        short ones do not queue behind a long one while a slot elsewhere may free first."""
-        return not self.st.ranks.long(entry.job) and not w.behind_long()
+    def takes(self, w: WorkerInfo, entry: Entry) -> bool:
+        """Whether ``w`` (which has credit) may take ``entry`` now: into a free slot, or, with every slot
+        taken, into its prefetch window only a job expected to be short and only behind short jobs. A
+        long job goes to a free slot, and short ones do not queue behind a long one while a slot
+        elsewhere may free first."""
+        return len(w.running) < w.slots or (not self.st.ranks.long(entry.job) and not w.behind_long())
 
     def lease(self, entry: Entry, w: WorkerInfo, now_wall: float) -> None:
         """Give ``entry`` to worker ``w``: a new lease, its wire spec in this turn's ASSIGN to it."""
