@@ -10,9 +10,11 @@ Errors are titan's own (:class:`~titan_zmq.errors.TitanError`), with the words t
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,23 @@ def record_summary(rec: JobRecord | dict[str, Any]) -> dict[str, Any]:
     """The fields of a job's record an agent reads (no result, output or traceback: those have tools)."""
     d = rec.to_dict() if isinstance(rec, JobRecord) else rec
     return {k: d.get(k) for k in _RECORD_KEYS if d.get(k) not in (None, [], {}, "")}
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options a tool call gave (its unset arguments arrive as None or empty)."""
+    return {k: v for k, v in options.items() if v not in (None, [], {})}
+
+
+@contextlib.contextmanager
+def _script_file(script: str | None, name: str) -> Iterator[Path | None]:
+    """A script's text as a file named ``name`` while the job or service is built (None without a script)."""
+    if script is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="titan-mcp-") as tmp:
+        path = Path(tmp) / Path(name).name
+        path.write_text(script, encoding="utf-8")
+        yield path
 
 
 class Calls:
@@ -212,17 +231,14 @@ class Calls:
 
     def _spec(self, function: str | None, shell: str | None, script: str | None, script_name: str,
               options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-        options = {k: v for k, v in options.items() if v not in (None, [], {})}
+        options = _given(options)
         if script is None:
             return self.client.build(function, shell=shell, **options)
         if function is not None or shell is not None:
             raise JobError("give exactly one of function, shell or script")
-        name = Path(script_name).name
-        if not name.endswith(".py"):
+        if not Path(script_name).name.endswith(".py"):
             raise JobError(f"script_name must be a Python file name ending in .py, got {script_name!r}")
-        with tempfile.TemporaryDirectory(prefix="titan-mcp-") as tmp:
-            path = Path(tmp) / name
-            path.write_text(script, encoding="utf-8")
+        with _script_file(script, script_name) as path:
             return self.client.build(script=path, **options)
 
     def submit_dag(self, pipeline: str, name: str | None = None) -> dict[str, Any]:
@@ -288,13 +304,8 @@ class Calls:
         wait: float = 30.0, **options: Any,
     ) -> dict[str, Any]:  # fmt: skip
         """Deploy a service from a command line or a Python script's text; wait until every replica is healthy."""
-        options = {k: v for k, v in options.items() if v not in (None, [], {})}
-        with tempfile.TemporaryDirectory(prefix="titan-mcp-") as tmp:
-            path = None
-            if script is not None:
-                path = Path(tmp) / Path(script_name).name
-                path.write_text(script, encoding="utf-8")
-            spec, blobs = self.client.service_spec(name, shell=shell, script=path, **options)
+        with _script_file(script, script_name) as path:
+            spec, blobs = self.client.service_spec(name, shell=shell, script=path, **_given(options))
         self.policy.check_service(spec)
         return self.client.deploy_spec(spec, blobs, wait=max(0.0, min(float(wait), MAX_WAIT)) or None)
 
