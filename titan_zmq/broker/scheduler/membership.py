@@ -140,8 +140,7 @@ class Membership(Part):
         asked now and the one it was last told: it may not have heard of a shorter one yet)."""
         st = self.st
         w.seen_at = now = st.clock()
-        beat = st.interval if st.beat_rate <= 0 else max(st.interval, len(st.workers) / st.beat_rate)
-        w.deadline = now + max(beat, w.told) * st.liveness
+        w.deadline = now + max(self.beat(), w.told) * st.liveness
 
     def worker_gone(self, ident: bytes, reason: str, stopped: Iterable[str] = ()) -> None:
         """Forget a worker; re-queue the jobs it held. ``stopped`` ones were stopped cleanly."""
